@@ -1,0 +1,302 @@
+"""The capture core: one :class:`Capture` per request, fed by a thin protocol adapter.
+
+It imports no web framework. On the request path it only scans headers once, appends body
+chunks to a list (or, past the inline limit, hands them to the writer) and takes
+timestamps. Decoding, hashing, redaction and the span itself happen later, on the
+background writer, when the finished Capture is run there as a job.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterable
+from contextvars import ContextVar, Token
+from datetime import datetime, timezone
+from hashlib import sha256
+from random import getrandbits
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import context as otel_context
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
+
+from ._stats import count, record_drop
+
+if TYPE_CHECKING:
+    from ._pipeline import Capturer
+    from ._types import Attributes
+
+CORRELATION_ID: ContextVar[str | None] = ContextVar("obsml_correlation_id", default=None)
+
+_VALID_CORRELATION_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+_VALID_TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_SAMPLE_SPACE = 1 << 64
+
+Describe = Callable[[Any, "Capturer"], "Attributes"]
+
+
+def correlation_keep(correlation_id: str, threshold: int) -> bool:
+    """The sampling rule: keep when the first 8 bytes of sha256(id), big-endian, fall under the rate."""
+    return int.from_bytes(sha256(correlation_id.encode()).digest()[:8], "big") < threshold
+
+
+def sampling_threshold(rate: float) -> int:
+    return min(_SAMPLE_SPACE, int(rate * _SAMPLE_SPACE))
+
+
+class Capture:
+    """What one request did. Filled on the request path, turned into a span on the writer."""
+
+    __slots__ = (
+        "__weakref__",
+        "capturer",
+        "correlation_header",
+        "correlation_id",
+        "correlation_rejected",
+        "disconnected",
+        "end_perf",
+        "exception",
+        "exception_ns",
+        "info",
+        "parent",
+        "request_body",
+        "response_body",
+        "responded",
+        "response_headers",
+        "request_headers",
+        "sampled",
+        "span_id",
+        "start_ns",
+        "start_perf",
+        "status",
+        "trace_id",
+        "tracestate",
+    )
+
+    def __init__(
+        self, capturer: Capturer, found: list[bytes | None], headers: Any, info: Any
+    ) -> None:
+        self.start_ns = time.time_ns()
+        self.start_perf = time.perf_counter_ns()
+        self.capturer = capturer
+        self.info = info
+        self.request_headers = headers
+        self.response_headers: Any = ()
+        self.status = 0
+        self.responded = False
+        self.exception: BaseException | None = None
+        self.exception_ns = 0
+        self.disconnected = False
+        self.end_perf = 0
+        self.span_id = getrandbits(64) or 1
+        self.parent: tuple[int, int] | None = None  # (span id, trace flags) of a remote parent
+        self.tracestate = found[capturer.tracestate_slot]
+        traceparent = found[capturer.traceparent_slot]
+        match = _VALID_TRACEPARENT.fullmatch(traceparent) if traceparent is not None else None
+        if match is not None and match[1] != b"ff" and int(match[2], 16) and int(match[3], 16):
+            self.trace_id = int(match[2], 16)
+            self.parent = (int(match[3], 16), int(match[4], 16))
+        else:
+            self.trace_id = getrandbits(128) or 1
+
+        self.correlation_header: str | None = None
+        self.correlation_rejected: str | None = None
+        for slot, header in enumerate(capturer.correlation_headers):
+            value = found[slot]
+            if value is None:
+                continue
+            if _VALID_CORRELATION_ID.fullmatch(value) and value.strip(b".") and value.isascii():
+                self.correlation_id = value.decode("ascii")
+                self.correlation_header = header
+            else:  # never used raw: replaced, and the span says from which header
+                self.correlation_rejected = header
+            break
+        if self.correlation_header is None:
+            self.correlation_id = f"{getrandbits(128):032x}"
+
+        self.sampled = capturer.sample_all or correlation_keep(self.correlation_id, capturer.sample_threshold)
+        limit = capturer.max_capture if self.sampled else min(capturer.max_capture, capturer.inline_limit)
+        self.request_body = BodyTee(self, "request", found[capturer.content_type_slot], limit)
+        self.response_body = BodyTee(self, "response", None, limit)
+
+    def activate(self) -> tuple[Token[str | None], object]:
+        """Make this request's ids current, so logs and child spans in the app join it."""
+        span = NonRecordingSpan(SpanContext(self.trace_id, self.span_id, False, _SAMPLED))
+        return CORRELATION_ID.set(self.correlation_id), otel_context.attach(set_span_in_context(span))
+
+    @staticmethod
+    def deactivate(tokens: tuple[Token[str | None], object]) -> None:
+        otel_context.detach(tokens[1])  # type: ignore[arg-type]
+        CORRELATION_ID.reset(tokens[0])
+
+    def response_started(self, status: int, headers: Any) -> None:
+        self.status = status
+        self.responded = True
+        self.response_headers = headers
+
+    def fail(self, exc: BaseException) -> None:
+        self.exception = exc
+        self.exception_ns = time.time_ns()
+        if not self.responded:
+            self.status = 500
+
+    @property
+    def failed(self) -> bool:
+        return self.exception is not None or self.status >= 500
+
+    def finish(self) -> None:
+        """Hand the finished request to the writer: never blocks, never raises into the request."""
+        self.end_perf = time.perf_counter_ns()
+        if not (self.sampled or self.failed):
+            count("requests_sampled_out")
+            return
+        writer = self.capturer.pipeline.writer
+        if writer.submit(self):
+            count("requests_captured")
+            return
+        record_drop("span", "queue_full")
+        for tee in (self.request_body, self.response_body):
+            if tee.stream is not None:
+                writer.submit(_Abort(tee.stream), force=True)
+
+    @property
+    def nbytes(self) -> int:
+        return self.request_body.held + self.response_body.held
+
+    def run(self) -> None:
+        self.capturer.emit(self)
+
+
+class BodyTee:
+    """The copy of one body: chunks in memory up to the inline limit, then streamed to the writer."""
+
+    __slots__ = ("capture", "chunks", "content_type", "direction", "first_perf", "held", "limit", "size", "stream")
+
+    def __init__(self, capture: Capture, direction: str, content_type: bytes | None, limit: int) -> None:
+        self.capture = capture
+        self.direction = direction
+        self.content_type = content_type
+        self.limit = limit
+        self.chunks: list[bytes] = []
+        self.size = 0  # the true size, also past the capture limit
+        self.held = 0  # bytes kept (in memory or streamed)
+        self.first_perf = 0
+        self.stream: PayloadStream | None = None
+
+    @property
+    def truncated(self) -> bool:
+        return self.held < self.size
+
+    def feed(self, chunk: bytes) -> None:
+        size = len(chunk)
+        if not size:
+            return
+        if not self.size:
+            self.first_perf = time.perf_counter_ns()
+        self.size += size
+        room = self.limit - self.held
+        if room <= 0:
+            return
+        if size > room:
+            chunk, size = chunk[:room], room
+        self.held += size
+        if self.stream is not None:
+            self.stream.send(chunk)
+        else:
+            self.chunks.append(chunk)
+            if self.held > self.capture.capturer.inline_limit:
+                self._offload()
+
+    def _offload(self) -> None:
+        capture = self.capture
+        day = datetime.fromtimestamp(capture.start_ns / 1e9, timezone.utc).strftime("%Y/%m/%d")
+        relative = (
+            f"payloads/{day}/{capture.trace_id:032x}-{capture.span_id:016x}-{self.direction}"
+            f".{extension_for(self.media_type())}"
+        )
+        self.stream = PayloadStream(capture.capturer, relative)
+        for chunk in self.chunks:
+            self.stream.send(chunk)
+        self.chunks = []
+
+    def media_type(self) -> bytes | None:
+        if self.direction == "request":
+            return self.content_type
+        return header_value(self.capture.response_headers, b"content-type")
+
+
+def header_value(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The first value of header ``name`` (lower-case) in raw pairs."""
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return None
+
+
+class PayloadStream:
+    """A body on its way to ``payloads/``. Chunks travel through the writer queue in order."""
+
+    __slots__ = ("capturer", "error", "hasher", "lost", "relative", "target", "written")
+
+    def __init__(self, capturer: Capturer, relative: str) -> None:
+        self.capturer = capturer
+        self.relative = relative
+        self.lost: str | None = None  # set on the request path when a chunk could not be queued
+        self.error: str | None = None  # set on the writer when the store refused a write
+        self.target: Any = None
+        self.hasher = sha256()
+        self.written = 0
+
+    def send(self, data: bytes) -> None:
+        if self.lost is None and not self.capturer.pipeline.writer.submit(_Chunk(self, data)):
+            self.lost = "queue_full"
+
+
+class _Chunk:
+    __slots__ = ("data", "nbytes", "stream")
+
+    def __init__(self, stream: PayloadStream, data: bytes) -> None:
+        self.stream = stream
+        self.data = data
+        self.nbytes = len(data)
+
+    def run(self) -> None:
+        self.stream.capturer.pipeline.write_chunk(self.stream, self.data)
+
+
+class _Abort:
+    __slots__ = ("stream",)
+    nbytes = 0
+
+    def __init__(self, stream: PayloadStream) -> None:
+        self.stream = stream
+
+    def run(self) -> None:
+        self.stream.capturer.pipeline.finish_stream(self.stream, commit=False)
+
+
+_EXTENSIONS = {
+    "application/json": "json",
+    "application/x-ndjson": "jsonl",
+    "application/octet-stream": "bin",
+    "application/x-www-form-urlencoded": "txt",
+    "text/csv": "csv",
+    "text/event-stream": "sse",
+    "text/html": "html",
+    "text/plain": "txt",
+    "image/png": "png",
+    "image/jpeg": "jpg",
+    "application/x-parquet": "parquet",
+    "application/vnd.apache.parquet": "parquet",
+}
+
+
+def extension_for(content_type: bytes | None) -> str:
+    """A file extension from a content type; ``bin`` for anything unknown (never from raw input)."""
+    if not content_type:
+        return "bin"
+    media = content_type.split(b";", 1)[0].strip().lower().decode("latin-1")
+    if media.endswith("+json"):
+        return "json"
+    return _EXTENSIONS.get(media, "bin")

@@ -1,0 +1,139 @@
+"""Wiring: a :class:`Capturer` per middleware over a :class:`Pipeline` shared per destination.
+
+The pipeline owns the store, the exporters and the writer thread; every middleware
+instance with the same destination in one process shares it (one writer per process).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from ._attributes import span_attributes
+from ._capture import Capture, Describe, PayloadStream, sampling_threshold
+from ._redact import RedactionPolicy
+from ._settings import Settings
+from ._stats import logger, record_drop
+from ._store import Store
+from ._tracing import Tracing
+from ._writer import Writer
+
+
+class Pipeline:
+    """Store, exporters and background writer for one destination."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.store = Store(settings.store)
+        self.tracing = Tracing(settings, self.store)
+        self.writer = Writer(
+            self.tracing,
+            max_items=settings.queue_max_items,
+            max_bytes=settings.queue_max_bytes,
+            interval=settings.flush_interval,
+            exit_timeout=settings.flush_timeout,
+        )
+
+    def write_chunk(self, stream: PayloadStream, data: bytes) -> None:
+        """Writer side of a payload: open on first chunk, hash and write as chunks arrive."""
+        if stream.error is not None:
+            return
+        try:
+            if stream.target is None:
+                stream.target = self.store.open_atomic(stream.relative)
+            stream.target.write(data)
+        except Exception as exc:
+            stream.error = "store_error"
+            logger.warning("obsml could not write a payload to the store: %s", type(exc).__name__)
+            return
+        stream.hasher.update(data)
+        stream.written += len(data)
+
+    def finish_stream(self, stream: PayloadStream, commit: bool) -> str | None:
+        """Commit a payload and return why it was lost, or None when it is whole in the store."""
+        reason = stream.lost or stream.error
+        target, stream.target = stream.target, None
+        try:
+            if target is not None:
+                if commit and reason is None:
+                    target.commit()
+                else:
+                    target.abort()
+        except Exception:
+            reason = reason or "store_error"
+        if reason is not None and commit:
+            record_drop("payload", "queue_full" if reason == "queue_full" else "store_error")
+        return reason
+
+
+_PIPELINES: dict[tuple[Any, ...], Pipeline] = {}
+_PIPELINES_LOCK = threading.Lock()
+
+
+def pipeline_for(settings: Settings) -> Pipeline:
+    key = (
+        settings.store,
+        settings.exporters,
+        settings.service,
+        settings.queue_max_items,
+        settings.queue_max_bytes,
+        settings.flush_interval,
+        settings.flush_timeout,
+    )
+    with _PIPELINES_LOCK:
+        pipeline = _PIPELINES.get(key)
+        if pipeline is None:
+            pipeline = _PIPELINES[key] = Pipeline(settings)
+        return pipeline
+
+
+def flush(timeout: float | None = None) -> bool:
+    """Write out everything captured so far in this process; False if ``timeout`` ran out."""
+    with _PIPELINES_LOCK:
+        pipelines = list(_PIPELINES.values())
+    results = [p.writer.flush(p.writer.exit_timeout if timeout is None else timeout) for p in pipelines]
+    return all(results)
+
+
+class Capturer:
+    """Everything compiled once per middleware: header lookup, sampling, limits, redaction."""
+
+    def __init__(self, settings: Settings, describe: Describe) -> None:
+        self.settings = settings
+        self.enabled = settings.enabled
+        self.pipeline = pipeline_for(settings)
+        self.describe = describe
+        self.redaction = RedactionPolicy(settings.redact_headers)
+        self.inline_limit = settings.inline_limit
+        self.max_capture = settings.max_capture
+        self.sample_all = settings.sample_rate >= 1.0
+        self.sample_threshold = sampling_threshold(settings.sample_rate)
+        self.correlation_headers = settings.correlation_headers
+        names = [*settings.correlation_headers, "traceparent", "tracestate", "content-type"]
+        self.traceparent_slot, self.tracestate_slot, self.content_type_slot = range(len(names) - 3, len(names))
+        self.header_slots: dict[bytes, int] = {}
+        for slot, name in enumerate(names):
+            self.header_slots.setdefault(name.encode("latin-1"), slot)
+        self.slot_count = len(names)
+        self.base_attributes = {
+            "obsml.service": settings.service,
+            "obsml.model.name": settings.model,
+            "obsml.model.version": settings.version,
+        }
+
+    def start(self, headers: Any, info: Any) -> Capture:
+        """Begin capturing a request whose raw ``(name, value)`` header pairs are ``headers``."""
+        found: list[bytes | None] = [None] * self.slot_count
+        slots = self.header_slots
+        for name, value in headers:
+            slot = slots.get(name)
+            if slot is not None and found[slot] is None:
+                found[slot] = value
+        return Capture(self, found, headers, info)
+
+    def emit(self, capture: Capture) -> None:
+        """Writer side: turn a finished capture into a span."""
+        name, attributes = span_attributes(capture)
+        self.pipeline.tracing.emit(capture, name, attributes)
+
+    def flush(self) -> bool:
+        return self.pipeline.writer.flush(self.settings.flush_timeout)

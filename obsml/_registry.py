@@ -1,0 +1,62 @@
+"""The exporter registry: built-ins by name, plugins through the ``obsml.exporters`` entry points.
+
+Only configured names are imported, at start-up. An unknown name, a package that is not
+installed and a package whose own import fails each get their own message.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from types import MappingProxyType
+from typing import Any
+
+from ._exceptions import PluginError, PluginImportError
+
+EXPORTER_GROUP = "obsml.exporters"
+
+# name -> "module:attribute"; kept sorted (a test checks it).
+_BUILTIN_EXPORTERS = {
+    "console": "obsml._exporters:console_exporter",
+    "jsonl": "obsml._exporters:jsonl_exporter",
+}
+
+# Plugins we know of but do not ship in this package: what to install for them.
+_INSTALL_HINTS = {
+    "azure_monitor": "pip install obsml-azure-monitor (the package in plugins/obsml-azure-monitor)",
+    "otlp": "pip install 'obsml[otlp]'",
+}
+
+builtin_exporters = MappingProxyType(_BUILTIN_EXPORTERS)
+
+
+def _import(target: str) -> Any:
+    module_name, _, attribute = target.partition(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, attribute) if attribute else module
+
+
+def load_exporter(name: str) -> Callable[..., Any]:
+    """The factory registered for exporter ``name``; raises :class:`PluginImportError` if unusable."""
+    target = _BUILTIN_EXPORTERS.get(name)
+    if target is None:
+        found = [ep for ep in entry_points(group=EXPORTER_GROUP) if ep.name == name]
+        if not found:
+            known = sorted({*_BUILTIN_EXPORTERS, *(ep.name for ep in entry_points(group=EXPORTER_GROUP))})
+            hint = _INSTALL_HINTS.get(
+                name, f"install a package that registers it in the entry-point group {EXPORTER_GROUP!r}"
+            )
+            raise PluginImportError(
+                f"OBSML_EXPORTERS: unknown exporter {name!r} (available: {', '.join(known)}); to use it, {hint}"
+            )
+        target = found[0].value
+    try:
+        factory = _import(target)
+    except Exception as exc:  # a plugin's own import may fail with anything
+        raise PluginImportError(
+            f"exporter {name!r} ({target}) is installed but its import failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    if not callable(factory):
+        raise PluginError(f"exporter {name!r}: entry point {target} is not callable")
+    return factory  # type: ignore[no-any-return]

@@ -1,0 +1,171 @@
+"""One settings object: keyword arguments, then ``OBSML_*`` environment variables, then defaults.
+
+Every value is checked here, at start-up; a bad one raises :class:`ConfigError` naming the
+setting and what it accepts. Nothing in this module runs per request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ._exceptions import ConfigError
+
+ENV_PREFIX = "OBSML_"
+
+# A name that may become part of a storage path: no separators, no "..", no control characters.
+SAFE_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
+HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What obsml captures and where it goes. See the README for each ``OBSML_*`` variable."""
+
+    service: str = "default"
+    model: str = "default"
+    version: str = "0"
+    store: str = "./obsml-data"
+    exporters: tuple[str, ...] = ("jsonl",)
+    inline_limit: int = 65536
+    max_capture: int = 100 * 1024 * 1024
+    sample_rate: float = 1.0
+    enabled: bool = True
+    correlation_headers: tuple[str, ...] = ("x-correlation-id", "x-request-id")
+    redact_headers: tuple[str, ...] = ()
+    queue_max_items: int = 10_000
+    queue_max_bytes: int = 64 * 1024 * 1024
+    flush_interval: float = 1.0
+    flush_timeout: float = 5.0
+    strict: bool = False
+
+    def __repr__(self) -> str:
+        # The store URL may carry credentials (a SAS token in a query string): show its scheme only.
+        shown = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        shown["store"] = _scheme_of(self.store)
+        return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
+
+    @classmethod
+    def load(cls, env: Mapping[str, str] | None = None, **options: Any) -> Settings:
+        """Build settings from ``options``, then ``env`` (default ``os.environ``), then defaults."""
+        env = os.environ if env is None else env
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - fields)
+        if unknown:
+            raise ConfigError(f"unknown obsml setting(s) {', '.join(unknown)}; accepted: {', '.join(sorted(fields))}")
+        values: dict[str, Any] = {}
+        for name in sorted(fields):
+            env_name = ENV_PREFIX + name.upper()
+            if name in options and options[name] is not None:
+                raw, label = options[name], f"{name}="
+            elif env_name in env:
+                raw, label = env[env_name], f"{env_name}="
+            else:
+                continue
+            parse, accepted = _PARSERS[name]
+            try:
+                values[name] = parse(raw)
+            except (TypeError, ValueError):
+                shown = "<hidden>" if name == "store" else repr(raw)
+                raise ConfigError(f"{label}{shown} is not valid: expected {accepted}") from None
+        return cls(**values)
+
+
+def _scheme_of(url: str) -> str:
+    scheme, sep, _ = url.partition("://")
+    return f"{scheme}://…" if sep else "<local path>"
+
+
+def _boolean(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
+def _integer(minimum: int) -> Callable[[Any], int]:
+    def parse(raw: Any) -> int:
+        if isinstance(raw, bool) or isinstance(raw, float):
+            raise TypeError(raw)
+        value = int(str(raw).strip().replace("_", ""))
+        if value < minimum:
+            raise ValueError(raw)
+        return value
+
+    return parse
+
+
+def _number(low: float, high: float | None) -> Callable[[Any], float]:
+    def parse(raw: Any) -> float:
+        if isinstance(raw, bool):
+            raise TypeError(raw)
+        value = float(str(raw).strip())
+        if not (value >= low and (high is None or value <= high)):  # also rejects NaN
+            raise ValueError(raw)
+        return value
+
+    return parse
+
+
+def _names(pattern: re.Pattern[str], lower: bool, allow_empty: bool) -> Callable[[Any], tuple[str, ...]]:
+    def parse(raw: Any) -> tuple[str, ...]:
+        items = raw.split(",") if isinstance(raw, str) else list(raw)
+        names = tuple(str(item).strip() for item in items if str(item).strip())
+        if not names and not allow_empty:
+            raise ValueError(raw)
+        for name in names:
+            if not pattern.fullmatch(name):
+                raise ValueError(name)
+        return tuple(n.lower() for n in names) if lower else names
+
+    return parse
+
+
+def _safe_name(raw: Any) -> str:
+    text = str(raw)
+    if not SAFE_NAME.fullmatch(text) or set(text) == {"."}:
+        raise ValueError(raw)
+    return text
+
+
+def _store(raw: Any) -> str:
+    text = os.fspath(raw)
+    if not isinstance(text, str) or not text.strip() or any(ord(c) < 32 for c in text):
+        raise ValueError("store")
+    return text
+
+
+_PARSERS: dict[str, tuple[Callable[[Any], Any], str]] = {
+    "service": (_safe_name, "1-128 characters of A-Z a-z 0-9 . _ -"),
+    "model": (_safe_name, "1-128 characters of A-Z a-z 0-9 . _ -"),
+    "version": (_safe_name, "1-128 characters of A-Z a-z 0-9 . _ -"),
+    "store": (_store, "an fsspec URL or a local path"),
+    "exporters": (
+        _names(re.compile(r"[a-z0-9_]+"), lower=False, allow_empty=True),
+        "a comma-separated list of exporter names such as jsonl,console (lower-case, digits, _)",
+    ),
+    "inline_limit": (_integer(0), "an integer number of bytes >= 0"),
+    "max_capture": (_integer(0), "an integer number of bytes >= 0"),
+    "sample_rate": (_number(0.0, 1.0), "a number from 0 to 1"),
+    "enabled": (_boolean, "true or false (also 1/0, yes/no, on/off)"),
+    "correlation_headers": (
+        _names(HEADER_NAME, lower=True, allow_empty=False),
+        "a comma-separated list of one or more HTTP header names",
+    ),
+    "redact_headers": (
+        _names(HEADER_NAME, lower=True, allow_empty=True),
+        "a comma-separated list of HTTP header names",
+    ),
+    "queue_max_items": (_integer(1), "an integer >= 1"),
+    "queue_max_bytes": (_integer(1), "an integer number of bytes >= 1"),
+    "flush_interval": (_number(0.01, 3600.0), "a number of seconds from 0.01 to 3600"),
+    "flush_timeout": (_number(0.0, 3600.0), "a number of seconds from 0 to 3600"),
+    "strict": (_boolean, "true or false"),
+}

@@ -1,0 +1,174 @@
+"""OpenTelemetry plumbing: spans are built on the writer thread with the ids chosen at request start.
+
+If the application set a global SDK ``TracerProvider``, obsml's spans go through it (its
+processors and exporters see them) and obsml adds a processor that sends obsml's own spans,
+and only those, to obsml's exporters. Otherwise obsml uses a private provider, never set as
+the global one. A span the application's sampler would not record is still recorded through
+the private provider: obsml's store never loses a capture to someone else's sampler.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
+
+from .__version__ import __version__
+from ._exceptions import PluginError
+from ._registry import load_exporter
+from ._settings import Settings
+from ._stats import count, record_drop
+from ._store import Store
+
+if TYPE_CHECKING:
+    from ._capture import Capture
+    from ._types import Attributes
+
+SCOPE = "obsml"
+
+
+class _PresetIds(IdGenerator):
+    """Hands the SDK the ids a request already announced; falls back to ``fallback`` otherwise."""
+
+    def __init__(self, fallback: IdGenerator) -> None:
+        self._fallback = fallback
+        self._local = threading.local()
+
+    def preset(self, trace_id: int, span_id: int) -> None:
+        self._local.ids = (trace_id, span_id)
+
+    def clear(self) -> None:
+        self._local.ids = None
+
+    def generate_trace_id(self) -> int:
+        ids = getattr(self._local, "ids", None)
+        return ids[0] if ids else self._fallback.generate_trace_id()
+
+    def generate_span_id(self) -> int:
+        ids = getattr(self._local, "ids", None)
+        return ids[1] if ids else self._fallback.generate_span_id()
+
+
+class _InlineExport(SpanProcessor):
+    """Exports obsml's spans synchronously on the writer thread (already off the request path)."""
+
+    def __init__(self, exporter: SpanExporter) -> None:
+        self.exporter = exporter
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if span.instrumentation_scope is None or span.instrumentation_scope.name != SCOPE:
+            return
+        try:
+            result = self.exporter.export([span])
+        except Exception:
+            result = SpanExportResult.FAILURE
+        if result is SpanExportResult.SUCCESS:
+            count("spans_exported")
+        else:
+            record_drop("span", "export_error", detail=type(self.exporter).__name__)
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return bool(self.exporter.force_flush(timeout_millis))
+
+    def shutdown(self) -> None:
+        self.exporter.shutdown()
+
+
+class _OnlyObsml(SpanProcessor):
+    """Lets through only obsml's spans, for processors added to the application's provider."""
+
+    def __init__(self, inner: SpanProcessor) -> None:
+        self.inner = inner
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if span.instrumentation_scope is not None and span.instrumentation_scope.name == SCOPE:
+            self.inner.on_end(span)
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.inner.force_flush(timeout_millis)
+
+
+class Tracing:
+    """Exporters loaded at start-up; spans emitted and batches flushed by the writer."""
+
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.processors: list[SpanProcessor] = []
+        for name in settings.exporters:
+            factory = load_exporter(name)
+            try:
+                exporter = factory(settings=settings, store=store)
+            except Exception as exc:
+                raise PluginError(f"exporter {name!r} failed to start: {type(exc).__name__}: {exc}") from exc
+            if getattr(exporter, "obsml_inline", False):
+                self.processors.append(_InlineExport(exporter))
+            else:
+                self.processors.append(_OnlyObsml(BatchSpanProcessor(exporter)))
+        self._ids = _PresetIds(RandomIdGenerator())
+        self._own = TracerProvider(
+            resource=Resource.create({"service.name": settings.service}),
+            sampler=ALWAYS_ON,
+            id_generator=self._ids,
+            span_limits=SpanLimits(max_span_attributes=256, max_event_attributes=256),
+        )
+        for processor in self.processors:
+            self._own.add_span_processor(processor)
+        self._own_tracer = self._own.get_tracer(SCOPE, __version__)
+        self._app_provider: Any = None
+        self._app_tracer: Any = None
+        self._app_ids: _PresetIds | None = None
+
+    def _app_tracer_for(self, provider: Any) -> tuple[Any, _PresetIds] | None:
+        if provider is not self._app_provider:
+            tracer = provider.get_tracer(SCOPE, __version__)
+            if not hasattr(tracer, "id_generator"):
+                return None
+            self._app_ids = _PresetIds(tracer.id_generator)
+            tracer.id_generator = self._app_ids
+            for processor in self.processors:
+                provider.add_span_processor(_OnlyObsml(processor))
+            self._app_provider, self._app_tracer = provider, tracer
+        assert self._app_ids is not None
+        return self._app_tracer, self._app_ids
+
+    def emit(self, capture: Capture, name: str, attributes: Attributes) -> None:
+        provider = trace.get_tracer_provider()
+        choice = self._app_tracer_for(provider) if isinstance(provider, TracerProvider) else None
+        tracer, ids = choice if choice is not None else (self._own_tracer, self._ids)
+        context = Context()
+        if capture.parent is not None:
+            parent_id, flags = capture.parent
+            state = TraceState.from_header([capture.tracestate.decode("latin-1")]) if capture.tracestate else None
+            remote = SpanContext(capture.trace_id, parent_id, True, TraceFlags(flags), state)
+            context = trace.set_span_in_context(NonRecordingSpan(remote), context)
+        start = capture.start_ns
+        end = start + (capture.end_perf - capture.start_perf)
+        ids.preset(capture.trace_id, capture.span_id)
+        try:
+            span = tracer.start_span(name, context, SpanKind.SERVER, attributes, start_time=start)
+            if not span.is_recording() and tracer is not self._own_tracer:
+                ids.clear()
+                self._ids.preset(capture.trace_id, capture.span_id)
+                span = self._own_tracer.start_span(name, context, SpanKind.SERVER, attributes, start_time=start)
+        finally:
+            ids.clear()
+            self._ids.clear()
+        if capture.exception is not None:
+            span.record_exception(capture.exception, timestamp=capture.exception_ns, escaped=True)
+            exc = capture.exception
+            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        elif capture.status >= 500:
+            span.set_status(Status(StatusCode.ERROR))
+        span.end(end_time=end)
+
+    def tick(self, force: bool) -> None:
+        """Called by the writer at each flush interval and on flush: write out batched spans."""
+        for processor in self.processors:
+            processor.force_flush()

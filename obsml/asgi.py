@@ -1,0 +1,154 @@
+"""The ASGI adapter: a pure ASGI middleware over the framework-free capture core.
+
+Modelled on Starlette's ``GZipMiddleware``: non-HTTP scopes pass straight through, and each
+request's state lives in a small responder object wrapping ``receive`` and ``send``.
+Messages are forwarded as they come; nothing is held back from the app or the client.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._capture import Capture
+from ._pipeline import Capturer
+from ._redact import RedactionPolicy
+from ._settings import Settings
+from ._stats import report_internal_error, set_strict
+from ._types import ASGIApp, Attributes, Message, Receive, Scope, Send
+
+_CORRELATION_HEADER = b"x-correlation-id"
+_SHUTDOWN_DONE = ("lifespan.shutdown.complete", "lifespan.shutdown.failed")
+
+
+class ObsmlMiddleware:
+    """Capture every HTTP request of an ASGI app as one OpenTelemetry SERVER span.
+
+    ``app.add_middleware(ObsmlMiddleware, service="credit", model="best_model", version="10")``;
+    any other keyword is a :class:`obsml.Settings` field (see the README for each).
+    """
+
+    def __init__(self, app: ASGIApp, **options: Any) -> None:
+        self.app = app
+        settings = Settings.load(**options)
+        set_strict(settings.strict)
+        self.capturer = Capturer(settings, describe_scope)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope_type = scope["type"]
+        if scope_type != "http" or not self.capturer.enabled:
+            if scope_type == "lifespan":
+                send = _LifespanSend(send, self.capturer)
+            await self.app(scope, receive, send)
+            return
+        try:
+            capture = self.capturer.start(scope["headers"], scope)
+        except Exception:
+            report_internal_error("starting a capture", "span")
+            await self.app(scope, receive, send)
+            return
+        await _CaptureResponder(self.app, capture, receive, send)(scope)
+
+
+class _CaptureResponder:
+    __slots__ = ("app", "capture", "receive", "send")
+
+    def __init__(self, app: ASGIApp, capture: Capture, receive: Receive, send: Send) -> None:
+        self.app = app
+        self.capture = capture
+        self.receive = receive
+        self.send = send
+
+    async def __call__(self, scope: Scope) -> None:
+        capture = self.capture
+        tokens = capture.activate()
+        try:
+            await self.app(scope, self.receive_with_capture, self.send_with_capture)
+        except BaseException as exc:
+            capture.fail(exc)
+            raise
+        finally:
+            try:
+                capture.deactivate(tokens)
+                capture.finish()
+            except Exception:
+                report_internal_error("finishing a capture", "span")
+
+    async def receive_with_capture(self) -> Message:
+        message = await self.receive()
+        try:
+            if message["type"] == "http.request":
+                self.capture.request_body.feed(message.get("body", b""))
+            elif message["type"] == "http.disconnect":
+                self.capture.disconnected = True
+        except Exception:
+            report_internal_error("capturing a request body")
+        return message
+
+    async def send_with_capture(self, message: Message) -> None:
+        try:
+            if message["type"] == "http.response.body":
+                self.capture.response_body.feed(message.get("body", b""))
+            elif message["type"] == "http.response.start":
+                headers = list(message.get("headers", ()))
+                if not any(name.lower() == _CORRELATION_HEADER for name, _ in headers):
+                    headers.append((_CORRELATION_HEADER, self.capture.correlation_id.encode("ascii")))
+                message["headers"] = headers
+                self.capture.response_started(message["status"], headers)
+        except Exception:
+            report_internal_error("capturing a response")
+        try:
+            await self.send(message)
+        except OSError:
+            self.capture.disconnected = True
+            raise
+
+
+class _LifespanSend:
+    """Flushes obsml's writer once the app's own shutdown is complete (uvicorn skips atexit)."""
+
+    __slots__ = ("capturer", "send")
+
+    def __init__(self, send: Send, capturer: Capturer) -> None:
+        self.send = send
+        self.capturer = capturer
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] in _SHUTDOWN_DONE:
+            try:
+                self.capturer.flush()
+            except Exception:
+                report_internal_error("the shutdown flush")
+        await self.send(message)
+
+
+def describe_scope(scope: Scope, capturer: Capturer) -> Attributes:
+    """HTTP attributes of an ASGI scope (OpenTelemetry semantic conventions); runs on the writer."""
+    attributes: Attributes = {
+        "http.request.method": scope.get("method", "GET"),
+        "url.path": scope.get("path", ""),
+        "url.scheme": scope.get("scheme", "http"),
+        "network.protocol.version": scope.get("http_version", "1.1"),
+    }
+    query = scope.get("query_string", b"")
+    if query:
+        attributes["url.query"] = RedactionPolicy.query(query.decode("latin-1"))
+    client = scope.get("client")
+    if client:
+        attributes["client.address"] = client[0]
+        attributes["client.port"] = client[1]
+    server = scope.get("server")
+    if server:
+        attributes["server.address"] = server[0]
+        if server[1] is not None:
+            attributes["server.port"] = server[1]
+    route = _route_of(scope)
+    if route:
+        attributes["http.route"] = route
+    return attributes
+
+
+def _route_of(scope: Scope) -> str | None:
+    # Starlette and FastAPI put the matched route in the (shared, mutated) scope.
+    route = scope.get("route")
+    path = getattr(route, "path_format", None) or getattr(route, "path", None)
+    return str(scope.get("root_path", "")) + path if isinstance(path, str) else None
