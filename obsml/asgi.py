@@ -7,9 +7,11 @@ Messages are forwarded as they come; nothing is held back from the app or the cl
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from ._capture import Capture
+from ._exceptions import ObsmlError
 from ._pipeline import Capturer
 from ._redact import RedactionPolicy
 from ._settings import Settings
@@ -29,11 +31,23 @@ class ObsmlMiddleware:
 
     def __init__(self, app: ASGIApp, **options: Any) -> None:
         self.app = app
-        settings = Settings.load(**options)
-        set_strict(settings.strict)
-        self.capturer = Capturer(settings, describe_scope)
+        self._startup_error: ObsmlError | None = None
+        try:
+            settings = Settings.load(**options)
+            set_strict(settings.strict)
+            self.capturer = Capturer(settings, describe_scope)
+        except ObsmlError as exc:
+            if not _inside_asgi_call():
+                raise
+            # Starlette builds its middleware lazily, inside the first lifespan call, where an
+            # exception makes uvicorn's default lifespan="auto" decide the app has no lifespan
+            # and serve anyway. Fail the startup through the protocol instead, loudly.
+            self._startup_error = exc
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._startup_error is not None:
+            await _fail_startup(self._startup_error, scope, receive, send)
+            return
         scope_type = scope["type"]
         if scope_type != "http" or not self.capturer.enabled:
             if scope_type == "lifespan":
@@ -47,6 +61,23 @@ class ObsmlMiddleware:
             await self.app(scope, receive, send)
             return
         await _CaptureResponder(self.app, capture, receive, send)(scope)
+
+
+def _inside_asgi_call() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+async def _fail_startup(error: ObsmlError, scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] == "lifespan":
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.failed", "message": f"obsml: {error}"})
+            return
+    raise error
 
 
 class _CaptureResponder:

@@ -1,0 +1,459 @@
+"""``obsml demo``: the example credit model under uvicorn, real traffic, and what obsml captured.
+
+The example app runs as a separate process (``python -m uvicorn``) with ``OBSML_STORE`` set,
+exactly as a user would run it. The demo waits for ``/health``, sends a fixed mix of
+requests with httpx, stops the server with SIGINT so that its lifespan shutdown flushes
+obsml's writer, then reads the new part files under ``traces/`` back through the store's
+fsspec filesystem and prints a summary next to what it sent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO, TYPE_CHECKING, Any
+
+from ._exceptions import ConfigError
+from ._settings import Settings
+from ._store import Store
+
+if TYPE_CHECKING:
+    import httpx
+
+DEFAULT_APP = "examples.fastapi_credit.app:app"
+DEFAULT_STORE = "./obsml-data"
+DEFAULT_REQUESTS = 40
+MIN_REQUESTS = 5
+
+STARTUP_TIMEOUT_S = 30.0
+SHUTDOWN_TIMEOUT_S = 15.0
+REQUEST_TIMEOUT_S = 15.0
+LARGE_ROWS = 1500  # rows in a "large" request: about 160 KB of JSON in, 80 KB out
+STREAM_ROWS = 20
+SEED = 17
+
+
+@dataclasses.dataclass
+class Sent:
+    """One request the demo sent and what came back."""
+
+    kind: str  # small, large, bad, stream, bad-stream
+    path: str
+    expect: int
+    correlation_id: str | None = None
+    status: int = 0
+    echoed_id: str | None = None
+    request_bytes: int = 0
+    response_bytes: int = 0
+    events: int = 0
+    client_ttfb_ms: float | None = None
+    error: str | None = None
+
+
+class DemoError(Exception):
+    """Something that stops the demo; the message is printed as is."""
+
+
+def run_demo(app: str, store: str, requests: int, out: IO[str] | None = None) -> int:
+    """Run the demo; returns the exit status (0 when the server ran and spans were read back)."""
+    out = out or sys.stdout
+    try:
+        return _run(app, store, requests, out)
+    except DemoError as exc:
+        print(f"obsml demo: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _say(out: IO[str], text: str) -> None:
+    print(text, file=out, flush=True)
+
+
+def _run(app: str, store_url: str, requests: int, out: IO[str]) -> int:
+    cwd = os.getcwd()
+    _check_app(app, cwd)
+    httpx = _import_demo_dependency("httpx")
+    _import_demo_dependency("uvicorn")
+    if "://" not in store_url and "::" not in store_url:
+        store_url = os.path.abspath(store_url)
+    try:
+        settings = Settings.load(store=store_url)
+        store = Store(settings.store)
+    except ConfigError as exc:
+        raise DemoError(str(exc)) from None
+    before = _listing(store)
+
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - kept open for the server's lifetime
+        prefix="obsml-demo-server-", suffix=".log", delete=False
+    )
+    _say(out, f"obsml demo: starting {app} on {base}")
+    _say(out, f"  store {_shown(store, '')}  (server log {log.name})")
+    with log, _server(app, port, cwd, store_url, log) as server:
+        started = time.monotonic()
+        _wait_until_up(httpx, server, base, log.name)
+        _say(out, f"  server up in {time.monotonic() - started:.1f} s; sending {requests} requests ...")
+        started = time.monotonic()
+        sent = _send_traffic(httpx, base, requests)
+        elapsed = time.monotonic() - started
+        _say(out, f"  sent {_describe_sent(sent)} in {elapsed:.1f} s")
+        for line in _client_problems(sent):
+            _say(out, f"  ! {line}")
+        _say(out, "  stopping the server with SIGINT (its lifespan shutdown flushes obsml) ...")
+        code = _stop(server)
+        _say(out, f"  server exited with code {code}")
+
+    spans, new_traces, new_payloads = _read_back(store, before)
+    _say(out, "")
+    return _summarise(out, store, sent, settings.inline_limit, spans, new_traces, new_payloads, log.name)
+
+
+# --- preparation ---------------------------------------------------------------------------------
+
+
+def _check_app(app: str, cwd: str) -> None:
+    module, sep, attribute = app.partition(":")
+    if not sep or not module or not attribute:
+        raise DemoError(f"--app must look like module:attribute, e.g. {DEFAULT_APP}; got {app!r}")
+    sys.path.insert(0, cwd)
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    finally:
+        sys.path.remove(cwd)
+    if not found:
+        hint = "; run `obsml demo` from the repository root (where examples/ is)" if module == DEFAULT_APP.split(":")[0] else ""
+        raise DemoError(f"cannot find the module {module!r} from {cwd}{hint}")
+
+
+def _import_demo_dependency(name: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise DemoError(f"the demo needs {name}: pip install 'obsml[demo]'") from None
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _listing(store: Store) -> set[str]:
+    files: set[str] = set()
+    for folder in ("traces", "payloads"):
+        try:
+            found = store.fs.find(store.path(folder))
+        except FileNotFoundError:
+            continue
+        files.update(str(path) for path in found if not str(path).rsplit("/", 1)[-1].startswith("."))
+    return files
+
+
+# --- the server ----------------------------------------------------------------------------------
+
+
+@contextmanager
+def _server(app: str, port: int, cwd: str, store_url: str, log: IO[bytes]) -> Iterator[subprocess.Popen[bytes]]:
+    command = [
+        sys.executable, "-m", "uvicorn", app,
+        "--host", "127.0.0.1", "--port", str(port), "--app-dir", cwd, "--no-access-log",
+    ]  # fmt: skip
+    env = {**os.environ, "OBSML_STORE": store_url, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=os.name == "posix",  # a Ctrl-C reaches only the demo, which stops the server once
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            _stop(process)
+
+
+def _wait_until_up(httpx: Any, server: subprocess.Popen[bytes], base: str, log_name: str) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise DemoError(f"the server exited with code {server.returncode} before answering:\n{_tail(log_name)}")
+        try:
+            response = httpx.get(f"{base}/health", timeout=2.0)
+        except httpx.TransportError:
+            time.sleep(0.1)
+            continue
+        if response.status_code == 200:
+            return
+        raise DemoError(f"GET /health answered {response.status_code}:\n{_tail(log_name)}")
+    raise DemoError(f"the server did not answer /health within {STARTUP_TIMEOUT_S:g} s:\n{_tail(log_name)}")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> int:
+    """SIGINT (a graceful uvicorn shutdown, lifespan included); terminate, then kill, if it hangs."""
+    if process.poll() is None:
+        if os.name == "posix":
+            process.send_signal(signal.SIGINT)
+        else:  # no SIGINT for a child on Windows: spans still queued may be lost
+            process.terminate()
+        try:
+            return process.wait(SHUTDOWN_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.terminate()
+            try:
+                return process.wait(5.0)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    return process.wait()
+
+
+def _tail(path: str, lines: int = 20) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as file:
+            return "".join(file.readlines()[-lines:]).rstrip() or "(the server log is empty)"
+    except OSError:
+        return "(no server log)"
+
+
+# --- the traffic ---------------------------------------------------------------------------------
+
+
+def _applicant(rng: random.Random) -> dict[str, Any]:
+    return {
+        "income": round(rng.lognormvariate(math.log(55.0), 0.5), 1),
+        "debt_ratio": round(rng.betavariate(2.0, 5.0), 3),
+        "age": rng.randint(18, 79),
+        "credit_lines": rng.randint(0, 10),
+        "late_payments": rng.choice((0, 0, 0, 0, 1, 1, 2, 3)),
+        "loan_amount": round(max(1.0, rng.gauss(20.0, 10.0)), 1),
+    }
+
+
+def _plan(requests: int) -> list[str]:
+    large = max(1, round(requests * 0.05))
+    bad = max(1, round(requests * 0.10))
+    stream = max(1, round(requests * 0.10))
+    bad_stream = 1 if bad >= 3 else 0
+    small = requests - large - bad - stream
+    plan = ["small"] * small + ["large"] * large + ["bad"] * (bad - bad_stream)
+    plan += ["bad-stream"] * bad_stream + ["stream"] * stream
+    random.Random(SEED).shuffle(plan)
+    return plan
+
+
+def _send_traffic(httpx: Any, base: str, requests: int) -> list[Sent]:
+    rng = random.Random(SEED)
+    sent: list[Sent] = []
+    loan = 17
+    with httpx.Client(base_url=base, timeout=REQUEST_TIMEOUT_S) as client:
+        for index, kind in enumerate(_plan(requests)):
+            headers = {"content-type": "application/json"}
+            correlation_id = None
+            if kind in ("small", "stream") and index % 2 == 0 or kind == "large":
+                correlation_id = f"loan-2024-{loan:05d}"
+                loan += 1
+                headers["x-correlation-id"] = correlation_id
+            if kind == "large":
+                rows = [_applicant(rng) for _ in range(LARGE_ROWS)]
+            elif kind in ("stream", "bad-stream"):
+                rows = [_applicant(rng) for _ in range(STREAM_ROWS)]
+            else:
+                rows = [_applicant(rng) for _ in range(rng.randint(1, 5))]
+            if kind.startswith("bad"):
+                broken = rows[rng.randrange(len(rows))]
+                if rng.random() < 0.5:
+                    broken["income"] = "n/a"  # a non-numeric feature
+                else:
+                    del broken["debt_ratio"]  # a missing feature
+            path = "/score/stream" if kind.endswith("stream") else "/score"
+            body = json.dumps({"rows": rows}).encode()
+            record = Sent(kind, path, 500 if kind.startswith("bad") else 200, correlation_id, request_bytes=len(body))
+            try:
+                if kind == "stream":
+                    _stream(client, record, body, headers)
+                else:
+                    response = client.post(path, content=body, headers=headers)
+                    record.status = response.status_code
+                    record.echoed_id = response.headers.get("x-correlation-id")
+                    record.response_bytes = len(response.content)
+            except httpx.HTTPError as exc:
+                record.error = f"{type(exc).__name__}: {exc}"
+            sent.append(record)
+    return sent
+
+
+def _stream(client: httpx.Client, record: Sent, body: bytes, headers: dict[str, str]) -> None:
+    started = time.perf_counter()
+    with client.stream("POST", record.path, content=body, headers=headers) as response:
+        record.status = response.status_code
+        record.echoed_id = response.headers.get("x-correlation-id")
+        if not response.headers.get("content-type", "").startswith("text/event-stream"):
+            record.error = f"content-type {response.headers.get('content-type')!r}, not text/event-stream"
+        for chunk in response.iter_bytes():  # read as it arrives: the events come one by one
+            if record.client_ttfb_ms is None and chunk:
+                record.client_ttfb_ms = (time.perf_counter() - started) * 1000
+            record.response_bytes += len(chunk)
+            record.events += chunk.count(b"data: ")
+    if record.events != STREAM_ROWS and record.error is None:
+        record.error = f"{record.events} events for {STREAM_ROWS} rows"
+
+
+def _describe_sent(sent: list[Sent]) -> str:
+    kinds = Counter(record.kind for record in sent)
+    with_id = sum(1 for record in sent if record.correlation_id)
+    parts = [
+        f"{kinds['small']} small /score",
+        f"{kinds['large']} large /score (~{max((r.request_bytes for r in sent if r.kind == 'large'), default=0) // 1024} KB)",
+        f"{kinds['stream']} streaming /score/stream",
+        f"{kinds['bad'] + kinds['bad-stream']} with a bad row (500 expected)",
+    ]
+    return f"{len(sent)} requests ({', '.join(parts)}; {with_id} with x-correlation-id)"
+
+
+def _client_problems(sent: list[Sent]) -> Iterator[str]:
+    for record in sent:
+        if record.error:
+            yield f"{record.kind} {record.path}: {record.error}"
+        elif record.status != record.expect:
+            yield f"{record.kind} {record.path}: status {record.status}, expected {record.expect}"
+    missing = [r for r in sent if r.error is None and r.echoed_id is None]
+    if missing:
+        statuses = ", ".join(f"{status} x{n}" for status, n in sorted(Counter(r.status for r in missing).items()))
+        yield f"{len(missing)} response(s) without an x-correlation-id header (status {statuses})"
+    wrong = [r for r in sent if r.correlation_id and r.echoed_id and r.echoed_id != r.correlation_id]
+    if wrong:
+        yield f"{len(wrong)} response(s) echoed a different x-correlation-id than was sent"
+
+
+# --- reading back --------------------------------------------------------------------------------
+
+
+def _read_back(store: Store, before: set[str]) -> tuple[list[dict[str, Any]], list[str], list[str]]:
+    new = sorted(_listing(store) - before)
+    traces = [path for path in new if path.endswith(".jsonl") and "/traces/" in f"/{_relative(store, path)}"]
+    payloads = [path for path in new if _relative(store, path).startswith("payloads/")]
+    spans: list[dict[str, Any]] = []
+    for path in traces:
+        for line in store.fs.cat_file(path).decode("utf-8").splitlines():
+            if line.strip():
+                spans.append(json.loads(line))
+    return spans, traces, payloads
+
+
+def _relative(store: Store, path: str) -> str:
+    root = store.root.rstrip("/") + "/"
+    return path[len(root) :] if path.startswith(root) else path
+
+
+def _shown(store: Store, relative: str) -> str:
+    """Where an object of the store is, as a user would type it: a plain path for a local store."""
+    path = store.path(relative) if relative else store.root
+    protocol = store.fs.protocol if isinstance(store.fs.protocol, str) else store.fs.protocol[0]
+    return path if protocol in ("file", "local") else str(store.fs.unstrip_protocol(path))
+
+
+def _percentile(values: list[float], percent: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(percent / 100 * len(ordered)) - 1)]
+
+
+def _ms(values: list[float]) -> str:
+    if not values:
+        return "-"
+    return f"p50 {_percentile(values, 50):.1f} ms, p95 {_percentile(values, 95):.1f} ms  (n={len(values)})"
+
+
+def _summarise(
+    out: IO[str],
+    store: Store,
+    sent: list[Sent],
+    inline_limit: int,
+    spans: list[dict[str, Any]],
+    traces: list[str],
+    payloads: list[str],
+    log_name: str,
+) -> int:
+    def attrs(span: dict[str, Any]) -> dict[str, Any]:
+        value = span.get("attributes")
+        return value if isinstance(value, dict) else {}
+
+    def failed(span: dict[str, Any]) -> bool:
+        status = attrs(span).get("http.response.status_code")
+        return (isinstance(status, int) and status >= 500) or span.get("status", {}).get("code") == "ERROR"
+
+    by_name = Counter(str(span.get("name")) for span in spans)
+    failures = [span for span in spans if failed(span)]
+    uris = [key for span in spans for key in attrs(span) if key.startswith("obsml.") and key.endswith(".body.uri")]
+    offloaded_spans = sum(1 for span in spans if any(k.endswith(".body.uri") for k in attrs(span)))
+    lost = sum(1 for span in spans for key in attrs(span) if key.endswith(".body.lost"))
+    from_header = sum(1 for span in spans if attrs(span).get("obsml.correlation_id.source") == "x-correlation-id")
+    durations = [float(span["duration_ms"]) for span in spans if isinstance(span.get("duration_ms"), (int, float))]
+    ttfb = [
+        float(attrs(span)["obsml.response.time_to_first_byte_ms"])
+        for span in spans
+        if attrs(span).get("http.route") == "/score/stream" and not failed(span)
+        and isinstance(attrs(span).get("obsml.response.time_to_first_byte_ms"), (int, float))
+    ]  # fmt: skip
+    client_ttfb = [r.client_ttfb_ms for r in sent if r.client_ttfb_ms is not None]
+
+    bad_sent = sum(1 for r in sent if r.kind.startswith("bad"))
+    big_sent = sum(1 for r in sent if r.request_bytes > inline_limit) + sum(
+        1 for r in sent if r.response_bytes > inline_limit and r.kind != "stream"
+    )
+    expected_spans = len(sent) + 1  # and the /health call that found the server up
+
+    names = ", ".join(f"{name} {n}" for name, n in sorted(by_name.items()))
+    rows = [
+        ("requests captured", f"{len(spans)}  ({names or 'none'}; {len(sent)} sent + 1 health check)"),
+        ("failures", f"{len(failures)}  (status >= 500 or ERROR; {bad_sent} bad-input requests sent)"),
+        ("correlation ids", f"{from_header} from x-correlation-id, {len(spans) - from_header} generated"),
+        (
+            "offloaded bodies",
+            f"{len(uris)} in {offloaded_spans} requests, {len(payloads)} new files under payloads/"
+            f"  ({big_sent} bodies over {inline_limit // 1024} KB sent or received)",
+        ),
+        ("latency", _ms(durations)),
+        ("streaming TTFB", f"{_ms(ttfb)}; client saw {_ms(client_ttfb)}" if ttfb or client_ttfb else "-"),
+    ]
+    _say(out, f"What obsml captured ({len(traces)} new trace file(s) in {_shown(store, '')}):")
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        _say(out, f"  {label:<{width}}  {value}")
+    for folder, files in (("traces", traces), ("payloads", payloads)):
+        folders = sorted({_relative(store, path).rsplit("/", 1)[0] for path in files})
+        for relative in folders:
+            _say(out, f"  {folder + ':':<{width}}  {_shown(store, relative)}/")
+    _say(out, f"  {'server log:':<{width}}  {log_name}")
+
+    notes = []
+    if len(spans) != expected_spans:
+        notes.append(f"{len(spans)} spans for {expected_spans} requests")
+    if len(failures) != bad_sent:
+        notes.append(f"{len(failures)} failed spans for {bad_sent} bad-input requests")
+    if len(uris) != big_sent or len(payloads) != big_sent:
+        notes.append(f"{len(uris)} body URIs and {len(payloads)} payload files for {big_sent} large bodies")
+    if lost:
+        notes.append(f"{lost} bodies lost on the way to the store (obsml.*.body.lost)")
+    for note in notes:
+        _say(out, f"  ! {note}")
+    if not spans:
+        print(f"obsml demo: error: no spans were written to the store; see {log_name}", file=sys.stderr)
+        return 1
+    return 0

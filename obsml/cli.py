@@ -1,0 +1,96 @@
+"""The ``obsml`` command line: ``obsml <command> [options]``.
+
+Each command is a function ``(args) -> int`` registered by a ``_add_<command>`` helper; its
+work lives in a module of its own (``obsml demo`` in :mod:`obsml._demo`). This is the only
+module that ends the process, and only from ``__main__``; the ``obsml`` console script calls
+:func:`main` and exits with what it returns.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+
+from .__version__ import __version__
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="obsml",
+        description="Observability for ML model servers: every scoring request captured as a span.",
+    )
+    parser.add_argument("--version", action="version", version=f"obsml {__version__}")
+    commands = parser.add_subparsers(title="commands", dest="command", metavar="<command>")
+    _add_demo(commands)
+    return parser
+
+
+def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from ._demo import DEFAULT_APP, DEFAULT_REQUESTS, DEFAULT_STORE, MIN_REQUESTS
+
+    demo = commands.add_parser(
+        "demo",
+        help="run the example credit model under obsml, send it traffic and summarise what was captured",
+        description=(
+            "Start the example FastAPI credit-scoring app under uvicorn with ObsmlMiddleware, send it a "
+            "realistic mix of requests (small and large bodies, correlation ids, failures, streaming), "
+            "stop it cleanly and summarise the spans read back from the store. Run it from the "
+            "repository root, where the examples package is."
+        ),
+    )
+    demo.add_argument(
+        "--app", default=DEFAULT_APP, help=f"the ASGI app as module:attribute (default: {DEFAULT_APP})"
+    )
+    demo.add_argument(
+        "--store", default=DEFAULT_STORE, help=f"where obsml writes: a path or fsspec URL (default: {DEFAULT_STORE})"
+    )
+    demo.add_argument(
+        "--requests",
+        type=_at_least(MIN_REQUESTS),
+        default=DEFAULT_REQUESTS,
+        metavar="N",
+        help=f"how many requests to send (default: {DEFAULT_REQUESTS}, at least {MIN_REQUESTS})",
+    )
+    demo.set_defaults(handler=_run_demo)
+
+
+def _at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from ._demo import run_demo
+
+    return run_demo(app=args.app, store=args.store, requests=args.requests)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``obsml`` with ``argv`` (default: the process arguments); returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version and usage errors: argparse has printed why
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    handler: Command | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

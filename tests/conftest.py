@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+
+import obsml
+from obsml._stats import STATS
+
+# obsml's own errors are raised, not counted, everywhere in the tests (also in subprocesses).
+os.environ["OBSML_STRICT"] = "true"
+
+
+@pytest.fixture(autouse=True)
+def fresh_stats() -> Iterator[None]:
+    STATS.reset()
+    yield
+    obsml.flush(10)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    return tmp_path / "store"
+
+
+def read_spans(store: Path) -> list[dict[str, Any]]:
+    """Every span in the store's part files, in start order."""
+    spans = [
+        json.loads(line)
+        for part in sorted(store.glob("traces/*/*/*/*/*.jsonl"))
+        for line in part.read_text("utf-8").splitlines()
+    ]
+    return sorted(spans, key=lambda span: span["start_time"])
+
+
+def span_by_correlation_id(store: Path, correlation_id: str) -> dict[str, Any]:
+    """The one span of a request. The client may see the response before the server has
+    handed the finished capture to the writer, so wait (briefly) for it to arrive."""
+    deadline = time.monotonic() + 10
+    while True:
+        obsml.flush()
+        matches = [s for s in read_spans(store) if s["attributes"]["obsml.correlation_id"] == correlation_id]
+        if matches or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    assert len(matches) == 1, f"{len(matches)} spans for {correlation_id!r}"
+    return matches[0]
+
+
+def body_bytes(span: dict[str, Any], direction: str) -> bytes:
+    """The captured body of a span, from inline text or from the store."""
+    import base64
+
+    attributes = span["attributes"]
+    prefix = f"obsml.{direction}.body"
+    if f"{prefix}.uri" in attributes:
+        return Path(attributes[f"{prefix}.uri"].removeprefix("file://")).read_bytes()
+    if attributes[f"{prefix}.encoding"] == "base64":
+        return base64.b64decode(attributes[prefix])
+    return str(attributes[prefix]).encode("utf-8")
+
+
+def free_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@contextmanager
+def running_server(app: Any, **config: Any) -> Iterator[str]:
+    """A real uvicorn server on 127.0.0.1 in a thread; stopped (with lifespan shutdown) on exit."""
+    sock = free_socket()
+    options: dict[str, Any] = {"log_level": "warning", "lifespan": "on", "ws": "wsproto"}
+    server = uvicorn.Server(uvicorn.Config(app, **{**options, **config}))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            if not thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            thread.join(0.01)
+        host, port = sock.getsockname()
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+
+
+@pytest.fixture
+def serve() -> Callable[..., Any]:
+    return running_server

@@ -1,0 +1,254 @@
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from apps import SESSION_COOKIE, first_chunk_seen, make_app
+from conftest import body_bytes, read_spans, running_server, span_by_correlation_id
+from websockets.sync.client import connect
+
+import obsml
+from obsml import ObsmlMiddleware
+
+OPTIONS = {"service": "credit", "model": "best_model", "version": "10"}
+
+
+@pytest.fixture
+def server(store: Path) -> Iterator[str]:
+    with running_server(make_app(store=str(store), **OPTIONS)) as url:
+        yield url
+
+
+@pytest.fixture
+def client(server: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server, timeout=30) as client:
+        yield client
+
+
+@pytest.mark.parametrize(
+    ("body", "inline"),
+    [
+        pytest.param(b"", True, id="empty"),
+        pytest.param(b'{"rows": [{"income": 52000, "age": 41}]}', True, id="small-json"),
+        pytest.param(b"x" * 65536, True, id="exactly-the-limit"),
+        pytest.param(b"x" * 65537, False, id="one-byte-over"),
+        pytest.param(bytes(range(256)) * 4, True, id="binary-invalid-utf8"),
+        pytest.param(b"\xff\xfe" * 40000, False, id="binary-offloaded"),
+    ],
+)
+def test_a_body_is_kept_inline_up_to_the_limit_and_offloaded_whole_past_it(
+    client: httpx.Client, store: Path, body: bytes, inline: bool
+) -> None:
+    response = client.post("/echo", content=body, headers={"x-correlation-id": "loan-7", "content-type": "application/json"})
+    assert response.content == body
+    obsml.flush()
+    span = span_by_correlation_id(store, "loan-7")
+    attributes = span["attributes"]
+    for direction in ("request", "response"):
+        prefix = f"obsml.{direction}.body"
+        assert attributes[f"{prefix}.size"] == len(body)
+        assert attributes[f"{prefix}.sha256"] == hashlib.sha256(body).hexdigest()
+        assert attributes[f"{prefix}.truncated"] is False
+        assert (f"{prefix}.uri" not in attributes) is inline
+        assert (prefix in attributes) is inline
+        assert body_bytes(span, direction) == body
+    if not inline:
+        uri = attributes["obsml.request.body.uri"]
+        assert re.fullmatch(
+            rf"file://{re.escape(str(store))}/payloads/\d{{4}}/\d\d/\d\d/{span['trace_id']}-{span['span_id']}-request\.json",
+            uri,
+        )
+
+
+def test_a_twenty_megabyte_chunked_upload_is_captured_whole_without_content_length(
+    client: httpx.Client, store: Path
+) -> None:
+    chunk = os.urandom(1 << 20)
+    expected = hashlib.sha256(chunk * 20).hexdigest()
+
+    def upload() -> Iterator[bytes]:
+        for _ in range(20):
+            yield chunk
+
+    response = client.post("/digest", content=upload(), headers={"x-correlation-id": "big-upload"})
+    assert response.json() == {"sha256": expected, "size": 20 << 20}
+    obsml.flush()
+    span = span_by_correlation_id(store, "big-upload")
+    assert "http.request.header.content-length" not in span["attributes"]
+    assert span["attributes"]["obsml.request.body.sha256"] == expected
+    assert hashlib.sha256(body_bytes(span, "request")).hexdigest() == expected
+
+
+def test_a_streamed_response_reaches_the_client_chunk_by_chunk(client: httpx.Client, store: Path) -> None:
+    first_chunk_seen.clear()
+    with client.stream("GET", "/stream", headers={"x-correlation-id": "sse-1"}) as response:
+        chunks = response.iter_raw()
+        assert next(chunks) == b"data: first\n\n"
+        first_chunk_seen.set()  # the app only finishes once the client saw the first chunk
+        assert b"".join(chunks) == b"data: released\n\n"
+    obsml.flush()
+    attributes = span_by_correlation_id(store, "sse-1")["attributes"]
+    assert attributes["obsml.response.body"] == "data: first\n\ndata: released\n\n"
+    assert attributes["obsml.response.body.content_type"].startswith("text/event-stream")
+    assert 0 < attributes["obsml.response.time_to_first_byte_ms"]
+
+
+def test_an_exception_before_the_response_is_recorded_as_a_500_and_reraised(
+    client: httpx.Client, store: Path
+) -> None:
+    response = client.get("/fail/before", headers={"x-correlation-id": "boom-1"})
+    assert response.status_code == 500  # Starlette's own error handler still answers
+    obsml.flush()
+    span = span_by_correlation_id(store, "boom-1")
+    assert span["status"] == {"code": "ERROR", "description": "RuntimeError: model exploded before answering"}
+    assert span["attributes"]["http.response.status_code"] == 500
+    [event] = span["events"]
+    assert event["name"] == "exception"
+    assert event["attributes"]["exception.type"] == "RuntimeError"
+    assert event["attributes"]["exception.message"] == "model exploded before answering"
+    assert "fail_before" in event["attributes"]["exception.stacktrace"]
+
+
+def test_an_exception_after_the_response_started_keeps_its_status_and_the_partial_body(
+    client: httpx.Client, store: Path
+) -> None:
+    with pytest.raises(httpx.RemoteProtocolError):
+        client.get("/fail/during", headers={"x-correlation-id": "boom-2"})
+    obsml.flush()
+    span = span_by_correlation_id(store, "boom-2")
+    assert span["status"]["code"] == "ERROR"
+    assert span["attributes"]["http.response.status_code"] == 200
+    assert span["attributes"]["obsml.response.body"] == "partial "
+    assert span["events"][0]["attributes"]["exception.message"] == "model exploded mid-stream"
+
+
+def test_a_client_that_disconnects_mid_stream_still_yields_a_span_that_says_so(
+    client: httpx.Client, store: Path
+) -> None:
+    with client.stream("GET", "/endless", headers={"x-correlation-id": "gone-1"}) as response:
+        assert next(response.iter_raw()).startswith(b"data: 0")
+    span = span_by_correlation_id(store, "gone-1")
+    assert span["attributes"]["obsml.client.disconnected"] is True
+    assert span["attributes"]["obsml.response.body.size"] < len(b"data: 999\n\n") * 1000
+
+
+def test_the_correlation_id_is_taken_from_the_first_configured_header_and_echoed(
+    client: httpx.Client, store: Path
+) -> None:
+    response = client.get("/status/200", headers={"x-request-id": "req-2", "x-correlation-id": "loan-1"})
+    assert response.headers["x-correlation-id"] == "loan-1"
+    response = client.get("/status/200", headers={"x-request-id": "req-2"})
+    assert response.headers["x-correlation-id"] == "req-2"
+    obsml.flush()
+    assert span_by_correlation_id(store, "loan-1")["attributes"]["obsml.correlation_id.source"] == "x-correlation-id"
+    assert span_by_correlation_id(store, "req-2")["attributes"]["obsml.correlation_id.source"] == "x-request-id"
+
+
+def test_a_request_without_a_correlation_id_gets_a_generated_one(client: httpx.Client, store: Path) -> None:
+    generated = {client.get("/status/201").headers["x-correlation-id"] for _ in range(3)}
+    assert len(generated) == 3
+    assert all(re.fullmatch(r"[0-9a-f]{32}", value) for value in generated)
+    obsml.flush()
+    for value in generated:
+        assert span_by_correlation_id(store, value)["attributes"]["obsml.correlation_id.source"] == "generated"
+
+
+def test_an_incoming_traceparent_makes_the_span_its_child(client: httpx.Client, store: Path) -> None:
+    trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    client.get("/status/200", headers={"traceparent": f"00-{trace_id}-{parent_id}-01", "x-correlation-id": "tp"})
+    obsml.flush()
+    span = span_by_correlation_id(store, "tp")
+    assert (span["trace_id"], span["parent_span_id"]) == (trace_id, parent_id)
+    assert span["kind"] == "SERVER"
+    assert span["name"] == "GET /status/{code}"
+
+
+def test_the_span_carries_the_http_semantic_convention_attributes(client: httpx.Client, store: Path) -> None:
+    client.post("/echo?model=a&sig=SECRETSIG", content=b"{}", headers={"x-correlation-id": "semconv"})
+    obsml.flush()
+    attributes = span_by_correlation_id(store, "semconv")["attributes"]
+    host, port = client.base_url.host, client.base_url.port
+    assert attributes["http.request.method"] == "POST"
+    assert attributes["url.path"] == "/echo"
+    assert attributes["url.query"] == "model=a&sig=[REDACTED]"
+    assert attributes["http.route"] == "/echo"
+    assert attributes["http.response.status_code"] == 200
+    assert attributes["client.address"] == "127.0.0.1"
+    assert (attributes["server.address"], attributes["server.port"]) == (host, port)
+    assert attributes["user_agent.original"].startswith("python-httpx")
+    assert (attributes["obsml.service"], attributes["obsml.model.name"], attributes["obsml.model.version"]) == (
+        "credit",
+        "best_model",
+        "10",
+    )
+
+
+def test_credentials_in_headers_never_reach_the_store(store: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    canaries = {
+        "authorization": "Bearer CANARY-authorization-1f3a",
+        "cookie": "session=CANARY-cookie-77b2",
+        "proxy-authorization": "Basic CANARY-proxy-9c1d",
+        "x-api-key": "CANARY-api-key-5e6f",
+        "x-team-token": "CANARY-configured-0a0b",
+    }
+    app = make_app(store=str(store), redact_headers="X-Team-Token", **OPTIONS)
+    with running_server(app) as url:
+        response = httpx.post(
+            f"{url}/echo",
+            content=b"{}",
+            headers={**canaries, "x-give-cookie": "yes", "x-correlation-id": "redact"},
+        )
+        assert response.headers["set-cookie"] == SESSION_COOKIE  # the client still gets it
+    span = span_by_correlation_id(store, "redact")
+    assert span["attributes"]["http.request.header.authorization"] == ["[REDACTED]"]
+    assert span["attributes"]["http.response.header.set-cookie"] == ["[REDACTED]"]
+    assert set(span["attributes"]["obsml.request.headers_redacted"]) == set(canaries)
+    stored = b"".join(path.read_bytes() for path in store.rglob("*") if path.is_file())
+    assert b"CANARY" not in stored
+    assert "CANARY" not in caplog.text
+
+
+def test_websocket_connections_pass_through_untouched(server: str, store: Path) -> None:
+    with connect(server.replace("http", "ws") + "/ws") as websocket:
+        websocket.send("hello")
+        assert websocket.recv() == "echo:hello"
+    obsml.flush()
+    assert read_spans(store) == []
+
+
+def test_non_http_scopes_get_the_original_receive_and_send() -> None:
+    seen: dict[str, Any] = {}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.update(receive=receive, send=send)
+
+    async def receive() -> dict[str, Any]:
+        return {}
+
+    async def send(message: Any) -> None:
+        return None
+
+    middleware = ObsmlMiddleware(app, **OPTIONS, store="memory://ws")
+    asyncio.run(middleware({"type": "websocket"}, receive, send))
+    assert seen == {"receive": receive, "send": send}
+
+
+def test_lifespan_shutdown_flushes_every_captured_request(store: Path) -> None:
+    # A long flush interval: only the shutdown flush can have written these.
+    app = make_app(store=str(store), flush_interval=3600, **OPTIONS)
+    with running_server(app) as url, httpx.Client(base_url=url) as client:
+        for index in range(25):
+            client.post("/echo", content=f"row {index}".encode(), headers={"x-correlation-id": f"n-{index}"})
+        assert read_spans(store) == []
+    spans = read_spans(store)
+    assert sorted(s["attributes"]["obsml.correlation_id"] for s in spans) == sorted(f"n-{i}" for i in range(25))
+    assert len({s["span_id"] for s in spans}) == 25
