@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import os
 import platform
@@ -44,7 +45,7 @@ import random
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
@@ -54,8 +55,8 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 
 import obsml
 
-Scope = dict[str, Any]
-Message = dict[str, Any]
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
@@ -163,10 +164,8 @@ def clean_store(root: str) -> None:
     """Delete written files but keep folders (obsml's store caches the folders it created)."""
     for folder, _dirs, files in os.walk(root):
         for name in files:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(os.path.join(folder, name))
-            except OSError:
-                pass
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -191,8 +190,10 @@ def run(rounds: int, requests: int, warmup: int, seed: int) -> int:
         exporter = DiscardingExporter()
         provider = TracerProvider()
         provider.add_span_processor(BatchSpanProcessor(exporter))
-        otel_app = OpenTelemetryMiddleware(echo_app, tracer_provider=provider, meter_provider=NoOpMeterProvider())
-        apps: dict[str, ASGIApp] = {"bare": echo_app, "obsml": obsml_app, "otel": otel_app}
+        otel_app = OpenTelemetryMiddleware(
+            echo_app, tracer_provider=provider, meter_provider=NoOpMeterProvider()
+        )
+        apps: dict[str, Any] = {"bare": echo_app, "obsml": obsml_app, "otel": otel_app}
 
         def settle(variant: str) -> None:
             """The variant's background work, done outside the per-request timing."""
@@ -203,9 +204,9 @@ def run(rounds: int, requests: int, warmup: int, seed: int) -> int:
                 provider.force_flush()
 
         print(
-            f"obsml {obsml.__version__} | Python {platform.python_version()} ({platform.python_implementation()}) "
-            f"| {platform.machine()} {os.cpu_count()} CPU | rounds={rounds} requests/round/variant={requests} "
-            f"warmup={warmup} seed={seed}"
+            f"obsml {obsml.__version__} | Python {platform.python_version()} "
+            f"({platform.python_implementation()}) | {platform.machine()} {os.cpu_count()} CPU "
+            f"| rounds={rounds} requests/round/variant={requests} warmup={warmup} seed={seed}"
         )
         try:
             results = {}
@@ -224,7 +225,9 @@ def run(rounds: int, requests: int, warmup: int, seed: int) -> int:
                     for variant in order:
                         gc.collect()
                         start = time.perf_counter_ns()
-                        loop.run_until_complete(run_block(apps[variant], size, body, requests, samples[variant]))
+                        loop.run_until_complete(
+                            run_block(apps[variant], size, body, requests, samples[variant])
+                        )
                         settle(variant)
                         e2e[variant].append((time.perf_counter_ns() - start) / requests)
                     clean_store(store)
@@ -262,13 +265,19 @@ def report(results: dict[str, Any], rounds: int, requests: int) -> int:
         summary = {}
         for variant in VARIANTS:
             values = sorted(samples[variant])
-            summary[variant] = (percentile(values, 50) * us, percentile(values, 99) * us, median(e2e[variant]) * us)
+            summary[variant] = (
+                percentile(values, 50) * us,
+                percentile(values, 99) * us,
+                median(e2e[variant]) * us,
+            )
         bare_med, bare_p99, bare_e2e = summary["bare"]
         print()
         print(f"== body {label} (request and response), {len(samples['bare'])} requests per variant ==")
         print("request path (per call, µs):")
-        header = f"  {'variant':<7} {'median':>9} {'p99':>9} {'added med':>10} {'added p99':>10} {'x bare med':>11} {'x bare p99':>11}"
-        print(header)
+        print(
+            f"  {'variant':<7} {'median':>9} {'p99':>9} {'added med':>10} {'added p99':>10} "
+            f"{'x bare med':>11} {'x bare p99':>11}"
+        )
         for variant in VARIANTS:
             med, p99, _ = summary[variant]
             if variant == "bare":
@@ -301,10 +310,14 @@ def report(results: dict[str, Any], rounds: int, requests: int) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--rounds", type=int, default=30, help="interleaved rounds (default 30)")
-    parser.add_argument("--requests", type=int, default=200, help="requests per variant per round (default 200)")
-    parser.add_argument("--warmup", type=int, default=None, help="warm-up requests per variant (default 500)")
+    parser.add_argument(
+        "--requests", type=int, default=200, help="requests per variant per round (default 200)"
+    )
+    parser.add_argument("--warmup", type=int, default=None, help="warm-up requests per variant (500)")
     parser.add_argument("--seed", type=int, default=1234, help="seed of the variant shuffling")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 3 rounds x 50 requests, short warm-up")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: 3 rounds x 50 requests, short warm-up"
+    )
     parser.add_argument(
         "--check", action="store_true", help="exit with status 1 when obsml misses the added-median targets"
     )

@@ -6,11 +6,11 @@ with its bodies, correlation id, timings and exceptions. See the README.
 
 from __future__ import annotations
 
+from .__version__ import __version__
 from ._exceptions import ConfigError, ObsmlError, PluginError, PluginImportError
 from ._pipeline import flush
 from ._settings import Settings
 from ._stats import stats
-from .__version__ import __version__
 from .asgi import ObsmlMiddleware
 
 __all__ = [
@@ -27,5 +27,5 @@ __all__ = [
 
 for _name in __all__:
     if not _name.startswith("__"):
-        setattr(globals()[_name], "__module__", "obsml")
+        globals()[_name].__module__ = "obsml"
 del _name

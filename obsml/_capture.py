@@ -51,6 +51,7 @@ class Capture:
     __slots__ = (
         "__weakref__",
         "capturer",
+        "completed",
         "correlation_header",
         "correlation_id",
         "correlation_rejected",
@@ -61,10 +62,10 @@ class Capture:
         "info",
         "parent",
         "request_body",
-        "response_body",
-        "responded",
-        "response_headers",
         "request_headers",
+        "responded",
+        "response_body",
+        "response_headers",
         "sampled",
         "span_id",
         "start_ns",
@@ -85,6 +86,7 @@ class Capture:
         self.response_headers: Any = ()
         self.status = 0
         self.responded = False
+        self.completed = False  # the last body message has been sent
         self.exception: BaseException | None = None
         self.exception_ns = 0
         self.disconnected = False
@@ -162,7 +164,8 @@ class Capture:
 
     @property
     def nbytes(self) -> int:
-        return self.request_body.held + self.response_body.held
+        """Body bytes this job holds in memory (streamed bytes were counted as they left)."""
+        return self.request_body.in_memory + self.response_body.in_memory
 
     def run(self) -> None:
         self.capturer.emit(self)
@@ -183,6 +186,10 @@ class BodyTee:
         self.held = 0  # bytes kept (in memory or streamed)
         self.first_perf = 0
         self.stream: PayloadStream | None = None
+
+    @property
+    def in_memory(self) -> int:
+        return 0 if self.stream is not None else self.held
 
     @property
     def truncated(self) -> bool:

@@ -86,6 +86,8 @@ def _run(app: str, store_url: str, requests: int, out: IO[str]) -> int:
     _check_app(app, cwd)
     httpx = _import_demo_dependency("httpx")
     _import_demo_dependency("uvicorn")
+    if store_url.startswith("memory:"):
+        raise DemoError("a memory:// store is not shared with the server process: use a path or a URL")
     if "://" not in store_url and "::" not in store_url:
         store_url = os.path.abspath(store_url)
     try:
@@ -136,7 +138,9 @@ def _check_app(app: str, cwd: str) -> None:
     finally:
         sys.path.remove(cwd)
     if not found:
-        hint = "; run `obsml demo` from the repository root (where examples/ is)" if module == DEFAULT_APP.split(":")[0] else ""
+        hint = ""
+        if module.split(".")[0] == DEFAULT_APP.split(".")[0]:
+            hint = "; run `obsml demo` from the repository root (the folder holding examples/)"
         raise DemoError(f"cannot find the module {module!r} from {cwd}{hint}")
 
 
@@ -168,7 +172,9 @@ def _listing(store: Store) -> set[str]:
 
 
 @contextmanager
-def _server(app: str, port: int, cwd: str, store_url: str, log: IO[bytes]) -> Iterator[subprocess.Popen[bytes]]:
+def _server(
+    app: str, port: int, cwd: str, store_url: str, log: IO[bytes]
+) -> Iterator[subprocess.Popen[bytes]]:
     command = [
         sys.executable, "-m", "uvicorn", app,
         "--host", "127.0.0.1", "--port", str(port), "--app-dir", cwd, "--no-access-log",
@@ -194,7 +200,8 @@ def _wait_until_up(httpx: Any, server: subprocess.Popen[bytes], base: str, log_n
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise DemoError(f"the server exited with code {server.returncode} before answering:\n{_tail(log_name)}")
+            code = server.returncode
+            raise DemoError(f"the server exited with code {code} before answering:\n{_tail(log_name)}")
         try:
             response = httpx.get(f"{base}/health", timeout=2.0)
         except httpx.TransportError:
@@ -262,11 +269,13 @@ def _send_traffic(httpx: Any, base: str, requests: int) -> list[Sent]:
     rng = random.Random(SEED)
     sent: list[Sent] = []
     loan = 17
+    seen: Counter[str] = Counter()
     with httpx.Client(base_url=base, timeout=REQUEST_TIMEOUT_S) as client:
-        for index, kind in enumerate(_plan(requests)):
+        for kind in _plan(requests):
             headers = {"content-type": "application/json"}
             correlation_id = None
-            if kind in ("small", "stream") and index % 2 == 0 or kind == "large":
+            seen[kind] += 1
+            if kind == "large" or seen[kind] % 2 == 1:
                 correlation_id = f"loan-2024-{loan:05d}"
                 loan += 1
                 headers["x-correlation-id"] = correlation_id
@@ -282,9 +291,13 @@ def _send_traffic(httpx: Any, base: str, requests: int) -> list[Sent]:
                     broken["income"] = "n/a"  # a non-numeric feature
                 else:
                     del broken["debt_ratio"]  # a missing feature
+                # uvicorn closes the connection after an exception escaped the app, without saying
+                # so in the 500 it sent: a keep-alive client would then reuse a dead connection.
+                headers["connection"] = "close"
             path = "/score/stream" if kind.endswith("stream") else "/score"
             body = json.dumps({"rows": rows}).encode()
-            record = Sent(kind, path, 500 if kind.startswith("bad") else 200, correlation_id, request_bytes=len(body))
+            expect = 500 if kind.startswith("bad") else 200
+            record = Sent(kind, path, expect, correlation_id, request_bytes=len(body))
             try:
                 if kind == "stream":
                     _stream(client, record, body, headers)
@@ -318,9 +331,10 @@ def _stream(client: httpx.Client, record: Sent, body: bytes, headers: dict[str, 
 def _describe_sent(sent: list[Sent]) -> str:
     kinds = Counter(record.kind for record in sent)
     with_id = sum(1 for record in sent if record.correlation_id)
+    large_kb = max((r.request_bytes for r in sent if r.kind == "large"), default=0) // 1024
     parts = [
         f"{kinds['small']} small /score",
-        f"{kinds['large']} large /score (~{max((r.request_bytes for r in sent if r.kind == 'large'), default=0) // 1024} KB)",
+        f"{kinds['large']} large /score (~{large_kb} KB)",
         f"{kinds['stream']} streaming /score/stream",
         f"{kinds['bad'] + kinds['bad-stream']} with a bad row (500 expected)",
     ]
@@ -335,8 +349,9 @@ def _client_problems(sent: list[Sent]) -> Iterator[str]:
             yield f"{record.kind} {record.path}: status {record.status}, expected {record.expect}"
     missing = [r for r in sent if r.error is None and r.echoed_id is None]
     if missing:
-        statuses = ", ".join(f"{status} x{n}" for status, n in sorted(Counter(r.status for r in missing).items()))
-        yield f"{len(missing)} response(s) without an x-correlation-id header (status {statuses})"
+        by_status = sorted(Counter(r.status for r in missing).items())
+        statuses = ", ".join(f"{status} x{n}" for status, n in by_status)
+        yield f"{len(missing)} response(s) came back without an x-correlation-id header (status {statuses})"
     wrong = [r for r in sent if r.correlation_id and r.echoed_id and r.echoed_id != r.correlation_id]
     if wrong:
         yield f"{len(wrong)} response(s) echoed a different x-correlation-id than was sent"
@@ -400,11 +415,16 @@ def _summarise(
 
     by_name = Counter(str(span.get("name")) for span in spans)
     failures = [span for span in spans if failed(span)]
-    uris = [key for span in spans for key in attrs(span) if key.startswith("obsml.") and key.endswith(".body.uri")]
+    uris = [k for span in spans for k in attrs(span) if k.startswith("obsml.") and k.endswith(".body.uri")]
     offloaded_spans = sum(1 for span in spans if any(k.endswith(".body.uri") for k in attrs(span)))
+    disconnected = sum(1 for span in spans if attrs(span).get("obsml.client.disconnected") is True)
     lost = sum(1 for span in spans for key in attrs(span) if key.endswith(".body.lost"))
-    from_header = sum(1 for span in spans if attrs(span).get("obsml.correlation_id.source") == "x-correlation-id")
-    durations = [float(span["duration_ms"]) for span in spans if isinstance(span.get("duration_ms"), (int, float))]
+    from_header = sum(1 for s in spans if attrs(s).get("obsml.correlation_id.source") == "x-correlation-id")
+    latency: dict[str, list[float]] = {}
+    for span in spans:
+        if isinstance(span.get("duration_ms"), (int, float)):
+            latency.setdefault(str(span.get("name")), []).append(float(span["duration_ms"]))
+    name_width = max((len(name) for name in latency), default=0)
     ttfb = [
         float(attrs(span)["obsml.response.time_to_first_byte_ms"])
         for span in spans
@@ -429,7 +449,10 @@ def _summarise(
             f"{len(uris)} in {offloaded_spans} requests, {len(payloads)} new files under payloads/"
             f"  ({big_sent} bodies over {inline_limit // 1024} KB sent or received)",
         ),
-        ("latency", _ms(durations)),
+        *(
+            ("latency" if i == 0 else "", f"{name:<{name_width}}  {_ms(values)}")
+            for i, (name, values) in enumerate(sorted(latency.items()))
+        ),
         ("streaming TTFB", f"{_ms(ttfb)}; client saw {_ms(client_ttfb)}" if ttfb or client_ttfb else "-"),
     ]
     _say(out, f"What obsml captured ({len(traces)} new trace file(s) in {_shown(store, '')}):")
@@ -449,6 +472,10 @@ def _summarise(
         notes.append(f"{len(failures)} failed spans for {bad_sent} bad-input requests")
     if len(uris) != big_sent or len(payloads) != big_sent:
         notes.append(f"{len(uris)} body URIs and {len(payloads)} payload files for {big_sent} large bodies")
+    if disconnected:
+        notes.append(
+            f"{disconnected} span(s) say obsml.client.disconnected, but every client read its whole response"
+        )
     if lost:
         notes.append(f"{lost} bodies lost on the way to the store (obsml.*.body.lost)")
     for note in notes:

@@ -91,7 +91,7 @@ class JsonlExporter(SpanExporter):
                 self._seq += 1
                 names.append(f"traces/{hour}/{self._writer_id}-{self._seq:06d}.jsonl")
         ok = True
-        for name, lines in zip(names, batches.values()):
+        for name, lines in zip(names, batches.values(), strict=True):
             try:
                 self._store.write_atomic(name, b"".join(lines))
             except Exception as exc:

@@ -13,7 +13,7 @@ from ._attributes import span_attributes
 from ._capture import Capture, Describe, PayloadStream, sampling_threshold
 from ._redact import RedactionPolicy
 from ._settings import Settings
-from ._stats import logger, record_drop
+from ._stats import count, logger, record_drop
 from ._store import Store
 from ._tracing import Tracing
 from ._writer import Writer
@@ -56,6 +56,7 @@ class Pipeline:
             if target is not None:
                 if commit and reason is None:
                     target.commit()
+                    count("payloads_written")
                 else:
                     target.abort()
         except Exception:

@@ -92,7 +92,7 @@ def _boolean(raw: Any) -> bool:
 
 def _integer(minimum: int) -> Callable[[Any], int]:
     def parse(raw: Any) -> int:
-        if isinstance(raw, bool) or isinstance(raw, float):
+        if isinstance(raw, (bool, float)):
             raise TypeError(raw)
         value = int(str(raw).strip().replace("_", ""))
         if value < minimum:

@@ -19,7 +19,10 @@ from ._stats import STATS, report_internal_error
 
 
 class Job(Protocol):
-    nbytes: int
+    @property
+    def nbytes(self) -> int:
+        """Bytes this job holds in memory, counted against the queue's byte bound."""
+
 
     def run(self) -> None: ...
 

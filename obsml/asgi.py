@@ -109,7 +109,9 @@ class _CaptureResponder:
         try:
             if message["type"] == "http.request":
                 self.capture.request_body.feed(message.get("body", b""))
-            elif message["type"] == "http.disconnect":
+            elif message["type"] == "http.disconnect" and not self.capture.completed:
+                # After a complete response the server reports a disconnect too (ASGI spec); that
+                # one is the normal end of the exchange, not a client going away.
                 self.capture.disconnected = True
         except Exception:
             report_internal_error("capturing a request body")
@@ -119,6 +121,8 @@ class _CaptureResponder:
         try:
             if message["type"] == "http.response.body":
                 self.capture.response_body.feed(message.get("body", b""))
+                if not message.get("more_body", False):
+                    self.capture.completed = True
             elif message["type"] == "http.response.start":
                 headers = list(message.get("headers", ()))
                 if not any(name.lower() == _CORRELATION_HEADER for name, _ in headers):

@@ -9,6 +9,7 @@ module that ends the process, and only from ``__main__``; the ``obsml`` console 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable, Sequence
 
 from .__version__ import __version__
@@ -44,7 +45,9 @@ def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "--app", default=DEFAULT_APP, help=f"the ASGI app as module:attribute (default: {DEFAULT_APP})"
     )
     demo.add_argument(
-        "--store", default=DEFAULT_STORE, help=f"where obsml writes: a path or fsspec URL (default: {DEFAULT_STORE})"
+        "--store",
+        default=DEFAULT_STORE,
+        help=f"where obsml writes: a local path or an fsspec URL (default: {DEFAULT_STORE})",
     )
     demo.add_argument(
         "--requests",
@@ -89,6 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except KeyboardInterrupt:
+        print("obsml: interrupted", file=sys.stderr)
         return 130
 
 

@@ -61,6 +61,11 @@ async def fail_before(request: Request) -> Response:
     raise RuntimeError("model exploded before answering")
 
 
+async def fail_after_reading(request: Request) -> Response:
+    await request.body()
+    raise ValueError("row 3: income is not a number")
+
+
 async def fail_during(request: Request) -> Response:
     async def chunks() -> Any:
         yield b"partial "
@@ -88,6 +93,7 @@ def make_app(**options: Any) -> Starlette:
         Route("/endless", endless),
         Route("/fail/before", fail_before),
         Route("/fail/during", fail_during),
+        Route("/fail/after-read", fail_after_reading, methods=["POST"]),
         Route("/status/{code:int}", status),
         WebSocketRoute("/ws", ws_echo),
     ]

@@ -37,7 +37,8 @@ def read_spans(store: Path) -> list[dict[str, Any]]:
     spans = [
         json.loads(line)
         for part in sorted(store.glob("traces/*/*/*/*/*.jsonl"))
-        for line in part.read_text("utf-8").splitlines()
+        for line in part.read_bytes().split(b"\n")  # not splitlines(): U+2028 may sit inside a string
+        if line
     ]
     return sorted(spans, key=lambda span: span["start_time"])
 

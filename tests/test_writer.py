@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from apps import make_app
+from conftest import free_socket, read_spans, running_server, span_by_correlation_id
+
+import obsml
+
+OPTIONS = {"service": "credit", "model": "best_model", "version": "10"}
+
+
+def test_a_full_queue_drops_the_span_counts_it_and_leaves_the_request_alone(store: Path) -> None:
+    body = b"b" * 5000  # held inline: 10 KB for request and response, over the 1 KB queue bound
+    with running_server(make_app(store=str(store), queue_max_bytes=1000, **OPTIONS)) as url:
+        response = httpx.post(f"{url}/echo", content=body)
+    assert response.content == body
+    obsml.flush()
+    assert read_spans(store) == []
+    assert obsml.stats()["dropped"] == {"queue_full": {"span": 1}}
+
+
+def test_a_payload_that_cannot_be_queued_is_marked_lost_in_its_span(store: Path) -> None:
+    body = b"p" * 5000
+    app = make_app(store=str(store), queue_max_bytes=3000, inline_limit=100, **OPTIONS)
+    with running_server(app) as url:
+        assert httpx.post(f"{url}/echo", content=body, headers={"x-correlation-id": "lost"}).content == body
+    attributes = span_by_correlation_id(store, "lost")["attributes"]
+    assert attributes["obsml.request.body.lost"] == attributes["obsml.response.body.lost"] == "queue_full"
+    assert attributes["obsml.request.body.size"] == 5000
+    assert "obsml.request.body.uri" not in attributes
+    assert obsml.stats()["dropped"] == {"queue_full": {"payload": 2}}
+    assert [p for p in store.rglob("*") if p.is_file() and "traces" not in p.parts] == []
+
+
+def test_sigterm_to_a_uvicorn_process_flushes_every_captured_request(store: Path) -> None:
+    sock = free_socket()
+    host, port = sock.getsockname()
+    env = {**os.environ, "OBSML_STORE": str(store), "OBSML_FLUSH_INTERVAL": "3600"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "apps:app", "--app-dir", str(Path(__file__).parent),
+         "--fd", str(sock.fileno()), "--log-level", "warning"],
+        env=env, pass_fds=[sock.fileno()],
+    )
+    sock.close()
+    try:
+        with httpx.Client(base_url=f"http://{host}:{port}", timeout=10) as client:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    client.get("/status/200", headers={"x-correlation-id": "warm-up"})
+                    break
+                except httpx.TransportError:
+                    assert time.monotonic() < deadline, "uvicorn did not start"
+                    time.sleep(0.05)
+            for index in range(40):
+                client.post("/echo", content=b"x" * (index * 3000), headers={"x-correlation-id": f"req-{index}"})
+        assert read_spans(store) == []  # nothing written before shutdown: the flush interval is an hour
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+    finally:
+        server.kill()
+    ids = sorted(s["attributes"]["obsml.correlation_id"] for s in read_spans(store))
+    assert ids == sorted(["warm-up", *(f"req-{index}" for index in range(40))])
+    offloaded = [p for p in store.glob("payloads/*/*/*/*") if p.is_file()]
+    assert len(offloaded) == 2 * len([i for i in range(40) if i * 3000 > 65536])
