@@ -71,8 +71,8 @@ def _body(attributes: Attributes, tee: BodyTee) -> None:
             attributes[f"{prefix}.encoding"] = "base64"
         return
     lost = tee.capture.capturer.pipeline.finish_stream(stream, commit=True)
-    if lost is None:
+    if lost is None and stream.relative is not None:
         attributes[f"{prefix}.uri"] = tee.capture.capturer.pipeline.store.uri(stream.relative)
         attributes[f"{prefix}.sha256"] = stream.hasher.hexdigest()
     else:
-        attributes[f"{prefix}.lost"] = lost
+        attributes[f"{prefix}.lost"] = lost or "queue_full"

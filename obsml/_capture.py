@@ -18,6 +18,7 @@ from random import getrandbits
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
+from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
 
 from ._stats import count, record_drop
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from ._pipeline import Capturer
     from ._types import Attributes
 
-CORRELATION_ID: ContextVar[str | None] = ContextVar("obsml_correlation_id", default=None)
+CURRENT_CAPTURE: ContextVar[Capture | None] = ContextVar("obsml_current_capture", default=None)
 
 _VALID_CORRELATION_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 _VALID_TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
@@ -52,6 +53,7 @@ class Capture:
         "__weakref__",
         "capturer",
         "completed",
+        "correlation_bytes",
         "correlation_header",
         "correlation_id",
         "correlation_rejected",
@@ -108,7 +110,8 @@ class Capture:
             value = found[slot]
             if value is None:
                 continue
-            if _VALID_CORRELATION_ID.fullmatch(value) and value.strip(b".") and value.isascii():
+            if _VALID_CORRELATION_ID.fullmatch(value) and value.strip(b"."):
+                self.correlation_bytes = value
                 self.correlation_id = value.decode("ascii")
                 self.correlation_header = header
             else:  # never used raw: replaced, and the span says from which header
@@ -116,21 +119,30 @@ class Capture:
             break
         if self.correlation_header is None:
             self.correlation_id = f"{getrandbits(128):032x}"
+            self.correlation_bytes = self.correlation_id.encode("ascii")
 
         self.sampled = capturer.sample_all or correlation_keep(self.correlation_id, capturer.sample_threshold)
         limit = capturer.max_capture if self.sampled else min(capturer.max_capture, capturer.inline_limit)
         self.request_body = BodyTee(self, "request", found[capturer.content_type_slot], limit)
         self.response_body = BodyTee(self, "response", None, limit)
 
-    def activate(self) -> tuple[Token[str | None], object]:
-        """Make this request's ids current, so logs and child spans in the app join it."""
-        span = NonRecordingSpan(SpanContext(self.trace_id, self.span_id, False, _SAMPLED))
-        return CORRELATION_ID.set(self.correlation_id), otel_context.attach(set_span_in_context(span))
+    def activate(self) -> tuple[Token[Capture | None], object]:
+        """Make this request current, so logs, model data and child spans in the app join it.
+
+        The OpenTelemetry context costs several microseconds; it is set only when the
+        application configured OpenTelemetry (someone is there to read it).
+        """
+        otel_token = None
+        if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+            span = NonRecordingSpan(SpanContext(self.trace_id, self.span_id, False, _SAMPLED))
+            otel_token = otel_context.attach(set_span_in_context(span))
+        return CURRENT_CAPTURE.set(self), otel_token
 
     @staticmethod
-    def deactivate(tokens: tuple[Token[str | None], object]) -> None:
-        otel_context.detach(tokens[1])  # type: ignore[arg-type]
-        CORRELATION_ID.reset(tokens[0])
+    def deactivate(tokens: tuple[Token[Capture | None], object]) -> None:
+        if tokens[1] is not None:
+            otel_context.detach(tokens[1])  # type: ignore[arg-type]
+        CURRENT_CAPTURE.reset(tokens[0])
 
     def response_started(self, status: int, headers: Any) -> None:
         self.status = status
@@ -155,7 +167,6 @@ class Capture:
             return
         writer = self.capturer.pipeline.writer
         if writer.submit(self):
-            count("requests_captured")
             return
         record_drop("span", "queue_full")
         for tee in (self.request_body, self.response_body):
@@ -216,16 +227,19 @@ class BodyTee:
                 self._offload()
 
     def _offload(self) -> None:
-        capture = self.capture
-        day = datetime.fromtimestamp(capture.start_ns / 1e9, timezone.utc).strftime("%Y/%m/%d")
-        relative = (
-            f"payloads/{day}/{capture.trace_id:032x}-{capture.span_id:016x}-{self.direction}"
-            f".{extension_for(self.media_type())}"
-        )
-        self.stream = PayloadStream(capture.capturer, relative)
+        self.stream = PayloadStream(self)
         for chunk in self.chunks:
             self.stream.send(chunk)
         self.chunks = []
+
+    def payload_path(self) -> str:
+        """Where this body goes in the store (computed on the writer, off the request path)."""
+        capture = self.capture
+        day = datetime.fromtimestamp(capture.start_ns / 1e9, timezone.utc).strftime("%Y/%m/%d")
+        return (
+            f"payloads/{day}/{capture.trace_id:032x}-{capture.span_id:016x}-{self.direction}"
+            f".{extension_for(self.media_type())}"
+        )
 
     def media_type(self) -> bytes | None:
         if self.direction == "request":
@@ -244,15 +258,17 @@ def header_value(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes |
 class PayloadStream:
     """A body on its way to ``payloads/``. Chunks travel through the writer queue in order."""
 
-    __slots__ = ("capturer", "error", "hasher", "lost", "relative", "target", "written")
+    __slots__ = ("capturer", "error", "hasher", "lost", "relative", "target", "tee", "written")
 
-    def __init__(self, capturer: Capturer, relative: str) -> None:
-        self.capturer = capturer
-        self.relative = relative
+    def __init__(self, tee: BodyTee) -> None:
+        self.tee = tee
+        self.capturer = tee.capture.capturer
         self.lost: str | None = None  # set on the request path when a chunk could not be queued
-        self.error: str | None = None  # set on the writer when the store refused a write
+        # The rest belongs to the writer thread, which fills it in at the first chunk.
+        self.relative: str | None = None
+        self.error: str | None = None  # the store refused a write
         self.target: Any = None
-        self.hasher = sha256()
+        self.hasher: Any = None
         self.written = 0
 
     def send(self, data: bytes) -> None:

@@ -7,6 +7,7 @@ instance with the same destination in one process shares it (one writer per proc
 from __future__ import annotations
 
 import threading
+from hashlib import sha256
 from typing import Any
 
 from ._attributes import span_attributes
@@ -38,7 +39,9 @@ class Pipeline:
         if stream.error is not None:
             return
         try:
-            if stream.target is None:
+            if stream.relative is None:
+                stream.relative = stream.tee.payload_path()
+                stream.hasher = sha256()
                 stream.target = self.store.open_atomic(stream.relative)
             stream.target.write(data)
         except Exception as exc:
@@ -133,7 +136,13 @@ class Capturer:
 
     def emit(self, capture: Capture) -> None:
         """Writer side: turn a finished capture into a span."""
-        name, attributes = span_attributes(capture)
+        count("requests_captured")
+        try:
+            name, attributes = span_attributes(capture)
+        finally:  # a body still open here (attributes failed midway) must not stay a temp file
+            for tee in (capture.request_body, capture.response_body):
+                if tee.stream is not None and tee.stream.target is not None:
+                    self.pipeline.finish_stream(tee.stream, commit=False)
         self.pipeline.tracing.emit(capture, name, attributes)
 
     def flush(self) -> bool:

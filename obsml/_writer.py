@@ -1,28 +1,32 @@
 """The background writer: one thread per process and pipeline, fed by a bounded queue.
 
 ``submit`` never blocks and never raises into a request: it returns False when the queue
-is over its item or byte bound, and the caller records the drop. The thread starts lazily
-in the process that first submits, so a fork gets its own. Each job runs inside a guard:
-one bad item never stops the writer.
+is over its item or byte bound, and the caller records the drop. Submitting does not wake
+the thread (a wake-up per request would make it fight the requests for the GIL); the thread
+polls every few milliseconds, and is woken early only when the queue fills up or a flush
+is asked for. It starts lazily, and a forked child starts its own. Each job runs inside a
+guard: one bad item never stops the writer.
 """
 
 from __future__ import annotations
 
 import atexit
 import os
-import queue
 import threading
 import time
+import weakref
+from collections import deque
 from typing import Protocol
 
 from ._stats import STATS, report_internal_error
+
+_POLL_S = 0.05  # the longest a captured item waits for the writer when nothing wakes it
 
 
 class Job(Protocol):
     @property
     def nbytes(self) -> int:
         """Bytes this job holds in memory, counted against the queue's byte bound."""
-
 
     def run(self) -> None: ...
 
@@ -57,28 +61,39 @@ class Writer:
         self, ticker: Ticker, *, max_items: int, max_bytes: int, interval: float, exit_timeout: float
     ) -> None:
         self._ticker = ticker
-        self.exit_timeout = exit_timeout
-        self._atexit_registered = False
         self._max_items = max_items
         self._max_bytes = max_bytes
+        self._wake_items = max(1, min(1000, max_items // 4))
+        self._wake_bytes = max(1, max_bytes // 4)
         self._interval = interval
-        self._queue: queue.SimpleQueue[Job] = queue.SimpleQueue()
+        self.exit_timeout = exit_timeout
+        self._atexit_registered = False
+        self._reset()
+        _WRITERS.add(self)
+
+    def _reset(self) -> None:
+        self._jobs: deque[Job] = deque()
+        self._wake = threading.Event()
         self._lock = threading.Lock()
         self._items = 0
         self._bytes = 0
-        self._pid = 0
+        self._running = False
         self._closed = False
 
     def submit(self, job: Job, force: bool = False) -> bool:
         """Queue ``job``; False when the queue is full. ``force`` is for tiny end-of-item markers."""
-        if self._pid != os.getpid():
+        if not self._running:
             self._start()
+        nbytes = job.nbytes
         with self._lock:
-            if not force and (self._items >= self._max_items or self._bytes + job.nbytes > self._max_bytes):
+            if not force and (self._items >= self._max_items or self._bytes + nbytes > self._max_bytes):
                 return False
             self._items += 1
-            self._bytes += job.nbytes
-        self._queue.put(job)
+            self._bytes += nbytes
+            urgent = force or self._items >= self._wake_items or self._bytes >= self._wake_bytes
+        self._jobs.append(job)
+        if urgent:
+            self._wake.set()
         return True
 
     def pending(self) -> int:
@@ -87,7 +102,7 @@ class Writer:
 
     def flush(self, timeout: float) -> bool:
         """Wait until everything submitted so far is written out; False on timeout."""
-        if self._pid != os.getpid():
+        if not self._running:
             return True
         marker = _Flush(self._ticker)
         self.submit(marker, force=True)
@@ -95,7 +110,7 @@ class Writer:
 
     def close(self, timeout: float) -> None:
         """Flush and stop the thread; what is still queued at the deadline is counted as dropped."""
-        if self._pid != os.getpid() or self._closed:
+        if not self._running or self._closed:
             return
         self._closed = True
         marker = _Stop(self._ticker)
@@ -107,39 +122,31 @@ class Writer:
 
     def _start(self) -> None:
         with self._lock:
-            if self._pid == os.getpid():
+            if self._running:
                 return
-            # After a fork the parent's queue and counters describe the parent's thread: start afresh.
-            self._queue = queue.SimpleQueue()
-            self._items = self._bytes = 0
-            self._closed = False
-            thread = threading.Thread(target=self._run, name="obsml-writer", daemon=True)
-            thread.start()
-            self._pid = os.getpid()
+            threading.Thread(target=self._run, name="obsml-writer", daemon=True).start()
+            self._running = True
             register = not self._atexit_registered
             self._atexit_registered = True
         if register:  # atexit registrations survive fork, so once per object is enough
             atexit.register(lambda: self.close(self.exit_timeout))
 
-    def _decrement(self, job: Job) -> None:
-        with self._lock:
-            self._items -= 1
-            self._bytes -= job.nbytes
-
     def _run(self) -> None:
+        jobs, wake = self._jobs, self._wake
         next_tick = time.monotonic() + self._interval
         while True:
-            try:
-                job: Job | None = self._queue.get(timeout=max(0.0, next_tick - time.monotonic()))
-            except queue.Empty:
-                job = None
-            if job is not None:
+            wake.wait(min(_POLL_S, max(0.0, next_tick - time.monotonic())))
+            wake.clear()
+            while jobs:
+                job = jobs.popleft()
                 try:
                     job.run()
                 except Exception:
                     report_internal_error("the background writer", "item")
                 finally:
-                    self._decrement(job)
+                    with self._lock:
+                        self._items -= 1
+                        self._bytes -= job.nbytes
                 if isinstance(job, _Stop):
                     return
             if time.monotonic() >= next_tick:
@@ -148,3 +155,17 @@ class Writer:
                 except Exception:
                     report_internal_error("the background writer", "batch")
                 next_tick = time.monotonic() + self._interval
+
+
+_WRITERS: weakref.WeakSet[Writer] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # The parent's thread did not survive the fork, and its queue belongs to the parent's
+    # requests (the parent writes them): the child starts empty, with a thread of its own.
+    for writer in list(_WRITERS):
+        writer._reset()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -125,8 +125,11 @@ class _CaptureResponder:
                     self.capture.completed = True
             elif message["type"] == "http.response.start":
                 headers = list(message.get("headers", ()))
-                if not any(name.lower() == _CORRELATION_HEADER for name, _ in headers):
-                    headers.append((_CORRELATION_HEADER, self.capture.correlation_id.encode("ascii")))
+                for name, _ in headers:
+                    if name.lower() == _CORRELATION_HEADER:  # the app set its own: leave it
+                        break
+                else:
+                    headers.append((_CORRELATION_HEADER, self.capture.correlation_bytes))
                 message["headers"] = headers
                 self.capture.response_started(message["status"], headers)
         except Exception:
