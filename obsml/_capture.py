@@ -18,7 +18,6 @@ from random import getrandbits
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
-from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
 
 from ._stats import count, record_drop
@@ -133,7 +132,7 @@ class Capture:
         application configured OpenTelemetry (someone is there to read it).
         """
         otel_token = None
-        if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        if self.capturer.otel_configured():
             span = NonRecordingSpan(SpanContext(self.trace_id, self.span_id, False, _SAMPLED))
             otel_token = otel_context.attach(set_span_in_context(span))
         return CURRENT_CAPTURE.set(self), otel_token

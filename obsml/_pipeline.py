@@ -7,8 +7,11 @@ instance with the same destination in one process shares it (one writer per proc
 from __future__ import annotations
 
 import threading
+import time
 from hashlib import sha256
 from typing import Any
+
+from opentelemetry import trace
 
 from ._attributes import span_attributes
 from ._capture import Capture, Describe, PayloadStream, sampling_threshold
@@ -118,11 +121,27 @@ class Capturer:
         for slot, name in enumerate(names):
             self.header_slots.setdefault(name.encode("latin-1"), slot)
         self.slot_count = len(names)
+        self._otel_configured = False
+        self._otel_next_check = 0.0
         self.base_attributes = {
             "obsml.service": settings.service,
             "obsml.model.name": settings.model,
             "obsml.model.version": settings.version,
         }
+
+    def otel_configured(self) -> bool:
+        """Whether the application set a global TracerProvider (then obsml makes its context current).
+
+        Asking OpenTelemetry costs microseconds (it reads the environment), so a "no" is
+        re-checked once a second; a "yes" is final, as a global provider cannot be unset.
+        """
+        if self._otel_configured:
+            return True
+        now = time.monotonic()
+        if now >= self._otel_next_check:
+            self._otel_next_check = now + 1.0
+            self._otel_configured = not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+        return self._otel_configured
 
     def start(self, headers: Any, info: Any) -> Capture:
         """Begin capturing a request whose raw ``(name, value)`` header pairs are ``headers``."""
