@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def test_the_overhead_benchmark_runs_all_three_variants_at_both_sizes() -> None:
+    # A smoke run: the numbers are for people (and the issue notes), never asserted in tests.
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "asgi_overhead.py"), "--quick"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    for size in ("1 KB", "100 KB"):
+        assert f"== body {size}" in result.stdout
+    rows = [line.split()[0] for line in result.stdout.splitlines() if line.strip()]
+    assert rows.count("otel") == rows.count("bare") == 4  # two tables per size
+    assert "obsml stats (timed rounds): captured=" in result.stdout

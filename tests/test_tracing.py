@@ -1,0 +1,82 @@
+"""obsml's spans with an application that configured OpenTelemetry itself.
+
+A global TracerProvider can be set once per process, so each case runs in a fresh interpreter.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+SCRIPT = """
+import asyncio, json, sys
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import {sampler}
+import obsml
+
+exported = InMemorySpanExporter()
+provider = TracerProvider(sampler={sampler})
+provider.add_span_processor(SimpleSpanProcessor(exported))
+trace.set_tracer_provider(provider)
+app_tracer = trace.get_tracer("credit-app")
+
+async def app(scope, receive, send):
+    await receive()
+    with app_tracer.start_as_current_span("predict"):
+        pass
+    await send({{"type": "http.response.start", "status": 200, "headers": []}})
+    await send({{"type": "http.response.body", "body": b"ok"}})
+
+async def main():
+    middleware = obsml.ObsmlMiddleware(app, store=sys.argv[1], service="credit")
+    async def receive():
+        return {{"type": "http.request", "body": b"{{}}"}}
+    async def send(message):
+        pass
+    scope = {{"type": "http", "method": "POST", "path": "/score", "headers": [(b"x-correlation-id", b"loan-9")]}}
+    await middleware(scope, receive, send)
+
+asyncio.run(main())
+assert obsml.flush(10)
+print(json.dumps([
+    {{"name": s.name, "scope": s.instrumentation_scope.name, "trace_id": f"{{s.context.trace_id:032x}}",
+      "span_id": f"{{s.context.span_id:016x}}", "parent": s.parent and f"{{s.parent.span_id:016x}}"}}
+    for s in exported.get_finished_spans()
+]))
+"""
+
+
+def run(store: Path, sampler: str) -> list[dict[str, str]]:
+    code = textwrap.dedent(SCRIPT.format(sampler=sampler))
+    result = subprocess.run([sys.executable, "-c", code, str(store)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
+def stored_spans(store: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for part in store.glob("traces/**/*.jsonl") for line in part.read_text().splitlines()]
+
+
+def test_obsml_spans_go_through_the_applications_provider_and_parent_its_spans(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    exported = run(store, "ALWAYS_ON")
+    by_scope = {span["scope"]: span for span in exported}
+    assert set(by_scope) == {"obsml", "credit-app"}
+    server, child = by_scope["obsml"], by_scope["credit-app"]
+    assert child["trace_id"] == server["trace_id"]
+    assert child["parent"] == server["span_id"]  # the app's span is the request span's child
+    [stored] = stored_spans(store)  # only obsml's own span goes to obsml's store
+    assert (stored["trace_id"], stored["span_id"]) == (server["trace_id"], server["span_id"])
+
+
+def test_a_span_the_applications_sampler_refuses_still_reaches_the_store(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    assert run(store, "ALWAYS_OFF") == []
+    [stored] = stored_spans(store)
+    assert stored["attributes"]["obsml.correlation_id"] == "loan-9"  # type: ignore[index]
