@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import context as otel_context
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
 
+from ._payloads import PayloadStream, abort_stream, extension_for
 from ._stats import count, record_drop
 
 if TYPE_CHECKING:
@@ -49,7 +50,6 @@ class Capture:
     """What one request did. Filled on the request path, turned into a span on the writer."""
 
     __slots__ = (
-        "__weakref__",
         "capturer",
         "completed",
         "correlation_bytes",
@@ -170,7 +170,7 @@ class Capture:
         record_drop("span", "queue_full")
         for tee in (self.request_body, self.response_body):
             if tee.stream is not None:
-                writer.submit(_Abort(tee.stream), force=True)
+                abort_stream(writer, tee.stream)
 
     @property
     def nbytes(self) -> int:
@@ -252,73 +252,3 @@ def header_value(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes |
         if key.lower() == name:
             return value
     return None
-
-
-class PayloadStream:
-    """A body on its way to ``payloads/``. Chunks travel through the writer queue in order."""
-
-    __slots__ = ("capturer", "error", "hasher", "lost", "relative", "target", "tee", "written")
-
-    def __init__(self, tee: BodyTee) -> None:
-        self.tee = tee
-        self.capturer = tee.capture.capturer
-        self.lost: str | None = None  # set on the request path when a chunk could not be queued
-        # The rest belongs to the writer thread, which fills it in at the first chunk.
-        self.relative: str | None = None
-        self.error: str | None = None  # the store refused a write
-        self.target: Any = None
-        self.hasher: Any = None
-        self.written = 0
-
-    def send(self, data: bytes) -> None:
-        if self.lost is None and not self.capturer.pipeline.writer.submit(_Chunk(self, data)):
-            self.lost = "queue_full"
-
-
-class _Chunk:
-    __slots__ = ("data", "nbytes", "stream")
-
-    def __init__(self, stream: PayloadStream, data: bytes) -> None:
-        self.stream = stream
-        self.data = data
-        self.nbytes = len(data)
-
-    def run(self) -> None:
-        self.stream.capturer.pipeline.write_chunk(self.stream, self.data)
-
-
-class _Abort:
-    __slots__ = ("stream",)
-    nbytes = 0
-
-    def __init__(self, stream: PayloadStream) -> None:
-        self.stream = stream
-
-    def run(self) -> None:
-        self.stream.capturer.pipeline.finish_stream(self.stream, commit=False)
-
-
-_EXTENSIONS = {
-    "application/json": "json",
-    "application/x-ndjson": "jsonl",
-    "application/octet-stream": "bin",
-    "application/x-www-form-urlencoded": "txt",
-    "text/csv": "csv",
-    "text/event-stream": "sse",
-    "text/html": "html",
-    "text/plain": "txt",
-    "image/png": "png",
-    "image/jpeg": "jpg",
-    "application/x-parquet": "parquet",
-    "application/vnd.apache.parquet": "parquet",
-}
-
-
-def extension_for(content_type: bytes | None) -> str:
-    """A file extension from a content type; ``bin`` for anything unknown (never from raw input)."""
-    if not content_type:
-        return "bin"
-    media = content_type.split(b";", 1)[0].strip().lower().decode("latin-1")
-    if media.endswith("+json"):
-        return "json"
-    return _EXTENSIONS.get(media, "bin")

@@ -14,7 +14,8 @@ from typing import Any
 from opentelemetry import trace
 
 from ._attributes import span_attributes
-from ._capture import Capture, Describe, PayloadStream, sampling_threshold
+from ._capture import Capture, Describe, sampling_threshold
+from ._payloads import PayloadStream
 from ._redact import RedactionPolicy
 from ._settings import Settings
 from ._stats import count, logger, record_drop
