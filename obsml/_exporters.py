@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import sys
 import threading
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -111,6 +112,6 @@ def jsonl_exporter(*, settings: Settings, store: Store) -> SpanExporter:
 
 
 def console_exporter(*, settings: Settings, store: Store) -> SpanExporter:
-    exporter = ConsoleSpanExporter(service_name=settings.service)
+    exporter = ConsoleSpanExporter(service_name=settings.service, out=sys.stdout)  # stdout as it is now
     exporter.obsml_inline = True  # type: ignore[attr-defined]
     return exporter

@@ -48,9 +48,9 @@ class Pipeline:
                 stream.hasher = sha256()
                 stream.target = self.store.open_atomic(stream.relative)
             stream.target.write(data)
-        except Exception as exc:
-            stream.error = "store_error"
-            logger.warning("obsml could not write a payload to the store: %s", type(exc).__name__)
+        except Exception:
+            stream.error = "store_error"  # counted (and logged once a minute) when its span is built
+            logger.debug("obsml could not write a payload to the store", exc_info=True)
             return
         stream.hasher.update(data)
         stream.written += len(data)

@@ -28,7 +28,10 @@ class Store:
         self.root = self.root.rstrip("/")
         self._known_dirs: set[str] = set()
         if isinstance(self.fs, LocalFileSystem):
-            self.fs.makedirs(self.root, exist_ok=True)
+            try:
+                self.fs.makedirs(self.root, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(f"OBSML_STORE: cannot create the store directory ({exc.strerror})") from None
 
     def __repr__(self) -> str:
         return f"<Store {self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]}>"

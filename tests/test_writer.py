@@ -70,3 +70,15 @@ def test_sigterm_to_a_uvicorn_process_flushes_every_captured_request(store: Path
     assert ids == sorted(["warm-up", *(f"req-{index}" for index in range(40))])
     offloaded = [p for p in store.glob("payloads/*/*/*/*") if p.is_file()]
     assert len(offloaded) == 2 * len([i for i in range(40) if i * 3000 > 65536])
+
+
+def test_a_store_that_refuses_writes_costs_data_that_is_counted_not_the_request(store: Path) -> None:
+    store.mkdir(parents=True)
+    (store / "traces").write_text("a file where a folder should be")
+    (store / "payloads").write_text("the same for payloads")
+    body = b"q" * 70_000
+    with running_server(make_app(store=str(store), **OPTIONS)) as url:
+        for _ in range(3):
+            assert httpx.post(f"{url}/echo", content=body).content == body
+    assert obsml.stats()["dropped"] == {"store_error": {"span": 3, "payload": 6}}
+    assert sorted(p.name for p in store.iterdir()) == ["payloads", "traces"]  # no temporary files left
