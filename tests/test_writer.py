@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 from apps import make_app
@@ -82,3 +83,48 @@ def test_a_store_that_refuses_writes_costs_data_that_is_counted_not_the_request(
             assert httpx.post(f"{url}/echo", content=body).content == body
     assert obsml.stats()["dropped"] == {"store_error": {"span": 3, "payload": 6}}
     assert sorted(p.name for p in store.iterdir()) == ["payloads", "traces"]  # no temporary files left
+
+
+def test_memory_stays_bounded_by_the_queue_whatever_the_body_size(store: Path) -> None:
+    import asyncio
+    import hashlib
+    import tracemalloc
+
+    from obsml import ObsmlMiddleware
+
+    chunk, chunks = b"m" * 65536, 320  # a 20 MiB upload
+    queue_bound = 4 << 20
+
+    async def app(scope: object, receive: Any, send: Any) -> None:
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    sent = 0
+
+    async def receive() -> dict[str, object]:
+        nonlocal sent
+        sent += 1
+        await asyncio.sleep(0)
+        return {"type": "http.request", "body": b"m" * len(chunk), "more_body": sent < chunks}  # a new object
+
+    async def send(message: object) -> None:
+        return None
+
+    middleware = ObsmlMiddleware(app, store=str(store), queue_max_bytes=queue_bound, **OPTIONS)
+    scope = {"type": "http", "method": "POST", "path": "/", "headers": [(b"x-correlation-id", b"huge")]}
+    tracemalloc.start()
+    try:
+        asyncio.run(middleware(scope, receive, send))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < queue_bound + (2 << 20)  # the queue bound plus change, not 20 MiB
+    attributes = span_by_correlation_id(store, "huge")["attributes"]
+    assert attributes["obsml.request.body.size"] == chunk.__len__() * chunks
+    if "obsml.request.body.uri" in attributes:  # the writer kept up: all of it, exactly
+        assert attributes["obsml.request.body.sha256"] == hashlib.sha256(chunk * chunks).hexdigest()
+    else:  # or it did not, and the span and the counters say so
+        assert attributes["obsml.request.body.lost"] == "queue_full"
+        assert obsml.stats()["dropped"] == {"queue_full": {"payload": 1}}
