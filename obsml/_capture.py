@@ -12,7 +12,6 @@ import re
 import time
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar, Token
-from datetime import datetime, timezone
 from hashlib import sha256
 from random import getrandbits
 from typing import TYPE_CHECKING, Any
@@ -22,6 +21,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_s
 
 from ._payloads import PayloadStream, abort_stream, extension_for
 from ._stats import count, record_drop
+from ._store import utc_folders
 
 if TYPE_CHECKING:
     from ._pipeline import Capturer
@@ -234,9 +234,8 @@ class BodyTee:
     def payload_path(self) -> str:
         """Where this body goes in the store (computed on the writer, off the request path)."""
         capture = self.capture
-        day = datetime.fromtimestamp(capture.start_ns / 1e9, timezone.utc).strftime("%Y/%m/%d")
         return (
-            f"payloads/{day}/{capture.trace_id:032x}-{capture.span_id:016x}-{self.direction}"
+            f"payloads/{utc_folders(capture.start_ns)}/{capture.trace_id:032x}-{capture.span_id:016x}-{self.direction}"
             f".{extension_for(self.media_type())}"
         )
 

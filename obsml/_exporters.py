@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter, Sp
 
 from ._settings import Settings
 from ._stats import count, logger, record_drop
-from ._store import Store
+from ._store import Store, utc_folders
 
 _BATCH_MAX_SPANS = 1000
 
@@ -75,7 +75,7 @@ class JsonlExporter(SpanExporter):
                 self._pid, self._writer_id, self._seq = os.getpid(), f"{os.getpid()}-{secrets.token_hex(4)}", 0
                 self._batches, self._pending = {}, 0
             for span in spans:
-                hour = datetime.fromtimestamp((span.start_time or 0) / 1e9, timezone.utc).strftime("%Y/%m/%d/%H")
+                hour = utc_folders(span.start_time or 0, hourly=True)
                 line = json.dumps(span_to_dict(span), ensure_ascii=False, separators=(",", ":"))
                 self._batches.setdefault(hour, []).append(line.encode("utf-8", "surrogatepass") + b"\n")
                 self._pending += 1

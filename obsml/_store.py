@@ -8,12 +8,18 @@ Only the background writer calls this module.
 from __future__ import annotations
 
 import secrets
+from datetime import datetime, timezone
 from typing import Any, BinaryIO
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from ._exceptions import ConfigError
+
+
+def utc_folders(ns: int, hourly: bool = False) -> str:
+    """The date partition of a time in the store layout: ``yyyy/mm/dd`` (``/hh`` when hourly), UTC."""
+    return datetime.fromtimestamp(ns / 1e9, timezone.utc).strftime("%Y/%m/%d/%H" if hourly else "%Y/%m/%d")
 
 
 class Store:

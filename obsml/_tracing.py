@@ -58,14 +58,15 @@ class _PresetIds(IdGenerator):
 
 
 class _InlineExport(SpanProcessor):
-    """Exports obsml's spans synchronously on the writer thread (already off the request path)."""
+    """Exports synchronously on the writer thread (already off the request path).
+
+    On the application's provider it sits behind :class:`_OnlyObsml`, so it sees only obsml's spans.
+    """
 
     def __init__(self, exporter: SpanExporter) -> None:
         self.exporter = exporter
 
     def on_end(self, span: ReadableSpan) -> None:
-        if span.instrumentation_scope is None or span.instrumentation_scope.name != SCOPE:
-            return
         try:
             result = self.exporter.export([span])
         except Exception:
