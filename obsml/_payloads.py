@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 class PayloadStream:
     """A body on its way to ``payloads/``. Chunks travel through the writer queue in order."""
 
-    __slots__ = ("capturer", "error", "hasher", "lost", "relative", "target", "tee", "written")
+    __slots__ = ("capturer", "error", "hasher", "lost", "relative", "target", "tee")
 
     def __init__(self, tee: BodyTee) -> None:
         self.tee = tee
@@ -27,7 +27,6 @@ class PayloadStream:
         self.error: str | None = None  # the store refused a write
         self.target: Any = None
         self.hasher: Any = None
-        self.written = 0
 
     def send(self, data: bytes) -> None:
         if self.lost is None and not self.capturer.pipeline.writer.submit(_Chunk(self, data)):

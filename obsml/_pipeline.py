@@ -53,7 +53,6 @@ class Pipeline:
             logger.debug("obsml could not write a payload to the store", exc_info=True)
             return
         stream.hasher.update(data)
-        stream.written += len(data)
 
     def finish_stream(self, stream: PayloadStream, commit: bool) -> str | None:
         """Commit a payload and return why it was lost, or None when it is whole in the store."""
