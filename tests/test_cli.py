@@ -1,9 +1,10 @@
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
+
+from conftest import read_spans
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -17,12 +18,7 @@ def test_the_demo_serves_the_example_and_summarises_what_the_store_holds(tmp_pat
     assert result.returncode == 0, result.stdout + result.stderr
     assert "requests captured" in result.stdout
     assert "!" not in "".join(line[:4] for line in result.stdout.splitlines())  # no mismatch lines
-    spans = [
-        json.loads(line)
-        for part in store.glob("traces/*/*/*/*/*.jsonl")
-        for line in part.read_bytes().split(b"\n")
-        if line
-    ]
+    spans = read_spans(store)
     routes = {span["attributes"].get("http.route") for span in spans}
     assert {"/score", "/score/stream"} <= routes
     assert any(span["status"]["code"] == "ERROR" for span in spans)

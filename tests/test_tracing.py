@@ -11,6 +11,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+from conftest import read_spans
+
 SCRIPT = """
 import asyncio, json, sys
 from opentelemetry import trace
@@ -59,10 +61,6 @@ def run(store: Path, sampler: str) -> list[dict[str, str]]:
     return json.loads(result.stdout)  # type: ignore[no-any-return]
 
 
-def stored_spans(store: Path) -> list[dict[str, object]]:
-    return [json.loads(line) for part in store.glob("traces/**/*.jsonl") for line in part.read_text().splitlines()]
-
-
 def test_obsml_spans_go_through_the_applications_provider_and_parent_its_spans(tmp_path: Path) -> None:
     store = tmp_path / "store"
     exported = run(store, "ALWAYS_ON")
@@ -71,12 +69,12 @@ def test_obsml_spans_go_through_the_applications_provider_and_parent_its_spans(t
     server, child = by_scope["obsml"], by_scope["credit-app"]
     assert child["trace_id"] == server["trace_id"]
     assert child["parent"] == server["span_id"]  # the app's span is the request span's child
-    [stored] = stored_spans(store)  # only obsml's own span goes to obsml's store
+    [stored] = read_spans(store)  # only obsml's own span goes to obsml's store
     assert (stored["trace_id"], stored["span_id"]) == (server["trace_id"], server["span_id"])
 
 
 def test_a_span_the_applications_sampler_refuses_still_reaches_the_store(tmp_path: Path) -> None:
     store = tmp_path / "store"
     assert run(store, "ALWAYS_OFF") == []
-    [stored] = stored_spans(store)
-    assert stored["attributes"]["obsml.correlation_id"] == "loan-9"  # type: ignore[index]
+    [stored] = read_spans(store)
+    assert stored["attributes"]["obsml.correlation_id"] == "loan-9"
