@@ -127,16 +127,18 @@ class Tracing:
         self._app_ids: _PresetIds | None = None
 
     def _app_tracer_for(self, provider: Any) -> tuple[Any, _PresetIds] | None:
+        """The application's tracer, hooked up once per provider; None when it cannot take our ids."""
         if provider is not self._app_provider:
+            self._app_provider, self._app_tracer, self._app_ids = provider, None, None
             tracer = provider.get_tracer(SCOPE, __version__)
-            if not hasattr(tracer, "id_generator"):
-                return None
-            self._app_ids = _PresetIds(tracer.id_generator)
-            tracer.id_generator = self._app_ids
-            for processor in self.processors:
-                provider.add_span_processor(_OnlyObsml(processor))
-            self._app_provider, self._app_tracer = provider, tracer
-        assert self._app_ids is not None
+            if hasattr(tracer, "id_generator"):
+                self._app_ids = _PresetIds(tracer.id_generator)
+                tracer.id_generator = self._app_ids
+                for processor in self.processors:
+                    provider.add_span_processor(_OnlyObsml(processor))
+                self._app_tracer = tracer
+        if self._app_ids is None:
+            return None
         return self._app_tracer, self._app_ids
 
     def emit(self, capture: Capture, name: str, attributes: Attributes) -> None:
