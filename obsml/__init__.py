@@ -1,7 +1,8 @@
 """obsml: observability for ML model servers.
 
-Wrap an ASGI app with :class:`ObsmlMiddleware`; every request becomes an OpenTelemetry span
-with its bodies, correlation id, timings and exceptions. See the README.
+Wrap an ASGI app with :class:`ObsmlMiddleware` or a WSGI app with :class:`ObsmlWSGIMiddleware`;
+every request becomes an OpenTelemetry span with its bodies, correlation id, timings and
+exceptions. See the README.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ from ._pipeline import flush
 from ._settings import Settings
 from ._stats import stats
 from .asgi import ObsmlMiddleware
+from .wsgi import ObsmlWSGIMiddleware
 
 __all__ = [
     "ConfigError",
     "ObsmlError",
     "ObsmlMiddleware",
+    "ObsmlWSGIMiddleware",
     "PluginError",
     "PluginImportError",
     "Settings",

@@ -21,6 +21,8 @@ def span_attributes(capture: Capture) -> tuple[str, Attributes]:
     capturer = capture.capturer
     redaction = capturer.redaction
     attributes = capturer.describe(capture.info, capturer)
+    if capture.route is not None:
+        attributes["http.route"] = capture.route
     attributes.update(capturer.base_attributes)
     attributes["obsml.correlation_id"] = capture.correlation_id
     attributes["obsml.correlation_id.source"] = capture.correlation_header or "generated"
@@ -34,7 +36,7 @@ def span_attributes(capture: Capture) -> tuple[str, Attributes]:
     user_agent = header_value(capture.request_headers, b"user-agent")
     if user_agent is not None:
         attributes["user_agent.original"] = user_agent.decode("latin-1")
-    _body(attributes, capture.request_body)
+    _body(attributes, capture.request_body, _unread(capture))
     if capture.responded:
         _body(attributes, capture.response_body)
     if capture.response_body.first_perf:
@@ -50,12 +52,23 @@ def span_attributes(capture: Capture) -> tuple[str, Attributes]:
     return (f"{method} {route}" if route else str(method)), attributes
 
 
-def _body(attributes: Attributes, tee: BodyTee) -> None:
+def _unread(capture: Capture) -> int:
+    """Request bytes announced by Content-Length that the app never read (obsml never reads for it)."""
+    try:
+        declared = int(capture.declared_length or 0)
+    except ValueError:
+        return 0
+    return max(0, declared - capture.request_body.size)
+
+
+def _body(attributes: Attributes, tee: BodyTee, unread: int = 0) -> None:
     prefix = f"obsml.{tee.direction}.body"
-    attributes[f"{prefix}.size"] = tee.size
-    attributes[f"{prefix}.truncated"] = tee.truncated
-    if tee.truncated:
+    attributes[f"{prefix}.size"] = tee.size + unread
+    attributes[f"{prefix}.truncated"] = tee.truncated or unread > 0
+    if tee.truncated or unread:
         attributes[f"{prefix}.captured_size"] = tee.held
+    if unread:
+        attributes[f"{prefix}.unread_size"] = unread
     media = tee.media_type()
     if media is not None:
         attributes[f"{prefix}.content_type"] = media.decode("latin-1")

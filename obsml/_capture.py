@@ -56,6 +56,7 @@ class Capture:
         "correlation_header",
         "correlation_id",
         "correlation_rejected",
+        "declared_length",
         "disconnected",
         "end_perf",
         "exception",
@@ -67,6 +68,7 @@ class Capture:
         "responded",
         "response_body",
         "response_headers",
+        "route",
         "sampled",
         "span_id",
         "start_ns",
@@ -91,10 +93,12 @@ class Capture:
         self.exception: BaseException | None = None
         self.exception_ns = 0
         self.disconnected = False
+        self.route: str | None = None  # the matched route template, when an adapter learns it early
         self.end_perf = 0
         self.span_id = getrandbits(64) or 1
         self.parent: tuple[int, int] | None = None  # (span id, trace flags) of a remote parent
         self.tracestate = found[capturer.tracestate_slot]
+        self.declared_length = found[capturer.content_length_slot]  # parsed on the writer
         traceparent = found[capturer.traceparent_slot]
         match = _VALID_TRACEPARENT.fullmatch(traceparent) if traceparent is not None else None
         if match is not None and match[1] != b"ff" and int(match[2], 16) and int(match[3], 16):

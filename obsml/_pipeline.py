@@ -115,12 +115,17 @@ class Capturer:
         self.sample_all = settings.sample_rate >= 1.0
         self.sample_threshold = sampling_threshold(settings.sample_rate)
         self.correlation_headers = settings.correlation_headers
-        names = [*settings.correlation_headers, "traceparent", "tracestate", "content-type"]
-        self.traceparent_slot, self.tracestate_slot, self.content_type_slot = range(len(names) - 3, len(names))
+        # The request headers the request path reads, by slot; the first occurrence of a name wins.
+        self.header_names = (
+            *settings.correlation_headers, "traceparent", "tracestate", "content-type", "content-length"
+        )
+        self.slot_count = len(self.header_names)
+        self.traceparent_slot, self.tracestate_slot, self.content_type_slot, self.content_length_slot = range(
+            self.slot_count - 4, self.slot_count
+        )
         self.header_slots: dict[bytes, int] = {}
-        for slot, name in enumerate(names):
+        for slot, name in enumerate(self.header_names):
             self.header_slots.setdefault(name.encode("latin-1"), slot)
-        self.slot_count = len(names)
         self._otel_configured = False
         self._otel_next_check = 0.0
         self.base_attributes = {

@@ -9,6 +9,7 @@ def test_the_public_api_is_exactly_what_the_package_exports() -> None:
         "ConfigError",
         "ObsmlError",
         "ObsmlMiddleware",
+        "ObsmlWSGIMiddleware",
         "PluginError",
         "PluginImportError",
         "Settings",

@@ -1,0 +1,355 @@
+"""The WSGI adapter (PEP 3333): as thin as the ASGI one, over the same capture core.
+
+The request body is teed as the app reads ``wsgi.input``; obsml never reads on the app's
+behalf, so bytes the app leaves unread are not captured (the span says how many, from
+Content-Length). The response is teed as the server iterates it, chunk by chunk, and the
+capture ends when the server calls ``close()``: only then is the exchange over.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from types import TracebackType
+from typing import Any, Protocol
+
+from ._capture import CURRENT_CAPTURE, Capture
+from ._pipeline import Capturer
+from ._redact import RedactionPolicy
+from ._settings import Settings
+from ._stats import report_internal_error, set_strict
+from ._types import Attributes
+
+Environ = dict[str, Any]
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None] | tuple[None, None, None]
+Write = Callable[[bytes], object]
+
+
+class StartResponse(Protocol):
+    def __call__(
+        self, status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = ..., /
+    ) -> Write: ...
+
+
+WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
+
+_CORRELATION_HEADER = "x-correlation-id"
+
+
+class ObsmlWSGIMiddleware:
+    """Capture every request of a WSGI app as one OpenTelemetry SERVER span.
+
+    ``app.wsgi_app = ObsmlWSGIMiddleware(app.wsgi_app, service="credit", model="best_model")``;
+    any other keyword is a :class:`obsml.Settings` field (see the README for each).
+    """
+
+    def __init__(self, app: WSGIApp, **options: Any) -> None:
+        self.app = app
+        settings = Settings.load(**options)
+        set_strict(settings.strict)
+        self.capturer = Capturer(settings, describe_environ)
+        _hear_handled_exceptions(app)
+        # The environ keys of the headers the request path reads, with their slots.
+        self._environ_slots = [
+            (name.upper().replace("-", "_") if name in ("content-type", "content-length") else _environ_key(name), slot)
+            for slot, name in enumerate(self.capturer.header_names)
+        ]
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        if not self.capturer.enabled:
+            return self.app(environ, start_response)
+        try:
+            found: list[bytes | None] = [None] * self.capturer.slot_count
+            for key, slot in self._environ_slots:
+                value = environ.get(key)
+                if value is not None and found[slot] is None:
+                    found[slot] = value.encode("latin-1")
+            capture = Capture(self.capturer, found, _EnvironHeaders(environ), environ)
+            environ["wsgi.input"] = _InputTee(environ["wsgi.input"], capture)
+        except Exception:
+            report_internal_error("starting a capture", "span")
+            return self.app(environ, start_response)
+        return _CaptureResponse(capture, start_response).call(self.app, environ)
+
+
+def _hear_handled_exceptions(app: WSGIApp) -> None:
+    """Record exceptions a framework turns into a 500 itself, so they never reach obsml's frame.
+
+    Flask does this (outside debug mode) and announces it with its ``got_request_exception``
+    signal, the hook Sentry's Flask integration uses too. Flask is never imported here: only
+    an app that is already a Flask app's ``wsgi_app`` is hooked.
+    """
+    flask = sys.modules.get("flask")
+    owner = getattr(app, "__self__", None)
+    if flask is not None and isinstance(owner, flask.Flask):
+        flask.got_request_exception.connect(_record_handled_exception, owner, weak=False)
+
+
+def _record_handled_exception(sender: object, exception: BaseException, **_: object) -> None:
+    capture = CURRENT_CAPTURE.get()
+    if capture is not None:
+        capture.fail(exception)
+
+
+def _environ_key(header: str) -> str:
+    return "HTTP_" + header.upper().replace("-", "_")
+
+
+class _CaptureResponse:
+    """One exchange: wraps ``start_response`` and ``write``, and is the iterable the server gets."""
+
+    __slots__ = ("capture", "closed", "iterable", "iterator", "start_response", "write")
+
+    def __init__(self, capture: Capture, start_response: StartResponse) -> None:
+        self.capture = capture
+        self.start_response = start_response
+        self.write: Write | None = None
+        self.iterable: Iterable[bytes] = ()
+        self.iterator: Iterator[bytes] | None = None
+        self.closed = False
+
+    def call(self, app: WSGIApp, environ: Environ) -> _CaptureResponse:
+        capture = self.capture
+        tokens = capture.activate()
+        try:
+            self.iterable = app(environ, self.start_response_with_capture)
+        except BaseException as exc:
+            capture.fail(exc)
+            self._finish()
+            raise
+        finally:
+            capture.deactivate(tokens)
+        return self
+
+    def start_response_with_capture(
+        self, status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
+    ) -> Write:
+        try:
+            for name, _ in headers:
+                if name.lower() == _CORRELATION_HEADER:  # the app set its own: leave it
+                    break
+            else:
+                headers = [*headers, (_CORRELATION_HEADER, self.capture.correlation_id)]
+            self.capture.response_started(int(status[:3]), _Latin1Pairs(headers))
+            if self.capture.route is None:
+                self.capture.route = _route_of(self.capture.info)
+        except Exception:
+            report_internal_error("capturing a response")
+        # Pass exc_info only when given: some servers' start_response takes two arguments.
+        if exc_info:
+            self.write = self.start_response(status, headers, exc_info)
+        else:
+            self.write = self.start_response(status, headers)
+        return self.write_with_capture
+
+    def write_with_capture(self, data: bytes) -> object:
+        """The legacy ``write()`` callable (PEP 3333): teed like the iterable's chunks."""
+        try:
+            self.capture.response_body.feed(data)
+        except Exception:
+            report_internal_error("capturing a response body")
+        assert self.write is not None
+        return self.write(data)
+
+    def __iter__(self) -> _CaptureResponse:
+        return self
+
+    def __next__(self) -> bytes:
+        capture = self.capture
+        tokens = capture.activate()  # a generator response runs the app's code here
+        try:
+            if self.iterator is None:
+                self.iterator = iter(self.iterable)
+            chunk = next(self.iterator)
+        except StopIteration:
+            capture.completed = True
+            raise
+        except BaseException as exc:
+            capture.fail(exc)
+            raise
+        finally:
+            capture.deactivate(tokens)
+        try:
+            capture.response_body.feed(chunk)
+        except Exception:
+            report_internal_error("capturing a response body")
+        return chunk
+
+    def close(self) -> None:
+        """Close the app's iterable exactly once (PEP 3333), then hand the capture to the writer."""
+        if self.closed:
+            return
+        self.closed = True
+        capture = self.capture
+        close = getattr(self.iterable, "close", None)
+        tokens = capture.activate()
+        try:
+            if close is not None:
+                close()
+        except BaseException as exc:
+            capture.fail(exc)
+            raise
+        finally:
+            capture.deactivate(tokens)
+            if not capture.completed and capture.exception is None:
+                # The server stopped iterating early: the client went away (or the server gave up).
+                capture.disconnected = True
+            self._finish()
+
+    def __del__(self) -> None:
+        # A server that never calls close() breaks PEP 3333 (werkzeug's test client does,
+        # until its response is closed): the capture still ends, when the response is dropped.
+        if not self.closed:
+            self.closed = True
+            self._finish()
+
+    def _finish(self) -> None:
+        try:
+            self.capture.finish()
+        except Exception:
+            report_internal_error("finishing a capture", "span")
+
+
+class _InputTee:
+    """``wsgi.input`` for the app: every byte it reads is also fed to the capture."""
+
+    __slots__ = ("capture", "stream")
+
+    def __init__(self, stream: Any, capture: Capture) -> None:
+        self.stream = stream
+        self.capture = capture
+
+    def read(self, *args: Any) -> bytes:
+        data: bytes = self.stream.read(*args)
+        self._feed(data)
+        return data
+
+    def readline(self, *args: Any) -> bytes:
+        line: bytes = self.stream.readline(*args)
+        self._feed(line)
+        return line
+
+    def readinto(self, buffer: Any) -> int:
+        # Not in PEP 3333, but werkzeug's LimitedStream (Flask) reads through it when present.
+        view = memoryview(buffer).cast("B")
+        readinto = getattr(self.stream, "readinto", None)
+        if readinto is not None:
+            size: int = readinto(view) or 0
+            self._feed(bytes(view[:size]))
+            return size
+        data = self.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+    def readlines(self, *args: Any) -> list[bytes]:
+        lines: list[bytes] = self.stream.readlines(*args)
+        for line in lines:
+            self._feed(line)
+        return lines
+
+    def __iter__(self) -> Iterator[bytes]:
+        for line in self.stream:
+            self._feed(line)
+            yield line
+
+    def __getattr__(self, name: str) -> Any:
+        # Anything beyond PEP 3333's four methods (a server's extras) goes to the real stream.
+        return getattr(self.stream, name)
+
+    def _feed(self, data: bytes) -> None:
+        if data:
+            try:
+                self.capture.request_body.feed(data)
+            except Exception:
+                report_internal_error("capturing a request body")
+
+
+class _EnvironHeaders:
+    """The request headers of an environ as raw pairs, decoded only when the writer reads them."""
+
+    __slots__ = ("environ",)
+
+    def __init__(self, environ: Environ) -> None:
+        self.environ = environ
+
+    def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
+        for key, value in list(self.environ.items()):
+            if not isinstance(value, str):
+                continue
+            if key.startswith("HTTP_"):
+                name = key[5:]
+            elif key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+                if not value:
+                    continue
+                name = key
+            else:
+                continue
+            yield name.lower().replace("_", "-").encode("latin-1"), value.encode("latin-1")
+
+
+class _Latin1Pairs:
+    """WSGI's ``str`` header pairs as the raw pairs the core reads, encoded only when read."""
+
+    __slots__ = ("pairs",)
+
+    def __init__(self, pairs: list[tuple[str, str]]) -> None:
+        self.pairs = pairs
+
+    def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
+        for name, value in self.pairs:
+            yield name.encode("latin-1"), value.encode("latin-1")
+
+
+def describe_environ(environ: Environ, capturer: Capturer) -> Attributes:
+    """HTTP attributes of a WSGI environ (OpenTelemetry semantic conventions); runs on the writer.
+
+    It reads the live environ after the app ran, so a proxy-fixing middleware inside obsml
+    (werkzeug's ProxyFix) shows the real client and scheme. The route (Flask's URL rule) was
+    read on the request path, in ``start_response``.
+    """
+    path = _text(environ.get("SCRIPT_NAME", "")) + _text(environ.get("PATH_INFO", ""))
+    attributes: Attributes = {
+        "http.request.method": environ.get("REQUEST_METHOD", "GET"),
+        "url.path": path or "/",
+        "url.scheme": environ.get("wsgi.url_scheme", "http"),
+    }
+    protocol = environ.get("SERVER_PROTOCOL", "")
+    if protocol.startswith("HTTP/"):
+        attributes["network.protocol.version"] = protocol[5:]
+    query = environ.get("QUERY_STRING")
+    if query:
+        attributes["url.query"] = RedactionPolicy.query(_text(query))
+    client = environ.get("REMOTE_ADDR")
+    if client:
+        attributes["client.address"] = client
+        port = _port(environ.get("REMOTE_PORT"))
+        if port is not None:
+            attributes["client.port"] = port
+    server = environ.get("SERVER_NAME")
+    if server:
+        attributes["server.address"] = server
+        port = _port(environ.get("SERVER_PORT"))
+        if port is not None:
+            attributes["server.port"] = port
+    return attributes
+
+
+def _text(wsgi_string: str) -> str:
+    # PEP 3333 strings carry raw bytes as latin-1; URLs are UTF-8 on the wire.
+    return wsgi_string.encode("latin-1").decode("utf-8", "backslashreplace")
+
+
+def _port(value: object) -> int | None:
+    try:
+        return int(value)  # type: ignore[call-overload,no-any-return]
+    except (TypeError, ValueError):
+        return None
+
+
+def _route_of(environ: Environ) -> str | None:
+    # Flask (werkzeug) keeps the request object, with its matched URL rule, in the environ
+    # until the request context ends: still there when the app calls start_response.
+    rule = getattr(getattr(environ.get("werkzeug.request"), "url_rule", None), "rule", None)
+    if not isinstance(rule, str):
+        return None
+    return _text(environ.get("SCRIPT_NAME", "")) + rule
