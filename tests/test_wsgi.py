@@ -188,3 +188,25 @@ def test_a_plain_wsgi_callable_is_captured(plain_server: tuple[Gunicorn, Path]) 
     failure = span_by_correlation_id(store, "plain-2")
     assert failure["attributes"]["http.response.status_code"] == 500
     assert failure["events"][0]["attributes"]["exception.type"] == "ValueError"
+
+
+def test_a_file_wrapper_response_is_served_and_captured(flask_server: tuple[Gunicorn, Path], tmp_path: Path) -> None:
+    server, store = flask_server
+    content = bytes(range(256)) * 800  # 200 KB
+    path = tmp_path / "model-card.bin"
+    path.write_bytes(content)
+    with fresh_client(server) as client:
+        response = client.get("/file", params={"path": str(path)}, headers={"x-correlation-id": "file-1"})
+    assert response.content == content
+    span = span_by_correlation_id(store, "file-1")
+    assert body_bytes(span, "response") == content
+
+
+def test_the_legacy_write_callable_is_captured_in_order(plain_server: tuple[Gunicorn, Path]) -> None:
+    server, store = plain_server
+    body = b"written first, then returned"
+    with fresh_client(server) as client:
+        response = client.post("/", content=body, headers={"x-correlation-id": "write-1", "x-use-write": "1"})
+    assert response.content == body
+    span = span_by_correlation_id(store, "write-1")
+    assert body_bytes(span, "response") == body

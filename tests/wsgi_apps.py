@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, Response, request, stream_with_context
+from flask import Flask, Response, request, send_file, stream_with_context
 
 from obsml import ObsmlWSGIMiddleware
 
@@ -95,6 +95,12 @@ def stream() -> Response:
     return Response(stream_with_context(events()), content_type="text/event-stream")
 
 
+@flask_app.get("/file")
+def file() -> Response:
+    """A file sent through the server's wsgi.file_wrapper (Flask's send_file uses it)."""
+    return send_file(request.args["path"], mimetype="application/octet-stream")
+
+
 @flask_app.get("/fail/before")
 def fail_before() -> str:
     raise ValueError("row 3: income must be a number")
@@ -145,7 +151,12 @@ def echo_app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
     pieces = int(environ.get("HTTP_X_PIECES", "1"))
     if environ.get("HTTP_X_FAIL") == "before":
         raise ValueError("failed before responding")
-    start_response(f"{status} Whatever", [("Content-Type", environ.get("CONTENT_TYPE") or "application/octet-stream")])
+    write = start_response(
+        f"{status} Whatever", [("Content-Type", environ.get("CONTENT_TYPE") or "application/octet-stream")]
+    )
+    if environ.get("HTTP_X_USE_WRITE"):  # PEP 3333's legacy write() callable
+        write(body[:10])
+        return [body[10:]]
     step = max(1, -(-len(body) // pieces))
     chunks = [body[start : start + step] for start in range(0, len(body), step)] or [b""]
     fail_at = 1 if environ.get("HTTP_X_FAIL") == "during" else None
