@@ -1,16 +1,17 @@
-"""``obsml demo``: the example credit model under uvicorn, real traffic, and what obsml captured.
+"""``obsml demo``: the example credit model under a real server, real traffic, and what obsml captured.
 
-The example app runs as a separate process (``python -m uvicorn``) with ``OBSML_STORE`` set,
-exactly as a user would run it. The demo waits for ``/health``, sends a fixed mix of
-requests with httpx, stops the server with SIGINT so that its lifespan shutdown flushes
-obsml's writer, then reads the new part files under ``traces/`` back through the store's
-fsspec filesystem and prints a summary next to what it sent.
+The example app runs as a separate process with ``OBSML_STORE`` set, exactly as a user would
+run it: the FastAPI app under uvicorn, or (``--wsgi``) the Flask app under gunicorn with two
+forked workers. A :class:`Server` says which command to run and which signal stops it without
+losing spans. The demo waits for ``/health``, sends a fixed mix of requests with httpx, stops
+the server, then reads the new part files under ``traces/`` back through the store's fsspec
+filesystem and prints a summary next to what it sent, with the spans each process wrote.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
+import importlib
 import json
 import math
 import os
@@ -22,7 +23,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import IO, TYPE_CHECKING, Any
 
@@ -33,7 +34,6 @@ from ._store import Store
 if TYPE_CHECKING:
     import httpx
 
-DEFAULT_APP = "examples.fastapi_credit.app:app"
 DEFAULT_STORE = "./obsml-data"
 DEFAULT_REQUESTS = 40
 MIN_REQUESTS = 5
@@ -67,11 +67,39 @@ class DemoError(Exception):
     """Something that stops the demo; the message is printed as is."""
 
 
-def run_demo(app: str, store: str, requests: int, out: IO[str] | None = None) -> int:
+@dataclasses.dataclass(frozen=True)
+class Server:
+    """How the demo serves an app: ``python -m <module> <args(app, port, cwd)>``, and how it stops."""
+
+    label: str
+    module: str
+    default_app: str
+    args: Callable[[str, int, str], list[str]]
+    stop_signal: signal.Signals  # a graceful stop, after which obsml has flushed
+    stop_note: str
+
+
+def _gunicorn_args(app: str, port: int, cwd: str) -> list[str]:
+    return [app, "--bind", f"127.0.0.1:{port}", "--chdir", cwd, "--workers", "2", "--preload",
+            "--graceful-timeout", "10", "--no-control-socket"]  # no control socket left in $HOME
+
+
+UVICORN = Server(
+    "uvicorn", "uvicorn", "examples.fastapi_credit.app:app",
+    lambda app, port, cwd: [app, "--host", "127.0.0.1", "--port", str(port), "--app-dir", cwd, "--no-access-log"],
+    signal.SIGINT, "its lifespan shutdown flushes obsml",
+)  # fmt: skip
+GUNICORN = Server(
+    "gunicorn (2 workers)", "gunicorn", "examples.flask_credit.app:app", _gunicorn_args,
+    signal.SIGTERM, "each worker flushes obsml as it exits",
+)  # fmt: skip
+
+
+def run_demo(app: str | None, store: str, requests: int, out: IO[str] | None = None, server: Server = UVICORN) -> int:
     """Run the demo; returns the exit status (0 when the server ran and spans were read back)."""
     out = out or sys.stdout
     try:
-        return _run(app, store, requests, out)
+        return _run(server, app or server.default_app, store, requests, out)
     except DemoError as exc:
         print(f"obsml demo: error: {exc}", file=sys.stderr)
         return 1
@@ -81,11 +109,12 @@ def _say(out: IO[str], text: str) -> None:
     print(text, file=out, flush=True)
 
 
-def _run(app: str, store_url: str, requests: int, out: IO[str]) -> int:
+def _run(server: Server, app: str, store_url: str, requests: int, out: IO[str]) -> int:
     cwd = os.getcwd()
-    _check_app(app, cwd)
+    if app.startswith("examples.") and not os.path.isfile(os.path.join(cwd, "examples", "__init__.py")):
+        raise DemoError(f"no examples package in {cwd}: run `obsml demo` from the repository root")
     httpx = _import_demo_dependency("httpx")
-    _import_demo_dependency("uvicorn")
+    _import_demo_dependency(server.module)
     if store_url.startswith("memory:"):
         raise DemoError("a memory:// store is not shared with the server process: use a path or a URL")
     if "://" not in store_url and "::" not in store_url:
@@ -102,11 +131,11 @@ def _run(app: str, store_url: str, requests: int, out: IO[str]) -> int:
     log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - kept open for the server's lifetime
         prefix="obsml-demo-server-", suffix=".log", delete=False
     )
-    _say(out, f"obsml demo: starting {app} on {base}")
+    _say(out, f"obsml demo: starting {app} under {server.label} on {base}")
     _say(out, f"  store {_shown(store, '')}  (server log {log.name})")
-    with log, _server(app, port, cwd, store_url, log) as server:
+    with log, _serve(server, app, port, cwd, store_url, log) as process:
         started = time.monotonic()
-        _wait_until_up(httpx, server, base, log.name)
+        _wait_until_up(httpx, process, base, log.name)
         _say(out, f"  server up in {time.monotonic() - started:.1f} s; sending {requests} requests ...")
         started = time.monotonic()
         sent = _send_traffic(httpx, base, requests)
@@ -114,34 +143,16 @@ def _run(app: str, store_url: str, requests: int, out: IO[str]) -> int:
         _say(out, f"  sent {_describe_sent(sent)} in {elapsed:.1f} s")
         for line in _client_problems(sent):
             _say(out, f"  ! {line}")
-        _say(out, "  stopping the server with SIGINT (its lifespan shutdown flushes obsml) ...")
-        code = _stop(server)
+        _say(out, f"  stopping the server with {server.stop_signal.name} ({server.stop_note}) ...")
+        code = _stop(process, server.stop_signal)
         _say(out, f"  server exited with code {code}")
 
-    spans, new_traces, new_payloads = _read_back(store, before)
+    spans, by_pid, new_traces, new_payloads = _read_back(store, before)
     _say(out, "")
-    return _summarise(out, store, sent, settings.inline_limit, spans, new_traces, new_payloads, log.name)
+    return _summarise(out, store, sent, settings.inline_limit, spans, by_pid, new_traces, new_payloads, log.name)
 
 
 # --- preparation ---------------------------------------------------------------------------------
-
-
-def _check_app(app: str, cwd: str) -> None:
-    module, sep, attribute = app.partition(":")
-    if not sep or not module or not attribute:
-        raise DemoError(f"--app must look like module:attribute, e.g. {DEFAULT_APP}; got {app!r}")
-    sys.path.insert(0, cwd)
-    try:
-        found = importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        found = False
-    finally:
-        sys.path.remove(cwd)
-    if not found:
-        hint = ""
-        if module.split(".")[0] == DEFAULT_APP.split(".")[0]:
-            hint = "; run `obsml demo` from the repository root (the folder holding examples/)"
-        raise DemoError(f"cannot find the module {module!r} from {cwd}{hint}")
 
 
 def _import_demo_dependency(name: str) -> Any:
@@ -172,16 +183,12 @@ def _listing(store: Store) -> set[str]:
 
 
 @contextmanager
-def _server(
-    app: str, port: int, cwd: str, store_url: str, log: IO[bytes]
+def _serve(
+    server: Server, app: str, port: int, cwd: str, store_url: str, log: IO[bytes]
 ) -> Iterator[subprocess.Popen[bytes]]:
-    command = [
-        sys.executable, "-m", "uvicorn", app,
-        "--host", "127.0.0.1", "--port", str(port), "--app-dir", cwd, "--no-access-log",
-    ]  # fmt: skip
     env = {**os.environ, "OBSML_STORE": store_url, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
-        command,
+        [sys.executable, "-m", server.module, *server.args(app, port, cwd)],
         cwd=cwd,
         env=env,
         stdin=subprocess.DEVNULL,
@@ -193,14 +200,14 @@ def _server(
         yield process
     finally:
         if process.poll() is None:
-            _stop(process)
+            _stop(process, server.stop_signal)
 
 
-def _wait_until_up(httpx: Any, server: subprocess.Popen[bytes], base: str, log_name: str) -> None:
+def _wait_until_up(httpx: Any, process: subprocess.Popen[bytes], base: str, log_name: str) -> None:
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
-        if server.poll() is not None:
-            code = server.returncode
+        if process.poll() is not None:
+            code = process.returncode
             raise DemoError(f"the server exited with code {code} before answering:\n{_tail(log_name)}")
         try:
             response = httpx.get(f"{base}/health", timeout=2.0)
@@ -213,11 +220,11 @@ def _wait_until_up(httpx: Any, server: subprocess.Popen[bytes], base: str, log_n
     raise DemoError(f"the server did not answer /health within {STARTUP_TIMEOUT_S:g} s:\n{_tail(log_name)}")
 
 
-def _stop(process: subprocess.Popen[bytes]) -> int:
-    """SIGINT (a graceful uvicorn shutdown, lifespan included); terminate, then kill, if it hangs."""
+def _stop(process: subprocess.Popen[bytes], graceful: signal.Signals) -> int:
+    """``graceful`` (see :class:`Server`); terminate, then kill, if the server hangs."""
     if process.poll() is None:
         if os.name == "posix":
-            process.send_signal(signal.SIGINT)
+            process.send_signal(graceful)
         else:  # no SIGINT for a child on Windows: spans still queued may be lost
             process.terminate()
         try:
@@ -362,16 +369,18 @@ def _client_problems(sent: list[Sent]) -> Iterator[str]:
 # --- reading back --------------------------------------------------------------------------------
 
 
-def _read_back(store: Store, before: set[str]) -> tuple[list[dict[str, Any]], list[str], list[str]]:
+def _read_back(store: Store, before: set[str]) -> tuple[list[dict[str, Any]], Counter[str], list[str], list[str]]:
+    """New spans, how many each process wrote (part files are ``<pid>-<hex>-<seq>.jsonl``), new files."""
     new = sorted(_listing(store) - before)
     traces = [path for path in new if path.endswith(".jsonl") and "/traces/" in f"/{_relative(store, path)}"]
     payloads = [path for path in new if _relative(store, path).startswith("payloads/")]
     spans: list[dict[str, Any]] = []
+    by_pid: Counter[str] = Counter()
     for path in traces:
-        for line in store.fs.cat_file(path).decode("utf-8").splitlines():
-            if line.strip():
-                spans.append(json.loads(line))
-    return spans, traces, payloads
+        lines = [line for line in store.fs.cat_file(path).split(b"\n") if line.strip()]  # not splitlines()
+        spans.extend(json.loads(line) for line in lines)
+        by_pid[path.rsplit("/", 1)[-1].split("-", 1)[0]] += len(lines)
+    return spans, by_pid, traces, payloads
 
 
 def _relative(store: Store, path: str) -> str:
@@ -403,6 +412,7 @@ def _summarise(
     sent: list[Sent],
     inline_limit: int,
     spans: list[dict[str, Any]],
+    by_pid: Counter[str],
     traces: list[str],
     payloads: list[str],
     log_name: str,
@@ -446,6 +456,7 @@ def _summarise(
         ("requests captured", f"{len(spans)}  ({names or 'none'}; {len(sent)} sent + 1 health check)"),
         ("failures", f"{len(failures)}  (status >= 500 or ERROR; {bad_sent} bad-input requests sent)"),
         ("correlation ids", f"{from_header} from x-correlation-id, {len(spans) - from_header} generated"),
+        ("server processes", f"{len(by_pid)}  ({', '.join(f'pid {p}: {n} spans' for p, n in sorted(by_pid.items()))})"),
         (
             "offloaded bodies",
             f"{len(uris)} in {offloaded_spans} requests, {len(payloads)} new files under payloads/"
@@ -475,9 +486,7 @@ def _summarise(
     if len(uris) != big_sent or len(payloads) != big_sent:
         notes.append(f"{len(uris)} body URIs and {len(payloads)} payload files for {big_sent} large bodies")
     if disconnected:
-        notes.append(
-            f"{disconnected} span(s) say obsml.client.disconnected, but every client read its whole response"
-        )
+        notes.append(f"{disconnected} span(s) say obsml.client.disconnected, but every client read its whole response")
     if lost:
         notes.append(f"{lost} bodies lost on the way to the store (obsml.*.body.lost)")
     for note in notes:

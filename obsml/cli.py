@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from ._demo import DEFAULT_APP, DEFAULT_REQUESTS, DEFAULT_STORE, MIN_REQUESTS
+    from ._demo import DEFAULT_REQUESTS, DEFAULT_STORE, GUNICORN, MIN_REQUESTS, UVICORN
 
     demo = commands.add_parser(
         "demo",
@@ -37,12 +37,19 @@ def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         description=(
             "Start the example FastAPI credit-scoring app under uvicorn with ObsmlMiddleware, send it a "
             "realistic mix of requests (small and large bodies, correlation ids, failures, streaming), "
-            "stop it cleanly and summarise the spans read back from the store. Run it from the "
+            "stop it cleanly and summarise the spans read back from the store. With --wsgi, the example "
+            "Flask app under gunicorn with two workers and ObsmlWSGIMiddleware instead. Run it from the "
             "repository root, where the examples package is."
         ),
     )
     demo.add_argument(
-        "--app", default=DEFAULT_APP, help=f"the ASGI app as module:attribute (default: {DEFAULT_APP})"
+        "--wsgi",
+        action="store_true",
+        help="serve the WSGI (Flask) example under gunicorn with 2 workers instead of the ASGI one under uvicorn",
+    )
+    demo.add_argument(
+        "--app",
+        help=f"the app as module:attribute (default: {UVICORN.default_app}, with --wsgi {GUNICORN.default_app})",
     )
     demo.add_argument(
         "--store",
@@ -73,9 +80,10 @@ def _at_least(minimum: int) -> Callable[[str], int]:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from ._demo import run_demo
+    from ._demo import GUNICORN, UVICORN, run_demo
 
-    return run_demo(app=args.app, store=args.store, requests=args.requests)
+    server = GUNICORN if args.wsgi else UVICORN
+    return run_demo(app=args.app, store=args.store, requests=args.requests, server=server)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -134,7 +134,7 @@ def running_gunicorn(app: str, store: Path, *options: str, env: dict[str, str] |
     log = store.parent / f"gunicorn-{port}.log"
     store.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--chdir", str(TESTS),
-               "--graceful-timeout", "30", "--log-level", "warning", *options, app]
+               "--graceful-timeout", "30", "--log-level", "warning", "--no-control-socket", *options, app]
     environment = {**os.environ, "OBSML_STORE": str(store), "OBSML_FLUSH_INTERVAL": "0.1", **(env or {})}
     with open(log, "wb") as log_file:
         process = subprocess.Popen(command, env=environment, stdout=log_file, stderr=subprocess.STDOUT)

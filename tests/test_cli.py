@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,30 @@ def test_the_demo_serves_the_example_and_summarises_what_the_store_holds(tmp_pat
     assert {"/score", "/score/stream"} <= routes
     assert any(span["status"]["code"] == "ERROR" for span in spans)
     assert any("obsml.request.body.uri" in span["attributes"] for span in spans)
+
+
+def test_the_wsgi_demo_serves_the_flask_example_from_two_gunicorn_workers(tmp_path: Path) -> None:
+    store = tmp_path / "demo-store"
+    result = subprocess.run(
+        [sys.executable, "-m", "obsml.cli", "demo", "--wsgi", "--store", str(store), "--requests", "20"],
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "examples.flask_credit.app:app under gunicorn (2 workers)" in out
+    assert "!" not in "".join(line[:4] for line in out.splitlines())  # no mismatch lines
+    assert re.search(r"requests captured +21 ", out), out  # 20 sent + 1 health check
+    assert re.search(r"failures +2 +\(status >= 500 or ERROR; 2 bad-input requests sent\)", out), out
+    # Each worker wrote its own part files (named <pid>-<hex>-<seq>.jsonl); 20 sequential requests
+    # all land on one worker only very rarely (the two workers race for each new connection).
+    per_pid = {pid: int(n) for pid, n in re.findall(r"pid (\d+): (\d+) spans", out)}
+    assert re.search(r"server processes +2 ", out) and len(per_pid) == 2, out
+    assert sum(per_pid.values()) == 21
+    assert {part.name.split("-")[0] for part in store.glob("traces/*/*/*/*/*.jsonl")} == set(per_pid)
+    spans = read_spans(store)
+    assert {"/score", "/score/stream"} <= {span["attributes"].get("http.route") for span in spans}
+    failed = [span for span in spans if span["status"]["code"] == "ERROR"]
+    assert [event["attributes"]["exception.type"] for span in failed for event in span["events"]] == ["ValueError"] * 2
 
 
 def test_the_cli_without_a_command_prints_help_and_fails() -> None:
