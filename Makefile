@@ -4,8 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_STAMP := $(VENV)/.installed-demo
 TEST_STAMP := $(VENV)/.installed-test
+# Azurite (the Azure Blob emulator the tests run) is an npm package, installed locally into .tools/.
+TOOLS := .tools
+AZURITE_VERSION := 3.37.0
+AZURITE_STAMP := $(TOOLS)/.installed-azurite-$(AZURITE_VERSION)
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean azurite
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,11 +23,30 @@ $(TEST_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@ $(DEMO_STAMP)
 
+# npm is installed with apt-get (Debian/Ubuntu) when the machine has none; sudo only when not root.
+$(AZURITE_STAMP):
+	@command -v npm >/dev/null 2>&1 || { \
+		echo "npm not found: installing nodejs and npm with apt-get"; \
+		if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; }
+	mkdir -p $(TOOLS)
+	npm install --prefix $(TOOLS) --silent --no-audit --no-fund --no-update-notifier azurite@$(AZURITE_VERSION)
+	$(TOOLS)/node_modules/.bin/azurite-blob --version
+	touch $@
+
+azurite: $(AZURITE_STAMP)
+
 demo: $(DEMO_STAMP)
 	$(BIN)/obsml demo
 
+# The Flask example under gunicorn with two workers (ObsmlWSGIMiddleware).
+.PHONY: demo-wsgi
+demo-wsgi: $(DEMO_STAMP)
+	$(BIN)/obsml demo --wsgi
+
 # pytest exits 5 when it collected nothing: say so loudly rather than fail on it.
-test: $(TEST_STAMP)
+test: $(TEST_STAMP) $(AZURITE_STAMP)
 	$(BIN)/python -m ruff check obsml examples benchmarks tests
 	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest; rc=$$?; \

@@ -121,7 +121,7 @@ def _run(server: Server, app: str, store_url: str, requests: int, out: IO[str]) 
         store_url = os.path.abspath(store_url)
     try:
         settings = Settings.load(store=store_url)
-        store = Store(settings.store)
+        store = Store(settings)
     except ConfigError as exc:
         raise DemoError(str(exc)) from None
     before = _listing(store)

@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter, SpanExportResult
 
 from ._settings import Settings
-from ._stats import count, logger, record_drop
+from ._stats import logger, record_drop
 from ._store import Store, utc_folders
 
 _BATCH_MAX_SPANS = 1000
@@ -97,10 +97,8 @@ class JsonlExporter(SpanExporter):
                 self._store.write_atomic(name, b"".join(lines))
             except Exception as exc:
                 ok = False
-                record_drop("span", "store_error", len(lines), detail=type(exc).__name__)
+                record_drop("span", getattr(exc, "reason", "store_error"), len(lines), detail=type(exc).__name__)
                 logger.debug("obsml could not write %s", name, exc_info=True)
-            else:
-                count("trace_files_written")
         return ok
 
     def shutdown(self) -> None:

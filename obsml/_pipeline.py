@@ -28,7 +28,7 @@ class Pipeline:
     """Store, exporters and background writer for one destination."""
 
     def __init__(self, settings: Settings) -> None:
-        self.store = Store(settings.store)
+        self.store = Store(settings)
         self.tracing = Tracing(settings, self.store)
         self.writer = Writer(
             self.tracing,
@@ -37,6 +37,16 @@ class Pipeline:
             interval=settings.flush_interval,
             exit_timeout=settings.flush_timeout,
         )
+        if self.store.delivery is not None:
+            self.writer.exit_hooks.append(self.store.delivery.close)
+
+    def flush(self, timeout: float) -> bool:
+        """Everything captured so far written out (for a remote store: delivered), within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        if not self.writer.flush(timeout):
+            return False
+        delivery = self.store.delivery
+        return delivery is None or delivery.wait_empty(max(0.0, deadline - time.monotonic()))
 
     def write_chunk(self, stream: PayloadStream, data: bytes) -> None:
         """Writer side of a payload: open on first chunk, hash and write as chunks arrive."""
@@ -48,8 +58,9 @@ class Pipeline:
                 stream.hasher = sha256()
                 stream.target = self.store.open_atomic(stream.relative)
             stream.target.write(data)
-        except Exception:
-            stream.error = "store_error"  # counted (and logged once a minute) when its span is built
+        except Exception as exc:
+            # Counted (and logged once a minute) when its span is built.
+            stream.error = getattr(exc, "reason", "store_error")
             logger.debug("obsml could not write a payload to the store", exc_info=True)
             return
         stream.hasher.update(data)
@@ -62,13 +73,12 @@ class Pipeline:
             if target is not None:
                 if commit and reason is None:
                     target.commit()
-                    count("payloads_written")
                 else:
                     target.abort()
-        except Exception:
-            reason = reason or "store_error"
+        except Exception as exc:
+            reason = reason or getattr(exc, "reason", "store_error")
         if reason is not None and commit:
-            record_drop("payload", "queue_full" if reason == "queue_full" else "store_error")
+            record_drop("payload", reason)  # type: ignore[arg-type]
         return reason
 
 
@@ -97,7 +107,7 @@ def flush(timeout: float | None = None) -> bool:
     """Write out everything captured so far in this process; False if ``timeout`` ran out."""
     with _PIPELINES_LOCK:
         pipelines = list(_PIPELINES.values())
-    results = [p.writer.flush(p.writer.exit_timeout if timeout is None else timeout) for p in pipelines]
+    results = [p.flush(p.writer.exit_timeout if timeout is None else timeout) for p in pipelines]
     return all(results)
 
 
@@ -170,4 +180,4 @@ class Capturer:
         self.pipeline.tracing.emit(capture, name, attributes)
 
     def flush(self) -> bool:
-        return self.pipeline.writer.flush(self.settings.flush_timeout)
+        return self.pipeline.flush(self.settings.flush_timeout)

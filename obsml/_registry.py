@@ -31,7 +31,7 @@ _INSTALL_HINTS = {
 builtin_exporters = MappingProxyType(_BUILTIN_EXPORTERS)
 
 
-def _import(target: str) -> Any:
+def import_target(target: str) -> Any:
     module_name, _, attribute = target.partition(":")
     module = importlib.import_module(module_name)
     return getattr(module, attribute) if attribute else module
@@ -52,7 +52,7 @@ def load_exporter(name: str) -> Callable[..., Any]:
             )
         target = found[0].value
     try:
-        factory = _import(target)
+        factory = import_target(target)
     except Exception as exc:  # a plugin's own import may fail with anything
         raise PluginImportError(
             f"exporter {name!r} ({target}) is installed but its import failed: {type(exc).__name__}: {exc}"

@@ -40,6 +40,8 @@ class Settings:
     queue_max_bytes: int = 64 * 1024 * 1024
     flush_interval: float = 1.0
     flush_timeout: float = 5.0
+    spool_dir: str = ""  # empty: ~/.cache/obsml/spool (XDG_CACHE_HOME)
+    spool_max_bytes: int = 1024 * 1024 * 1024
     strict: bool = False
 
     def __repr__(self) -> str:
@@ -142,6 +144,13 @@ def _store(raw: Any) -> str:
     return text
 
 
+def _path_or_empty(raw: Any) -> str:
+    text = os.fspath(raw)
+    if not isinstance(text, str) or any(ord(c) < 32 for c in text):
+        raise ValueError("path")
+    return text.strip()
+
+
 _PARSERS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "service": (_safe_name, "1-128 characters of A-Z a-z 0-9 . _ -"),
     "model": (_safe_name, "1-128 characters of A-Z a-z 0-9 . _ -"),
@@ -167,5 +176,7 @@ _PARSERS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "queue_max_bytes": (_integer(1), "an integer number of bytes >= 1"),
     "flush_interval": (_number(0.01, 3600.0), "a number of seconds from 0.01 to 3600"),
     "flush_timeout": (_number(0.0, 3600.0), "a number of seconds from 0 to 3600"),
+    "spool_dir": (_path_or_empty, "a local directory path"),
+    "spool_max_bytes": (_integer(0), "an integer number of bytes >= 0"),
     "strict": (_boolean, "true or false"),
 }

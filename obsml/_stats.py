@@ -14,12 +14,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Literal
 
+from ._secrets import install_log_scrubbing
+
 logger = logging.getLogger("obsml")
+install_log_scrubbing(logger)
 
 DropReason = Literal[
     "queue_full",  # the writer's bounded queue was full: the item never left the request
     "internal_error",  # obsml's own code failed on this item
-    "store_error",  # the store refused the write (retry and spool come with the sinks issue)
+    "store_error",  # the local store refused the write (a full or read-only disk)
+    "spool_full",  # a remote store's spool reached OBSML_SPOOL_MAX_BYTES while the sink was behind
+    "corrupt",  # a spool record failed its checksum, or was torn by a crash
     "export_error",  # an exporter raised or reported failure
     "flush_timeout",  # still queued when a shutdown flush ran out of time
 ]
@@ -28,8 +33,12 @@ Counter = Literal[
     "requests_captured",  # spans handed to the writer
     "requests_sampled_out",  # successful requests skipped by OBSML_SAMPLE_RATE
     "spans_exported",  # spans the exporters accepted
-    "payloads_written",  # bodies committed to the store under payloads/
-    "trace_files_written",  # part files committed under traces/
+    "payloads_written",  # bodies in the store under payloads/ (for a remote store: delivered)
+    "trace_files_written",  # part files in the store under traces/ (for a remote store: delivered)
+    "objects_spooled",  # objects committed to the local spool of a remote store
+    "objects_drained",  # of those, delivered after the sink had failed (the spool held them)
+    "sink_retries",  # failed attempts to put an object to a remote store (retried later)
+    "spool_records_adopted",  # records of a dead process taken over and delivered by this one
 ]
 
 _LOG_INTERVAL_S = 60.0

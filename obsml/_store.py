@@ -1,20 +1,31 @@
-"""The store: one fsspec root under which every object appears whole or not at all.
+"""The store: one root under which every object appears whole or not at all.
 
-Objects are written under a hidden temporary name in their final folder, then moved into
-place: a rename on a local disk, so readers never see a partial part file or payload.
-Only the background writer calls this module.
+On the local disk (the default) the writer writes objects in place: under a hidden temporary
+name in their final folder, then renamed. Any other destination (an fsspec URL such as
+``abfs://…``, or a sink plugin's scheme) is remote: the writer commits each object to a local
+spool and a delivery thread puts it to the sink, retrying while the sink is down (``_spool``).
+Only obsml's background threads call this module.
 """
 
 from __future__ import annotations
 
 import secrets
 from datetime import datetime, timezone
-from typing import Any, BinaryIO
+from hashlib import sha256
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from ._exceptions import ConfigError
+from ._secrets import scrub
+from ._stats import count
+
+if TYPE_CHECKING:
+    from ._settings import Settings
+    from ._sinks import SinkOpener
+    from ._spool import Delivery
 
 
 def utc_folders(ns: int, hourly: bool = False) -> str:
@@ -22,34 +33,84 @@ def utc_folders(ns: int, hourly: bool = False) -> str:
     return datetime.fromtimestamp(ns / 1e9, timezone.utc).strftime("%Y/%m/%d/%H" if hourly else "%Y/%m/%d")
 
 
-class Store:
-    """An fsspec filesystem and root path, e.g. ``./obsml-data`` or ``memory://obsml``."""
+class StoreWriteError(Exception):
+    """An object could not be written; ``reason`` is the drop reason it is counted under."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class AtomicTarget(Protocol):
+    def write(self, data: bytes) -> None: ...
+    def commit(self) -> None: ...
+    def abort(self) -> None: ...
+
+
+def count_written(relative: str) -> None:
+    count("trace_files_written" if relative.startswith("traces/") else "payloads_written")
+
+
+class Store:
+    """Where objects go: ``./obsml-data``, ``file://…``, ``memory://…``, ``abfs://container/prefix``…"""
+
+    def __init__(self, settings: Settings) -> None:
+        from ._sinks import FsspecSink, plugin_opener, sink_plugin
+
+        url = settings.store
+        scheme = url.partition("://")[0] if "://" in url else "file"
+        self.scheme = scheme
+        self.delivery: Delivery | None = None
+        self._known_dirs: set[str] = set()
+        plugin = sink_plugin(scheme) if scheme != "file" else None
+        if plugin is not None:
+            self.fs: Any = None
+            self.root = ""
+            self._uri_prefix = url.rstrip("/")
+            self._start_delivery(settings, plugin_opener(plugin, url, settings))
+            return
         try:
-            self.fs, self.root = fsspec.core.url_to_fs(url)
+            self.fs, root = fsspec.core.url_to_fs(url)
         except (ImportError, ValueError) as exc:
             # Never echo the URL: it may carry credentials.
-            raise ConfigError(f"OBSML_STORE: cannot open the store ({type(exc).__name__}: {exc})") from None
-        self.root = self.root.rstrip("/")
-        self._known_dirs: set[str] = set()
+            raise ConfigError(f"OBSML_STORE: cannot open the store ({type(exc).__name__}: {scrub(str(exc))})") from None
+        self.root = root.rstrip("/")
         if isinstance(self.fs, LocalFileSystem):
             try:
                 self.fs.makedirs(self.root, exist_ok=True)
             except OSError as exc:
                 raise ConfigError(f"OBSML_STORE: cannot create the store directory ({exc.strerror})") from None
+            return
+        sink = FsspecSink(self.fs, self.root)
+        self._start_delivery(settings, lambda: sink)
+
+    def _start_delivery(self, settings: Settings, open_sink: SinkOpener) -> None:
+        from ._spool import Delivery, Spool, default_spool_dir
+
+        base = Path(settings.spool_dir).expanduser() if settings.spool_dir else default_spool_dir()
+        # One spool per destination; the key never reveals the URL.
+        key = f"{self.scheme}-{sha256(settings.store.encode()).hexdigest()[:16]}"
+        self.delivery = Delivery(Spool(base / key, settings.spool_max_bytes), open_sink, self.scheme)
 
     def __repr__(self) -> str:
-        return f"<Store {self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]}>"
+        return f"<Store {self.scheme}>"
+
+    @property
+    def remote(self) -> bool:
+        return self.delivery is not None
 
     def path(self, relative: str) -> str:
         return f"{self.root}/{relative}"
 
     def uri(self, relative: str) -> str:
         """The full URL of an object, as recorded in spans."""
+        if self.fs is None:
+            return f"{self._uri_prefix}/{relative}"
         return str(self.fs.unstrip_protocol(self.path(relative)))
 
-    def open_atomic(self, relative: str) -> AtomicObject:
+    def open_atomic(self, relative: str) -> AtomicTarget:
+        if self.delivery is not None:
+            return self.delivery.spool.open_record(relative)
         return AtomicObject(self, relative)
 
     def write_atomic(self, relative: str, data: bytes) -> None:
@@ -68,10 +129,11 @@ class Store:
 
 
 class AtomicObject:
-    """A file written under a temporary name and moved to ``relative`` on :meth:`commit`."""
+    """A local file written under a temporary name and moved to ``relative`` on :meth:`commit`."""
 
     def __init__(self, store: Store, relative: str) -> None:
         self.store = store
+        self.relative = relative
         self.final = store.path(relative)
         folder, _, name = self.final.rpartition("/")
         store._ensure_dir(folder)
@@ -84,6 +146,7 @@ class AtomicObject:
     def commit(self) -> None:
         self._file.close()
         self.store.fs.mv(self.temporary, self.final)
+        count_written(self.relative)
 
     def abort(self) -> None:
         try:

@@ -16,6 +16,7 @@ import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Callable
 from typing import Protocol
 
 from ._stats import STATS, report_internal_error
@@ -67,6 +68,8 @@ class Writer:
         self._wake_bytes = max(1, max_bytes // 4)
         self._interval = interval
         self.exit_timeout = exit_timeout
+        # Run at exit after the writer's own close, with the time left of exit_timeout.
+        self.exit_hooks: list[Callable[[float], None]] = []
         self._atexit_registered = False
         self._reset()
         _WRITERS.add(self)
@@ -129,7 +132,13 @@ class Writer:
             register = not self._atexit_registered
             self._atexit_registered = True
         if register:  # atexit registrations survive fork, so once per object is enough
-            atexit.register(lambda: self.close(self.exit_timeout))
+            atexit.register(self._exit)
+
+    def _exit(self) -> None:
+        deadline = time.monotonic() + self.exit_timeout
+        self.close(self.exit_timeout)
+        for hook in self.exit_hooks:
+            hook(max(0.0, deadline - time.monotonic()))
 
     def _run(self) -> None:
         jobs, wake = self._jobs, self._wake

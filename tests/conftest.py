@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,12 +16,15 @@ from typing import Any
 
 import pytest
 import uvicorn
+from azurite import azure_container, azurite, azurite_on_disk  # noqa: F401
 
 import obsml
 from obsml._stats import STATS
 
 # obsml's own errors are raised, not counted, everywhere in the tests (also in subprocesses).
 os.environ["OBSML_STRICT"] = "true"
+# Remote stores spool here, not in ~/.cache (subprocesses inherit it).
+os.environ["OBSML_SPOOL_DIR"] = tempfile.mkdtemp(prefix="obsml-test-spool-")
 
 
 @pytest.fixture(autouse=True)

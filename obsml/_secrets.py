@@ -1,0 +1,62 @@
+"""Credentials never leave in a log line or an error message: one scrubber for obsml's output.
+
+Connection strings, SAS tokens and keys reach obsml only through the environment (adlfs and
+fsspec read them there). Anything obsml logs or raises about a store passes through
+:func:`scrub`, and a filter on the ``obsml`` logger scrubs every record, traceback included.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+
+REDACTED = "[REDACTED]"
+
+# key=value pairs whose values are credentials, in connection strings and URLs.
+_SECRET_PAIRS = re.compile(
+    r"(?i)\b(AccountKey|SharedAccessSignature|SharedAccessKey|sig|client_secret|password|InstrumentationKey)"
+    r"=([^;&\s'\"]+)"
+)
+_SECRET_VARIABLES = (
+    "AZURE_STORAGE_CONNECTION_STRING",
+    "AZURE_STORAGE_ACCOUNT_KEY",
+    "AZURE_STORAGE_KEY",
+    "AZURE_STORAGE_SAS_TOKEN",
+    "AZURE_STORAGE_CLIENT_SECRET",
+    "AZURE_CLIENT_SECRET",
+)
+
+
+def _known_secrets() -> list[str]:
+    values = []
+    for name in _SECRET_VARIABLES:
+        value = os.environ.get(name, "")
+        if len(value) >= 8:
+            values.append(value)
+            values.extend(m[2] for m in _SECRET_PAIRS.finditer(value) if len(m[2]) >= 8)
+    return sorted(values, key=len, reverse=True)
+
+
+def scrub(text: str) -> str:
+    """``text`` with every credential obsml can know of replaced by ``[REDACTED]``."""
+    for secret in _known_secrets():
+        text = text.replace(secret, REDACTED)
+    return _SECRET_PAIRS.sub(lambda m: f"{m[1]}={REDACTED}", text)
+
+
+class ScrubFilter(logging.Filter):
+    """Scrubs a log record's message and traceback before any handler formats it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = scrub(record.getMessage())
+        record.args = None
+        if record.exc_info:
+            record.exc_text = scrub(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        return True
+
+
+def install_log_scrubbing(logger: logging.Logger) -> None:
+    if not any(isinstance(f, ScrubFilter) for f in logger.filters):
+        logger.addFilter(ScrubFilter())

@@ -1,0 +1,95 @@
+"""Sinks: where a remote store's objects go. fsspec URLs need no plugin; other schemes are plugins.
+
+A sink plugin registers a factory under its URL scheme in the entry-point group
+``obsml.sinks``: ``factory(url, settings=...)`` returns a :class:`Sink`. Only the scheme of
+the configured store is looked up. A plugin that fails to import or to start is isolated: it
+is reported once with its name, and the objects wait in the spool while obsml retries it.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from ._exceptions import PluginImportError
+from ._registry import import_target
+
+if TYPE_CHECKING:
+    from ._settings import Settings
+
+SINK_GROUP = "obsml.sinks"
+
+
+class Sink(abc.ABC):
+    """A destination for obsml's objects: ``traces/…`` part files and ``payloads/…`` bodies.
+
+    Called only from obsml's delivery thread, one object at a time, in order. Raise any
+    exception to have the object retried later (with backoff); it stays in the spool meanwhile.
+    """
+
+    @abc.abstractmethod
+    def put(self, relative: str, data: BinaryIO, size: int) -> None:
+        """Store ``size`` bytes read from ``data`` at ``relative``, whole or not at all.
+
+        The same object may be put twice (after a crash between put and spool clean-up):
+        writing it again must leave the same result.
+        """
+
+    @abc.abstractmethod
+    def uri(self, relative: str) -> str:
+        """The address recorded in spans for the object at ``relative``."""
+
+    def close(self) -> None:  # noqa: B027 - optional for sinks with nothing to release
+        """Release connections; called at most once, when the process exits."""
+
+
+SinkOpener = Callable[[], Sink]
+
+
+class FsspecSink(Sink):
+    """Any fsspec filesystem: each object is one put (``pipe_file``), so it appears whole."""
+
+    def __init__(self, fs: Any, root: str) -> None:
+        self.fs = fs
+        self.root = root
+
+    def put(self, relative: str, data: BinaryIO, size: int) -> None:
+        self.fs.pipe_file(f"{self.root}/{relative}", data.read(size))
+
+    def uri(self, relative: str) -> str:
+        return str(self.fs.unstrip_protocol(f"{self.root}/{relative}"))
+
+    def __repr__(self) -> str:
+        return f"<FsspecSink {scheme_of_protocol(self.fs.protocol)}>"
+
+
+def scheme_of_protocol(protocol: str | tuple[str, ...]) -> str:
+    return protocol if isinstance(protocol, str) else protocol[0]
+
+
+def sink_plugin(scheme: str) -> Any | None:
+    """The entry point registered for ``scheme`` in ``obsml.sinks``, or None (not imported yet)."""
+    for entry_point in entry_points(group=SINK_GROUP):
+        if entry_point.name == scheme:
+            return entry_point
+    return None
+
+
+def plugin_opener(entry_point: Any, url: str, settings: Settings) -> SinkOpener:
+    """Opens the plugin's sink on the delivery thread: its failures never reach the app."""
+
+    def open_sink() -> Sink:
+        try:
+            factory = import_target(entry_point.value)
+        except Exception as exc:
+            raise PluginImportError(
+                f"sink {entry_point.name!r} ({entry_point.value}) failed to import: {type(exc).__name__}"
+            ) from exc
+        sink = factory(url, settings=settings)
+        if not isinstance(sink, Sink):
+            raise TypeError(f"sink {entry_point.name!r}: its factory returned {type(sink).__name__}, not a Sink")
+        return sink
+
+    return open_sink
