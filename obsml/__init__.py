@@ -11,6 +11,7 @@ from .__version__ import __version__
 from ._exceptions import ConfigError, ObsmlError, PluginError, PluginImportError
 from ._pipeline import flush
 from ._settings import Settings
+from ._sinks import Sink
 from ._stats import stats
 from .asgi import ObsmlMiddleware
 from .wsgi import ObsmlWSGIMiddleware
@@ -23,6 +24,7 @@ __all__ = [
     "PluginError",
     "PluginImportError",
     "Settings",
+    "Sink",
     "__version__",
     "flush",
     "stats",

@@ -15,6 +15,7 @@ from opentelemetry import trace
 
 from ._attributes import span_attributes
 from ._capture import Capture, Describe, sampling_threshold
+from ._metrics import register_metrics
 from ._payloads import PayloadStream
 from ._redact import RedactionPolicy
 from ._settings import Settings
@@ -28,6 +29,7 @@ class Pipeline:
     """Store, exporters and background writer for one destination."""
 
     def __init__(self, settings: Settings) -> None:
+        register_metrics()
         self.store = Store(settings)
         self.tracing = Tracing(settings, self.store)
         self.writer = Writer(

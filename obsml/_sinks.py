@@ -27,6 +27,8 @@ class Sink(abc.ABC):
 
     Called only from obsml's delivery thread, one object at a time, in order. Raise any
     exception to have the object retried later (with backoff); it stays in the spool meanwhile.
+    Spans name an object by the store URL (without query or fragment) joined with its
+    relative path, e.g. ``sqlite:///data/obsml.db/payloads/…``: it is known before the sink is.
     """
 
     @abc.abstractmethod
@@ -36,10 +38,6 @@ class Sink(abc.ABC):
         The same object may be put twice (after a crash between put and spool clean-up):
         writing it again must leave the same result.
         """
-
-    @abc.abstractmethod
-    def uri(self, relative: str) -> str:
-        """The address recorded in spans for the object at ``relative``."""
 
     def close(self) -> None:  # noqa: B027 - optional for sinks with nothing to release
         """Release connections; called at most once, when the process exits."""
@@ -57,9 +55,6 @@ class FsspecSink(Sink):
 
     def put(self, relative: str, data: BinaryIO, size: int) -> None:
         self.fs.pipe_file(f"{self.root}/{relative}", data.read(size))
-
-    def uri(self, relative: str) -> str:
-        return str(self.fs.unstrip_protocol(f"{self.root}/{relative}"))
 
     def __repr__(self) -> str:
         return f"<FsspecSink {scheme_of_protocol(self.fs.protocol)}>"

@@ -133,7 +133,7 @@ class Spool:
                         elif path.name.endswith(".tmp"):
                             # A record its process was still writing when it died: never committed.
                             path.unlink()
-                            record_drop("item", "corrupt", detail="a record torn by a crash")
+                            record_drop("record", "corrupt", detail="a record torn by a crash")
                     (other / "lock").unlink()
                 other.rmdir()
             except (BlockingIOError, FileNotFoundError):
@@ -353,7 +353,7 @@ class Delivery:
             size = path.stat().st_size
             path.unlink()
             self.spool.release(size)
-        record_drop("item", "corrupt", detail=f"a spool record failed its check ({exc})")
+        record_drop("record", "corrupt", detail=f"a spool record failed its check ({exc})")
 
     def _failed(self, exc: Exception) -> None:
         self._failures += 1

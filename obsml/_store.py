@@ -66,7 +66,7 @@ class Store:
         if plugin is not None:
             self.fs: Any = None
             self.root = ""
-            self._uri_prefix = url.rstrip("/")
+            self._uri_prefix = url.split("?", 1)[0].split("#", 1)[0].rstrip("/")  # never a query's credentials
             self._start_delivery(settings, plugin_opener(plugin, url, settings))
             return
         try:

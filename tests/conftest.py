@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -156,3 +157,16 @@ def running_gunicorn(app: str, store: Path, *options: str, env: dict[str, str] |
         yield server
     finally:
         server.stop()
+
+
+def install_plugin(
+    site: Path, monkeypatch: pytest.MonkeyPatch, name: str, module_source: str,
+    group: str = "obsml.exporters", factory: str = "make_exporter",
+) -> None:
+    """A real installed distribution (dist-info with entry points) on sys.path."""
+    (site / f"{name}_plugin.py").write_text(textwrap.dedent(module_source))
+    dist = site / f"{name}_plugin-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(f"[{group}]\n{name} = {name}_plugin:{factory}\n")
+    monkeypatch.syspath_prepend(str(site))

@@ -19,3 +19,18 @@ def test_the_overhead_benchmark_runs_all_three_variants_at_both_sizes() -> None:
     rows = [line.split()[0] for line in result.stdout.splitlines() if line.strip()]
     assert rows.count("otel") == rows.count("bare") == 4  # two tables per size
     assert "obsml stats (timed rounds): captured=" in result.stdout
+
+
+def test_the_wsgi_overhead_benchmark_runs_all_three_variants_in_every_case() -> None:
+    # A smoke run of the Flask (WSGI) counterpart; again, no timing is asserted.
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "wsgi_overhead.py"), "--quick"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    for size in ("1 KB", "100 KB"):
+        assert result.stdout.count(f"== body {size}") == 2  # small JSON response and same-size response
+    rows = [line.split()[0] for line in result.stdout.splitlines() if line.strip()]
+    assert rows.count("otel") == rows.count("bare") == 8  # two tables per case, four cases
+    assert result.stdout.count("obsml stats (timed rounds): captured=") == 4
+    assert "check FAILED" not in result.stdout

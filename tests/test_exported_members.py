@@ -13,6 +13,7 @@ def test_the_public_api_is_exactly_what_the_package_exports() -> None:
         "PluginError",
         "PluginImportError",
         "Settings",
+        "Sink",
         "__version__",
         "flush",
         "stats",

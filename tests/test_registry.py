@@ -1,10 +1,10 @@
 from __future__ import annotations
 
-import textwrap
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from conftest import install_plugin
 
 from obsml import ObsmlMiddleware, PluginError, PluginImportError
 from obsml._registry import load_exporter
@@ -12,16 +12,6 @@ from obsml._registry import load_exporter
 
 async def app(scope: object, receive: Callable[[], Awaitable[object]], send: object) -> None:
     await receive()  # bodies are captured as the app reads them
-
-
-def install_plugin(site: Path, monkeypatch: pytest.MonkeyPatch, name: str, module_source: str) -> None:
-    """A real installed distribution (dist-info with entry points) on sys.path."""
-    (site / f"{name}_plugin.py").write_text(textwrap.dedent(module_source))
-    dist = site / f"{name}_plugin-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}-plugin\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text(f"[obsml.exporters]\n{name} = {name}_plugin:make_exporter\n")
-    monkeypatch.syspath_prepend(str(site))
 
 
 def test_an_exporter_plugin_is_found_by_entry_point_and_receives_obsml_spans(

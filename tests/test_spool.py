@@ -1,0 +1,198 @@
+"""Delivery to a remote sink through the disk spool: retried, bounded, checked, never lost silently."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from apps import make_app
+from conftest import install_plugin, running_server
+
+import obsml
+from obsml._pipeline import _PIPELINES, _PIPELINES_LOCK
+from obsml._spool import Spool
+
+FLAKY_SINK = """
+    from obsml import Sink
+    objects = {}  # relative path -> bytes, as the sink holds them
+    puts = []  # relative paths in the order they were put
+    state = {"up": False}
+
+    class FlakySink(Sink):
+        def put(self, relative, data, size):
+            if not state["up"]:
+                raise ConnectionError("sink unreachable")
+            objects[relative] = data.read(size)
+            puts.append(relative)
+
+    def make_sink(url, *, settings):
+        return FlakySink()
+"""
+
+
+@pytest.fixture
+def flaky(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A sink plugin registered for the ``flaky`` scheme, down until the test brings it up."""
+    install_plugin(tmp_path, monkeypatch, "flaky", FLAKY_SINK, group="obsml.sinks", factory="make_sink")
+    monkeypatch.delitem(sys.modules, "flaky_plugin", raising=False)  # a fresh module, with the sink down
+    import flaky_plugin  # type: ignore[import-not-found]
+
+    yield flaky_plugin
+
+
+@pytest.fixture(autouse=True)
+def forget_new_pipelines() -> Iterator[None]:
+    """Pipelines whose sink stays down must not make later tests' flushes wait for them."""
+    with _PIPELINES_LOCK:
+        before = set(_PIPELINES)
+    yield
+    with _PIPELINES_LOCK:
+        for key in set(_PIPELINES) - before:
+            pipeline = _PIPELINES.pop(key)
+            if pipeline.store.delivery is not None:
+                pipeline.store.delivery.close(0)
+
+
+def spans_in(objects: dict[str, bytes]) -> dict[str, dict[str, Any]]:
+    parts = [data for name, data in objects.items() if re.match(r"traces/\d{4}/", name)]
+    lines = [line for data in parts for line in data.split(b"\n") if line]
+    spans = [json.loads(line) for line in lines]
+    return {span["attributes"]["obsml.correlation_id"]: span for span in spans}
+
+
+def test_a_sink_that_is_down_is_retried_and_gets_everything_in_order_once_it_is_back(
+    flaky: Any, tmp_path: Path
+) -> None:
+    store = f"flaky://box-{uuid.uuid4().hex}"
+    big = bytes(range(256)) * 400  # 100 KiB: offloaded
+    with running_server(make_app(store=store, flush_interval=0.05)) as url, httpx.Client(base_url=url) as client:
+        for n in range(20):
+            body = big if n % 5 == 0 else b'{"row": %d}' % n
+            response = client.post("/echo", content=body, headers={"x-correlation-id": f"down-{n}"})
+            assert (response.status_code, response.content) == (200, body)  # unaffected by the dead sink
+        assert obsml.flush(0.5) is False  # nothing could be delivered
+        spooled = obsml.stats()
+        assert spooled["sink_retries"] >= 1
+        assert spooled.get("trace_files_written", 0) == 0
+
+        flaky.state["up"] = True
+        assert obsml.flush(10) is True
+    stats = obsml.stats()
+    assert stats["objects_drained"] == stats["objects_spooled"] == len(flaky.puts)
+    assert stats["dropped"] == {}
+    spans = spans_in(flaky.objects)
+    assert sorted(spans) == sorted(f"down-{n}" for n in range(20))
+    offloaded = spans["down-0"]["attributes"]
+    uri = offloaded["obsml.request.body.uri"]
+    assert uri.startswith(f"{store}/payloads/")
+    relative = uri.removeprefix(f"{store}/")
+    assert flaky.objects[relative] == big
+    assert offloaded["obsml.request.body.sha256"] == hashlib.sha256(big).hexdigest()
+    # In order: part files in sequence, each payload before the part file naming it.
+    parts = [name for name in flaky.puts if name.startswith("traces/")]
+    assert parts == sorted(parts, key=lambda name: int(name.rsplit("-", 1)[1].split(".")[0]))
+    assert flaky.puts.index(relative) < min(
+        i for i, name in enumerate(flaky.puts) if name.startswith("traces/") and b"down-0" in flaky.objects[name]
+    )
+    assert not list(Path(obsml.Settings.load().spool_dir).rglob("*.rec"))
+
+
+def test_a_full_spool_drops_with_a_reason_and_the_span_says_so(flaky: Any) -> None:
+    store = f"flaky://box-{uuid.uuid4().hex}"
+    big = b"\x00" * 100_000
+    with running_server(make_app(store=store, spool_max_bytes=150_000, flush_interval=0.05)) as url, httpx.Client(
+        base_url=url
+    ) as client:
+        for n in range(3):
+            response = client.post("/echo", content=big, headers={"x-correlation-id": f"full-{n}"})
+            assert (response.status_code, response.content) == (200, big)
+        assert obsml.flush(0.5) is False
+        flaky.state["up"] = True
+        assert obsml.flush(10) is True
+    spans = spans_in(flaky.objects)
+    lost = [
+        (correlation_id, direction)
+        for correlation_id, span in spans.items()
+        for direction in ("request", "response")
+        if span["attributes"].get(f"obsml.{direction}.body.lost") == "spool_full"
+    ]
+    assert len(spans) == 3
+    assert 4 <= len(lost) <= 5  # the spool holds one 100 KB body; the others are dropped and marked
+    assert obsml.stats()["dropped"]["spool_full"]["payload"] == len(lost)
+
+
+def test_records_of_a_dead_process_are_adopted_and_a_corrupt_one_is_skipped_and_counted(
+    flaky: Any, tmp_path: Path
+) -> None:
+    store = f"flaky://box-{uuid.uuid4().hex}"
+    settings = obsml.Settings.load(store=store)
+    # A process that spooled three objects and died: its records, one of them damaged on disk.
+    from obsml._store import Store
+
+    root = Store(settings).delivery.spool.root  # type: ignore[union-attr]
+    dead = Spool(root, 1 << 30)
+    for name in ("traces/a.jsonl", "traces/b.jsonl", "traces/c.jsonl"):
+        record = dead.open_record(name)
+        record.write(f'{{"object": "{name}"}}'.encode())
+        record.commit()
+    damaged = dead.records[1]
+    data = bytearray(damaged.read_bytes())
+    data[-40] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    torn = dead.open_record("payloads/torn.bin")  # never committed: the process died mid-write
+    torn.write(b"partial")
+    torn.file.close()
+    dead.after_fork()  # drops its lock, as the kernel does when a process dies
+
+    flaky.state["up"] = True
+    with running_server(make_app(store=store)) as url:
+        httpx.post(f"{url}/echo", content=b"{}", headers={"x-correlation-id": "after-restart"})
+        assert obsml.flush(10)
+    assert flaky.objects["traces/a.jsonl"] == b'{"object": "traces/a.jsonl"}'
+    assert flaky.objects["traces/c.jsonl"] == b'{"object": "traces/c.jsonl"}'
+    assert "traces/b.jsonl" not in flaky.objects
+    assert flaky.puts[:2] == ["traces/a.jsonl", "traces/c.jsonl"]  # older objects first
+    stats = obsml.stats()
+    assert stats["spool_records_adopted"] == 3
+    assert stats["dropped"]["corrupt"]["record"] == 2  # the damaged record and the torn one
+    assert "after-restart" in spans_in(flaky.objects)
+    assert not any(path.name != "lock" for path in root.rglob("*") if path.is_file())
+
+
+@pytest.mark.parametrize(
+    "plugin_source",
+    [
+        pytest.param("import a_dependency_that_is_not_installed\n", id="import-fails"),
+        pytest.param("def make_sink(url, *, settings):\n    raise RuntimeError('cannot start')\n", id="factory-raises"),
+    ],
+)
+def test_a_broken_sink_plugin_never_breaks_the_app_and_its_objects_wait_in_the_spool(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, plugin_source: str
+) -> None:
+    install_plugin(tmp_path, monkeypatch, "broken", plugin_source, group="obsml.sinks", factory="make_sink")
+    store = f"broken://box-{uuid.uuid4().hex}"
+    with caplog.at_level(logging.WARNING, logger="obsml"), running_server(
+        make_app(store=store, flush_interval=0.05)
+    ) as url, httpx.Client(base_url=url) as client:
+        for n in range(5):
+            response = client.post("/echo", content=b"payload", headers={"x-correlation-id": f"broken-{n}"})
+            assert (response.status_code, response.content) == (200, b"payload")
+        assert obsml.flush(1) is False
+    stats = obsml.stats()
+    assert stats["sink_retries"] >= 1
+    assert stats["objects_spooled"] >= 1
+    assert stats.get("trace_files_written", 0) == 0
+    failures = [r.getMessage() for r in caplog.records if "the broken store failed" in r.getMessage()]
+    assert failures, caplog.text
+    assert len(failures) <= 2  # reported once (and again at most once a minute), never per item
+    settings = obsml.Settings.load()
+    assert list(Path(settings.spool_dir).glob("broken-*/*/*.rec"))
