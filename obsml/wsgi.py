@@ -213,10 +213,11 @@ class _CaptureResponse:
 class _InputTee:
     """``wsgi.input`` for the app: every byte it reads is also fed to the capture."""
 
-    __slots__ = ("capture", "stream")
+    __slots__ = ("capture", "stream", "stream_readinto")
 
     def __init__(self, stream: Any, capture: Capture) -> None:
         self.stream = stream
+        self.stream_readinto = getattr(stream, "readinto", None)
         self.capture = capture
 
     def read(self, *args: Any) -> bytes:
@@ -231,15 +232,14 @@ class _InputTee:
 
     def readinto(self, buffer: Any) -> int:
         # Not in PEP 3333, but werkzeug's LimitedStream (Flask) reads through it when present.
-        view = memoryview(buffer).cast("B")
-        readinto = getattr(self.stream, "readinto", None)
-        if readinto is not None:
-            size: int = readinto(view) or 0
-            self._feed(bytes(view[:size]))
-            return size
-        data = self.read(len(view))
-        view[: len(data)] = data
-        return len(data)
+        if self.stream_readinto is None:  # a server's stream with read() only
+            data = self.read(len(buffer))
+            buffer[: len(data)] = data
+            return len(data)
+        size: int = self.stream_readinto(buffer) or 0
+        if size:
+            self._feed(bytes(memoryview(buffer)[:size]))
+        return size
 
     def readlines(self, *args: Any) -> list[bytes]:
         lines: list[bytes] = self.stream.readlines(*args)
