@@ -19,8 +19,8 @@ $(DEMO_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[demo]'
 	touch $@
 
-$(TEST_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+$(TEST_STAMP): pyproject.toml examples/custom_sink_plugin/pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]' -e examples/custom_sink_plugin
 	touch $@ $(DEMO_STAMP)
 
 # npm is installed with apt-get (Debian/Ubuntu) when the machine has none; sudo only when not root.
@@ -49,6 +49,7 @@ demo-wsgi: $(DEMO_STAMP)
 test: $(TEST_STAMP) $(AZURITE_STAMP)
 	$(BIN)/python -m ruff check obsml examples benchmarks tests
 	$(BIN)/python -m mypy
+	$(BIN)/python -m pytest examples/custom_sink_plugin/tests
 	$(BIN)/python -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 

@@ -11,13 +11,14 @@ from .__version__ import __version__
 from ._exceptions import ConfigError, ObsmlError, PluginError, PluginImportError
 from ._pipeline import flush
 from ._settings import Settings
-from ._sinks import Sink
+from ._sinks import ObjectData, Sink
 from ._stats import stats
 from .asgi import ObsmlMiddleware
 from .wsgi import ObsmlWSGIMiddleware
 
 __all__ = [
     "ConfigError",
+    "ObjectData",
     "ObsmlError",
     "ObsmlMiddleware",
     "ObsmlWSGIMiddleware",

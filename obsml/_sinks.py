@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._exceptions import PluginImportError
 from ._registry import import_target
@@ -20,6 +20,12 @@ if TYPE_CHECKING:
     from ._settings import Settings
 
 SINK_GROUP = "obsml.sinks"
+
+
+class ObjectData(Protocol):
+    """An object's bytes, read once from the spool (a file-like object limited to the object)."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
 
 
 class Sink(abc.ABC):
@@ -32,7 +38,7 @@ class Sink(abc.ABC):
     """
 
     @abc.abstractmethod
-    def put(self, relative: str, data: BinaryIO, size: int) -> None:
+    def put(self, relative: str, data: ObjectData, size: int) -> None:
         """Store ``size`` bytes read from ``data`` at ``relative``, whole or not at all.
 
         The same object may be put twice (after a crash between put and spool clean-up):
@@ -40,7 +46,8 @@ class Sink(abc.ABC):
         """
 
     def close(self) -> None:  # noqa: B027 - optional for sinks with nothing to release
-        """Release connections; called at most once, when the process exits."""
+        """Release connections. Called on the delivery thread after a failed put (the sink is
+        then opened afresh by its factory for the next attempt) and when the process exits."""
 
 
 SinkOpener = Callable[[], Sink]
@@ -53,7 +60,7 @@ class FsspecSink(Sink):
         self.fs = fs
         self.root = root
 
-    def put(self, relative: str, data: BinaryIO, size: int) -> None:
+    def put(self, relative: str, data: ObjectData, size: int) -> None:
         self.fs.pipe_file(f"{self.root}/{relative}", data.read(size))
 
     def __repr__(self) -> str:

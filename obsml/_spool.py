@@ -38,7 +38,7 @@ from ._stats import count, logger, record_drop, report_internal_error
 from ._store import StoreWriteError, count_written
 
 if TYPE_CHECKING:
-    from ._sinks import SinkOpener
+    from ._sinks import Sink, SinkOpener
 
 MAGIC = b"OBSMLSP1"
 _TRAILER = struct.Struct(">Q32s")
@@ -46,6 +46,8 @@ _HEAD = struct.Struct(">I")
 _BACKOFF_FIRST_S = 0.5
 _BACKOFF_MAX_S = 30.0
 _ADOPT_EVERY_S = 30.0
+_REJECT_AFTER = 8  # refusals in a row of the oldest record, while one of the next few goes through
+_LOOK_AHEAD = 4
 _LOG_EVERY_S = 60.0
 
 
@@ -231,7 +233,7 @@ class _Window:
         self._left = size
         file.seek(offset)
 
-    def read(self, size: int = -1) -> bytes:
+    def read(self, size: int = -1, /) -> bytes:
         if size < 0 or size > self._left:
             size = self._left
         data = self._file.read(size)
@@ -255,8 +257,11 @@ class Delivery:
         self._idle = threading.Condition()
         self._running = False
         self._stopping = False
-        self._sink: object | None = None
+        self._sink: Sink | None = None
+        self._thread: threading.Thread | None = None
         self._failures = 0
+        self._head: Path | None = None  # the oldest record, and how often the sink refused it in a row
+        self._head_failures = 0
         self._retry_at = 0.0
         self._next_adopt = 0.0
         self._last_logged = 0.0
@@ -268,7 +273,8 @@ class Delivery:
     def start(self) -> None:
         if not self._running:
             self._running = True
-            threading.Thread(target=self._run, name="obsml-delivery", daemon=True).start()
+            self._thread = threading.Thread(target=self._run, name="obsml-delivery", daemon=True)
+            self._thread.start()
 
     def notify(self) -> None:
         self.start()
@@ -291,9 +297,12 @@ class Delivery:
         """Deliver what we can within ``timeout``; the rest stays in the spool for the next start."""
         if not self._running:
             return
+        deadline = time.monotonic() + timeout
         delivered = self.wait_empty(timeout)
         self._stopping = True
         self._wake.set()
+        if self._thread is not None:  # let it close the sink, on its own thread
+            self._thread.join(max(0.0, min(1.0, deadline - time.monotonic())))
         if not delivered and self.spool.records:
             logger.warning(
                 "obsml: %d object(s) for the %s store stay in the spool; the next start delivers them",
@@ -316,44 +325,72 @@ class Delivery:
             wait = _ADOPT_EVERY_S if not self.spool.records else max(0.01, self._retry_at - time.monotonic())
             self._wake.wait(min(wait, _ADOPT_EVERY_S))
             self._wake.clear()
+        self._close_sink()
 
     def _drain(self) -> None:
         records = self.spool.records
         while records and not self._stopping:
             path = records[0]
             try:
-                relative, offset, size = read_record(path)
-            except (CorruptRecord, OSError) as exc:
-                self._discard(path, exc)
-                continue
-            try:
-                sink = self._sink
-                if sink is None:
-                    sink = self._sink = self._open_sink()
-                with open(path, "rb") as file:
-                    sink.put(relative, _Window(file, offset, size), size)  # type: ignore[attr-defined]
+                self._deliver(path)
             except Exception as exc:
+                self._head_failures = self._head_failures + 1 if path == self._head else 1
+                self._head = path
+                if self._head_failures >= _REJECT_AFTER and self._next_goes_through():
+                    # The sink takes other objects but never this one: set it aside, counted.
+                    self._remove(path)
+                    record_drop("record", "sink_rejected", detail=_describe(exc))
+                    continue
                 self._failed(exc)
                 return
-            records.popleft()
-            total = path.stat().st_size
-            path.unlink()
-            self.spool.release(total)
-            count_written(relative)
-            if self._failures:
-                count("objects_drained")
             if not records:
                 self._recovered()
-            with self._idle:
-                self._idle.notify_all()
 
-    def _discard(self, path: Path, exc: BaseException) -> None:
-        self.spool.records.popleft()
+    def _deliver(self, path: Path) -> None:
+        """Put one record to the sink and remove it; raises what the sink raised."""
+        try:
+            relative, offset, size = read_record(path)
+        except (CorruptRecord, OSError) as exc:
+            self._remove(path)
+            record_drop("record", "corrupt", detail=f"a spool record failed its check ({exc})")
+            return
+        sink = self._sink
+        if sink is None:
+            sink = self._sink = self._open_sink()
+        with open(path, "rb") as file:
+            sink.put(relative, _Window(file, offset, size), size)
+        self._remove(path)
+        count_written(relative)
+        if self._failures:
+            count("objects_drained")
+
+    def _next_goes_through(self) -> bool:
+        """Whether one of the next few records can be delivered (then it is)."""
+        for path in list(self.spool.records)[1:_LOOK_AHEAD + 1]:
+            try:
+                self._deliver(path)
+            except Exception:
+                continue
+            return True
+        return False
+
+    def _remove(self, path: Path) -> None:
+        with contextlib.suppress(ValueError):
+            self.spool.records.remove(path)
         with contextlib.suppress(OSError):
             size = path.stat().st_size
             path.unlink()
             self.spool.release(size)
-        record_drop("record", "corrupt", detail=f"a spool record failed its check ({exc})")
+        with self._idle:
+            self._idle.notify_all()
+
+    def _close_sink(self) -> None:
+        sink, self._sink = self._sink, None
+        if sink is not None:
+            try:
+                sink.close()
+            except Exception:
+                logger.warning("obsml: closing the %s sink failed", self.name, exc_info=True)
 
     def _failed(self, exc: Exception) -> None:
         self._failures += 1
@@ -368,8 +405,7 @@ class Delivery:
                 "obsml: the %s store failed (%s); %d object(s) wait in the spool, retrying in %.1f s",
                 self.name, _describe(exc), len(self.spool.records), delay,
             )
-        if getattr(exc, "obsml_reopen", True):
-            self._sink = None  # a broken plugin or connection is opened afresh next time
+        self._close_sink()  # a broken plugin or connection is opened afresh next time
 
     def _recovered(self) -> None:
         if self._failures:

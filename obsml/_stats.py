@@ -25,6 +25,7 @@ DropReason = Literal[
     "store_error",  # the local store refused the write (a full or read-only disk)
     "spool_full",  # a remote store's spool reached OBSML_SPOOL_MAX_BYTES while the sink was behind
     "corrupt",  # a spool record failed its checksum, or was torn by a crash
+    "sink_rejected",  # the sink refused one object 8 times in a row while taking later ones
     "export_error",  # an exporter raised or reported failure
     "flush_timeout",  # still queued when a shutdown flush ran out of time
 ]

@@ -33,6 +33,17 @@ def utc_folders(ns: int, hourly: bool = False) -> str:
     return datetime.fromtimestamp(ns / 1e9, timezone.utc).strftime("%Y/%m/%d/%H" if hourly else "%Y/%m/%d")
 
 
+def _store_hint(scheme: str, exc: Exception) -> str:
+    if scheme in ("abfs", "az", "abfss"):
+        return f"Azure Blob needs adlfs: pip install 'obsml[azure]' ({type(exc).__name__})"
+    if isinstance(exc, ValueError) and "Protocol not known" in str(exc):
+        return (
+            f"nothing handles {scheme}:// (install an fsspec implementation for it, or an obsml sink plugin "
+            f"registering {scheme!r} in the entry-point group 'obsml.sinks')"
+        )
+    return f"{type(exc).__name__}: {scrub(str(exc))}"
+
+
 class StoreWriteError(Exception):
     """An object could not be written; ``reason`` is the drop reason it is counted under."""
 
@@ -73,7 +84,7 @@ class Store:
             self.fs, root = fsspec.core.url_to_fs(url)
         except (ImportError, ValueError) as exc:
             # Never echo the URL: it may carry credentials.
-            raise ConfigError(f"OBSML_STORE: cannot open the store ({type(exc).__name__}: {scrub(str(exc))})") from None
+            raise ConfigError(f"OBSML_STORE: cannot open the store: {_store_hint(scheme, exc)}") from None
         self.root = root.rstrip("/")
         if isinstance(self.fs, LocalFileSystem):
             try:

@@ -2,23 +2,25 @@
 
 If the application set a global SDK ``TracerProvider``, obsml's spans go through it (its
 processors and exporters see them) and obsml adds a processor that sends obsml's own spans,
-and only those, to obsml's exporters. Otherwise obsml uses a private provider, never set as
-the global one. A span the application's sampler would not record is still recorded through
-the private provider: obsml's store never loses a capture to someone else's sampler.
+and only those, to obsml's exporters. Otherwise obsml builds its spans itself and hands them
+to its exporters' processors; it never sets a global provider. A span the application's
+sampler would not record is still recorded that way: obsml's store never loses a capture to
+someone else's sampler.
 """
 
 from __future__ import annotations
 
 import threading
+import traceback
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+from opentelemetry.sdk.trace.id_generator import IdGenerator
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
 from .__version__ import __version__
@@ -33,6 +35,18 @@ if TYPE_CHECKING:
     from ._types import Attributes
 
 SCOPE = "obsml"
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+
+
+def exception_attributes(exc: BaseException) -> dict[str, Any]:
+    """The ``exception`` event's attributes, exactly as the SDK's ``record_exception`` makes them."""
+    module, qualname = type(exc).__module__, type(exc).__qualname__
+    return {
+        "exception.type": f"{module}.{qualname}" if module and module != "builtins" else qualname,
+        "exception.message": str(exc),
+        "exception.stacktrace": "".join(traceback.format_exception(exc)),
+        "exception.escaped": "True",
+    }
 
 
 class _PresetIds(IdGenerator):
@@ -112,16 +126,8 @@ class Tracing:
                 self.processors.append(_InlineExport(exporter))
             else:
                 self.processors.append(_OnlyObsml(BatchSpanProcessor(exporter)))
-        self._ids = _PresetIds(RandomIdGenerator())
-        self._own = TracerProvider(
-            resource=Resource.create({"service.name": settings.service}),
-            sampler=ALWAYS_ON,
-            id_generator=self._ids,
-            span_limits=SpanLimits(max_span_attributes=256, max_event_attributes=256),
-        )
-        for processor in self.processors:
-            self._own.add_span_processor(processor)
-        self._own_tracer = self._own.get_tracer(SCOPE, __version__)
+        self._resource = Resource.create({"service.name": settings.service})
+        self._scope = InstrumentationScope(SCOPE, __version__)
         self._app_provider: Any = None
         self._app_tracer: Any = None
         self._app_ids: _PresetIds | None = None
@@ -142,27 +148,58 @@ class Tracing:
         return self._app_tracer, self._app_ids
 
     def emit(self, capture: Capture, name: str, attributes: Attributes) -> None:
-        provider = trace.get_tracer_provider()
-        choice = self._app_tracer_for(provider) if isinstance(provider, TracerProvider) else None
-        tracer, ids = choice if choice is not None else (self._own_tracer, self._ids)
-        context = Context()
+        parent = None
         if capture.parent is not None:
             parent_id, flags = capture.parent
             state = TraceState.from_header([capture.tracestate.decode("latin-1")]) if capture.tracestate else None
-            remote = SpanContext(capture.trace_id, parent_id, True, TraceFlags(flags), state)
-            context = trace.set_span_in_context(NonRecordingSpan(remote), context)
+            parent = SpanContext(capture.trace_id, parent_id, True, TraceFlags(flags), state)
         start = capture.start_ns
         end = start + (capture.end_perf - capture.start_perf)
+        provider = trace.get_tracer_provider()
+        choice = self._app_tracer_for(provider) if isinstance(provider, TracerProvider) else None
+        if choice is not None and self._emit_through(*choice, capture, name, attributes, parent, start, end):
+            return
+        # obsml's own spans are built directly: the SDK's Span would validate every attribute
+        # again (obsml makes only str, int, float, bool and lists of str), a third of the cost.
+        status = Status(StatusCode.UNSET)
+        events: tuple[Event, ...] = ()
+        if capture.exception is not None:
+            exc = capture.exception
+            events = (Event("exception", exception_attributes(exc), capture.exception_ns),)
+            status = Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}")
+        elif capture.status >= 500:
+            status = Status(StatusCode.ERROR)
+        span = ReadableSpan(
+            name,
+            SpanContext(capture.trace_id, capture.span_id, False, _SAMPLED, parent.trace_state if parent else None),
+            parent,
+            self._resource,
+            attributes,
+            events,
+            kind=SpanKind.SERVER,
+            status=status,
+            start_time=start,
+            end_time=end,
+            instrumentation_scope=self._scope,
+        )
+        for processor in self.processors:
+            processor.on_end(span)
+
+    def _emit_through(
+        self, tracer: Any, ids: _PresetIds, capture: Capture, name: str, attributes: Attributes,
+        parent: SpanContext | None, start: int, end: int,
+    ) -> bool:
+        """Emit through the application's provider; False when its sampler would not record the span."""
+        context = Context()
+        if parent is not None:
+            context = trace.set_span_in_context(NonRecordingSpan(parent), context)
         ids.preset(capture.trace_id, capture.span_id)
         try:
             span = tracer.start_span(name, context, SpanKind.SERVER, attributes, start_time=start)
-            if not span.is_recording() and tracer is not self._own_tracer:
-                ids.clear()
-                self._ids.preset(capture.trace_id, capture.span_id)
-                span = self._own_tracer.start_span(name, context, SpanKind.SERVER, attributes, start_time=start)
         finally:
             ids.clear()
-            self._ids.clear()
+        if not span.is_recording():
+            return False
         if capture.exception is not None:
             span.record_exception(capture.exception, timestamp=capture.exception_ns, escaped=True)
             exc = capture.exception
@@ -170,6 +207,7 @@ class Tracing:
         elif capture.status >= 500:
             span.set_status(Status(StatusCode.ERROR))
         span.end(end_time=end)
+        return True
 
     def tick(self, force: bool) -> None:
         """Called by the writer at each flush interval and on flush: write out batched spans."""

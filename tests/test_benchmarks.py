@@ -34,3 +34,22 @@ def test_the_wsgi_overhead_benchmark_runs_all_three_variants_in_every_case() -> 
     assert rows.count("otel") == rows.count("bare") == 8  # two tables per case, four cases
     assert result.stdout.count("obsml stats (timed rounds): captured=") == 4
     assert "check FAILED" not in result.stdout
+
+
+def test_the_sink_outage_benchmark_measures_both_claims_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    # A smoke run: healthy / dead sink / bare in both sizes, then the burst with the sink down.
+    import os
+    import re
+
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "sink_outage.py"), "--quick"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    assert result.returncode == 0, result.stderr
+    for size in ("1 KB", "100 KB"):
+        assert f"== body {size}" in result.stdout
+    rows = re.findall(r"^  (bare|healthy|dead) +\d", result.stdout, re.MULTILINE)  # the latency tables' rows
+    assert rows.count("healthy") == rows.count("dead") == rows.count("bare") == 2  # one table per size
+    assert "== burst: 2000 requests" in result.stdout
+    assert result.stdout.count("VERDICT ") == 2
+    assert list(tmp_path.iterdir()) == []  # plugin, spool: all in a temporary directory, removed

@@ -7,6 +7,7 @@ from obsml._registry import _BUILTIN_EXPORTERS
 def test_the_public_api_is_exactly_what_the_package_exports() -> None:
     assert obsml.__all__ == [
         "ConfigError",
+        "ObjectData",
         "ObsmlError",
         "ObsmlMiddleware",
         "ObsmlWSGIMiddleware",

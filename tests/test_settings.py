@@ -75,3 +75,11 @@ def test_uvicorn_refuses_to_start_an_app_with_a_bad_setting(tmp_path: Path) -> N
     assert result.returncode != 0
     assert "OBSML_INLINE_LIMIT='abc' is not valid: expected an integer number of bytes >= 0" in result.stderr
     assert "Application startup failed" in result.stderr
+
+
+def test_a_store_nothing_handles_says_what_to_install_without_echoing_the_url() -> None:
+    with pytest.raises(ConfigError) as caught:
+        ObsmlMiddleware(lambda *a: None, store="nosuch://container/x?sig=CANARY-sas-41")
+    message = str(caught.value)
+    assert "nosuch://" in message and "obsml.sinks" in message
+    assert "CANARY" not in message

@@ -196,3 +196,44 @@ def test_a_broken_sink_plugin_never_breaks_the_app_and_its_objects_wait_in_the_s
     assert len(failures) <= 2  # reported once (and again at most once a minute), never per item
     settings = obsml.Settings.load()
     assert list(Path(settings.spool_dir).glob("broken-*/*/*.rec"))
+
+
+PICKY_SINK = """
+    from obsml import Sink
+    objects = {}
+    closed = []
+
+    class PickySink(Sink):
+        def put(self, relative, data, size):
+            content = data.read(size)
+            if content.startswith(b"POISON"):
+                raise ValueError("this object is refused, every time")
+            objects[relative] = content
+
+        def close(self):
+            closed.append(True)
+
+    def make_sink(url, *, settings):
+        return PickySink()
+"""
+
+
+def test_an_object_the_sink_always_refuses_is_set_aside_and_counted_not_blocking_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    install_plugin(tmp_path, monkeypatch, "picky", PICKY_SINK, group="obsml.sinks", factory="make_sink")
+    import picky_plugin  # type: ignore[import-not-found]
+
+    store = f"picky://box-{uuid.uuid4().hex}"
+    poison = b"POISON" + b"x" * 70_000  # offloaded, and refused by the sink
+    with running_server(make_app(store=store, flush_interval=0.05)) as url, httpx.Client(base_url=url) as client:
+        client.post("/echo", content=poison, headers={"x-correlation-id": "poison", "content-type": "text/plain"})
+        for n in range(60):  # traffic goes on; each flush retries at once, whatever the backoff
+            client.post("/echo", content=b"fine", headers={"x-correlation-id": f"fine-{n}"})
+            if obsml.flush(0.25):
+                break
+        assert obsml.flush(5)
+    stats = obsml.stats()
+    assert stats["dropped"]["sink_rejected"]["record"] == 2  # the request and the response body
+    assert {"poison", "fine-0", f"fine-{n}"} <= set(spans_in(picky_plugin.objects))
+    assert picky_plugin.closed  # a sink that failed is closed before it is opened again
