@@ -173,7 +173,8 @@ class Capture:
             return
         record_drop("span", "queue_full")
         for tee in (self.request_body, self.response_body):
-            if tee.stream is not None:
+            tee.chunks = []
+            if tee.stream is not None and tee.stream.queued:  # else the writer never opened a file
                 abort_stream(writer, tee.stream)
 
     @property

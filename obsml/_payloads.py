@@ -16,12 +16,13 @@ if TYPE_CHECKING:
 class PayloadStream:
     """A body on its way to ``payloads/``. Chunks travel through the writer queue in order."""
 
-    __slots__ = ("capturer", "error", "hasher", "lost", "relative", "target", "tee")
+    __slots__ = ("capturer", "error", "hasher", "lost", "queued", "relative", "target", "tee")
 
     def __init__(self, tee: BodyTee) -> None:
         self.tee = tee
         self.capturer = tee.capture.capturer
         self.lost: str | None = None  # set on the request path when a chunk could not be queued
+        self.queued = False  # a chunk reached the writer (which then holds a file to discard)
         # The rest belongs to the writer thread, which fills it in at the first chunk.
         self.relative: str | None = None
         self.error: str | None = None  # the store refused a write
@@ -29,7 +30,11 @@ class PayloadStream:
         self.hasher: Any = None
 
     def send(self, data: bytes) -> None:
-        if self.lost is None and not self.capturer.pipeline.writer.submit(_Chunk(self, data)):
+        if self.lost is not None:
+            return
+        if self.capturer.pipeline.writer.submit(_Chunk(self, data)):
+            self.queued = True
+        else:
             self.lost = "queue_full"
 
 

@@ -48,6 +48,7 @@ _BACKOFF_MAX_S = 30.0
 _ADOPT_EVERY_S = 30.0
 _REJECT_AFTER = 8  # refusals in a row of the oldest record, while one of the next few goes through
 _LOOK_AHEAD = 4
+_PAYLOAD_SHARE = 0.8  # of spool_max_bytes; the rest is kept for trace part files
 _LOG_EVERY_S = 60.0
 
 
@@ -104,9 +105,9 @@ class Spool:
             self._seq += 1
             return f"{time.time_ns():020d}-{os.getpid()}-{self._seq:09d}.rec"
 
-    def reserve(self, size: int) -> bool:
+    def reserve(self, size: int, limit: int) -> bool:
         with self._lock:
-            if self.bytes + size > self.max_bytes:
+            if self.bytes + size > limit:
                 return False
             self.bytes += size
             return True
@@ -158,6 +159,8 @@ class RecordWriter:
 
     def __init__(self, spool: Spool, relative: str) -> None:
         self.spool = spool
+        # Bodies may fill only part of the spool: the spans that name them must still fit.
+        self.limit = spool.max_bytes if relative.startswith("traces/") else int(spool.max_bytes * _PAYLOAD_SHARE)
         self.path_bytes = relative.encode("utf-8")
         self.hasher = sha256(self.path_bytes)
         self.size = 0
@@ -169,7 +172,7 @@ class RecordWriter:
         self._write(MAGIC + _HEAD.pack(len(self.path_bytes)) + self.path_bytes, hashed=False)
 
     def _write(self, data: bytes, hashed: bool = True) -> None:
-        if not self.spool.reserve(len(data)):
+        if not self.spool.reserve(len(data), self.limit):
             raise StoreWriteError("spool_full")
         self.reserved += len(data)
         self.file.write(data)

@@ -128,3 +128,34 @@ def test_memory_stays_bounded_by_the_queue_whatever_the_body_size(store: Path) -
     else:  # or it did not, and the span and the counters say so
         assert attributes["obsml.request.body.lost"] == "queue_full"
         assert obsml.stats()["dropped"] == {"queue_full": {"payload": 1}}
+
+
+def test_the_queue_bound_holds_while_spans_are_dropped_for_a_stalled_writer(store: Path) -> None:
+    import threading
+
+    from obsml._pipeline import pipeline_for
+
+    options = {"store": str(store), "queue_max_items": 20, "inline_limit": 1000, **OPTIONS}
+    writer = pipeline_for(obsml.Settings.load(**options)).writer
+    release = threading.Event()
+
+    class Stall:
+        nbytes = 0
+
+        def run(self) -> None:
+            release.wait(30)
+
+    assert writer.submit(Stall())
+    body = b"s" * 3000  # offloaded: each request queues chunks, then its span
+    with running_server(make_app(**options)) as url, httpx.Client(base_url=url) as client:
+        try:
+            for n in range(60):
+                assert client.post("/echo", content=body, headers={"x-correlation-id": f"stall-{n}"}).content == body
+            # Dropped spans must not leave unbounded work behind them in the queue.
+            assert writer.pending() <= 20 + 2 * 20
+        finally:
+            release.set()
+    assert obsml.flush(10)
+    stats = obsml.stats()
+    assert stats["dropped"]["queue_full"]["span"] >= 50
+    assert not list(store.rglob(".*.tmp"))  # every payload file opened for a dropped span was discarded
