@@ -78,9 +78,10 @@ PLUGIN_MODULE = "obsml_bench_outage_sink"
 # the per-round paired difference (dead - healthy) lies above this many µs, or this fraction of
 # healthy's added time, whichever is larger (i.e. unless dead is measurably and materially slower).
 TOLERANCE_US, TOLERANCE_FRACTION = 1.0, 0.05
-# Memory verdict: RSS growth at most queue_max_bytes + this slack (write buffers, allocator,
-# tracemalloc's own bookkeeping), and at most this much growth over the burst's second half.
-RSS_SLACK, RSS_LATE_GROWTH = 32 * MIB, 8 * MIB
+# Memory verdict: RSS growth at most queue_max_bytes (body bytes waiting) + queue_max_items x
+# ITEM_OVERHEAD (a waiting capture's own objects: headers, ids, tees) + this slack (write buffers,
+# allocator, tracemalloc's own bookkeeping), and at most this much growth over the burst's second half.
+ITEM_OVERHEAD, RSS_SLACK, RSS_LATE_GROWTH = 4 * 1024, 32 * MIB, 8 * MIB
 
 
 # --------------------------------------------------------------------------- the sink plugin
@@ -329,12 +330,13 @@ def burst_phase(loop: asyncio.AbstractEventLoop, app: Any, n: int) -> bool:
     spool_peak = max(r[6] for r in rows)
     tm_peak = max(r[4] for r in rows)
     queued_peak = max(r[5] for r in rows)
-    bound = queue_max_bytes + RSS_SLACK
+    bound = queue_max_bytes + queue_max_items * ITEM_OVERHEAD + RSS_SLACK
     memory_ok = growth <= bound and late <= RSS_LATE_GROWTH
     spool_ok = spool_peak <= spool_max_bytes
     print(
-        f"  RSS growth: max {growth / MIB:+.1f} MiB (bound: queue {queue_max_bytes / MIB:.0f} + slack "
-        f"{RSS_SLACK / MIB:.0f} MiB), {late / MIB:+.1f} MiB over the last {late_requests} requests "
+        f"  RSS growth: max {growth / MIB:+.1f} MiB (bound: queue bytes {queue_max_bytes / MIB:.0f} + items "
+        f"{queue_max_items * ITEM_OVERHEAD / MIB:.0f} + slack {RSS_SLACK / MIB:.0f} MiB), "
+        f"{late / MIB:+.1f} MiB over the last {late_requests} requests "
         f"({late / max(1, late_requests):+.0f} B/request); tracemalloc peak {tm_peak / MIB:.1f} MiB; "
         f"writer queue peak {queued_peak} items (queue_max_items {queue_max_items})"
     )

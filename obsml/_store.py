@@ -106,6 +106,10 @@ class Store:
     def __repr__(self) -> str:
         return f"<Store {self.scheme}>"
 
+    def __reduce__(self) -> Any:
+        # Pickling would carry the filesystem's options (fsspec pickles its constructor arguments).
+        raise TypeError("an obsml Store holds connections and credentials: it cannot be pickled")
+
     @property
     def remote(self) -> bool:
         return self.delivery is not None
