@@ -298,7 +298,7 @@ class Delivery:
 
     def close(self, timeout: float) -> None:
         """Deliver what we can within ``timeout``; the rest stays in the spool for the next start."""
-        if not self._running:
+        if not self._running or self._stopping:
             return
         deadline = time.monotonic() + timeout
         delivered = self.wait_empty(timeout)

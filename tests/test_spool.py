@@ -181,7 +181,7 @@ def test_a_broken_sink_plugin_never_breaks_the_app_and_its_objects_wait_in_the_s
     install_plugin(tmp_path, monkeypatch, "broken", plugin_source, group="obsml.sinks", factory="make_sink")
     store = f"broken://box-{uuid.uuid4().hex}"
     with caplog.at_level(logging.WARNING, logger="obsml"), running_server(
-        make_app(store=store, flush_interval=0.05)
+        make_app(store=store, flush_interval=0.05, flush_timeout=0.5)  # the shutdown flush cannot succeed
     ) as url, httpx.Client(base_url=url) as client:
         for n in range(5):
             response = client.post("/echo", content=b"payload", headers={"x-correlation-id": f"broken-{n}"})
