@@ -53,15 +53,26 @@ class Sink(abc.ABC):
 SinkOpener = Callable[[], Sink]
 
 
+# Per-call options for fsspec implementations that retry on their own. The Azure SDK (under
+# adlfs) retries a refused upload for over a minute inside one call, which would stall the
+# delivery thread and hide the outage from obsml's own backoff, counters and flush deadline.
+_PUT_OPTIONS: dict[str, dict[str, Any]] = {
+    "abfs": {"retry_total": 0, "connection_timeout": 10},
+    "az": {"retry_total": 0, "connection_timeout": 10},
+    "abfss": {"retry_total": 0, "connection_timeout": 10},
+}
+
+
 class FsspecSink(Sink):
     """Any fsspec filesystem: each object is one put (``pipe_file``), so it appears whole."""
 
     def __init__(self, fs: Any, root: str) -> None:
         self.fs = fs
         self.root = root
+        self._options = _PUT_OPTIONS.get(scheme_of_protocol(fs.protocol), {})
 
     def put(self, relative: str, data: ObjectData, size: int) -> None:
-        self.fs.pipe_file(f"{self.root}/{relative}", data.read(size))
+        self.fs.pipe_file(f"{self.root}/{relative}", data.read(size), **self._options)
 
     def __repr__(self) -> str:
         return f"<FsspecSink {scheme_of_protocol(self.fs.protocol)}>"

@@ -80,11 +80,16 @@ class Spool:
 
     def after_fork(self) -> None:
         # The parent keeps its directory (and its lock); the child starts a directory of its own.
-        if self._lock_file is not None:
-            with contextlib.suppress(OSError):
-                self._lock_file.close()
+        self.release_directory()
         self._lock = threading.Lock()
         self._reset()
+
+    def release_directory(self) -> None:
+        """Let go of our directory's lock: from now on another process may adopt its records."""
+        lock_file, self._lock_file = self._lock_file, None
+        if lock_file is not None:
+            with contextlib.suppress(OSError):
+                lock_file.close()
 
     def _own_directory(self) -> Path:
         if self.directory is None:
@@ -306,6 +311,7 @@ class Delivery:
         self._wake.set()
         if self._thread is not None:  # let it close the sink, on its own thread
             self._thread.join(max(0.0, min(1.0, deadline - time.monotonic())))
+        self.spool.release_directory()
         if not delivered and self.spool.records:
             logger.warning(
                 "obsml: %d object(s) for the %s store stay in the spool; the next start delivers them",

@@ -8,6 +8,7 @@ capture ends when the server calls ``close()``: only then is the exchange over.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
@@ -96,30 +97,43 @@ def _environ_key(header: str) -> str:
 
 
 class _CaptureResponse:
-    """One exchange: wraps ``start_response`` and ``write``, and is the iterable the server gets."""
+    """One exchange: wraps ``start_response`` and ``write``, and is the iterable the server gets.
 
-    __slots__ = ("capture", "closed", "iterable", "iterator", "start_response", "write")
+    The request's capture is made current when the app is called and stays current until the
+    server closes the response, as OpenTelemetry's WSGI middleware does: a generator response
+    runs the app's code while the server iterates, and its logs must join the request.
+    """
+
+    __slots__ = ("capture", "closed", "iterable", "iterator", "start_response", "tokens", "write")
 
     def __init__(self, capture: Capture, start_response: StartResponse) -> None:
         self.capture = capture
         self.start_response = start_response
         self.write: Write | None = None
         self.iterable: Iterable[bytes] = ()
-        self.iterator: Iterator[bytes] | None = None
+        self.iterator: Iterator[bytes] = iter(())
+        self.tokens: Any = None
         self.closed = False
 
     def call(self, app: WSGIApp, environ: Environ) -> _CaptureResponse:
         capture = self.capture
-        tokens = capture.activate()
+        self.tokens = capture.activate()
         try:
             self.iterable = app(environ, self.start_response_with_capture)
+            self.iterator = iter(self.iterable)
         except BaseException as exc:
             capture.fail(exc)
+            self._deactivate()
             self._finish()
             raise
-        finally:
-            capture.deactivate(tokens)
         return self
+
+    def _deactivate(self) -> None:
+        tokens, self.tokens = self.tokens, None
+        if tokens is not None:
+            # ValueError: a server that closes the response in another thread's context.
+            with contextlib.suppress(ValueError):
+                self.capture.deactivate(tokens)
 
     def start_response_with_capture(
         self, status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
@@ -156,10 +170,7 @@ class _CaptureResponse:
 
     def __next__(self) -> bytes:
         capture = self.capture
-        tokens = capture.activate()  # a generator response runs the app's code here
         try:
-            if self.iterator is None:
-                self.iterator = iter(self.iterable)
             chunk = next(self.iterator)
         except StopIteration:
             capture.completed = True
@@ -167,8 +178,6 @@ class _CaptureResponse:
         except BaseException as exc:
             capture.fail(exc)
             raise
-        finally:
-            capture.deactivate(tokens)
         try:
             capture.response_body.feed(chunk)
         except Exception:
@@ -182,7 +191,6 @@ class _CaptureResponse:
         self.closed = True
         capture = self.capture
         close = getattr(self.iterable, "close", None)
-        tokens = capture.activate()
         try:
             if close is not None:
                 close()
@@ -190,7 +198,7 @@ class _CaptureResponse:
             capture.fail(exc)
             raise
         finally:
-            capture.deactivate(tokens)
+            self._deactivate()
             if not capture.completed and capture.exception is None:
                 # The server stopped iterating early: the client went away (or the server gave up).
                 capture.disconnected = True

@@ -78,3 +78,52 @@ def test_a_span_the_applications_sampler_refuses_still_reaches_the_store(tmp_pat
     assert run(store, "ALWAYS_OFF") == []
     [stored] = read_spans(store)
     assert stored["attributes"]["obsml.correlation_id"] == "loan-9"
+
+
+WSGI_SCRIPT = """
+import io, json, sys
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+import obsml
+
+exported = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exported))
+trace.set_tracer_provider(provider)
+app_tracer = trace.get_tracer("credit-app")
+
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/event-stream")])
+    def events():
+        yield b"data: first\\n\\n"
+        with app_tracer.start_as_current_span("predict-row-2"):  # runs while the server iterates
+            pass
+        yield b"data: second\\n\\n"
+    return events()
+
+middleware = obsml.ObsmlWSGIMiddleware(app, store=sys.argv[1], service="credit")
+environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/score/stream", "wsgi.input": io.BytesIO(),
+           "HTTP_X_CORRELATION_ID": "loan-10", "SERVER_NAME": "localhost", "SERVER_PORT": "80"}
+response = middleware(environ, lambda status, headers, exc_info=None: None)
+body = b"".join(response)
+response.close()
+assert obsml.flush(10)
+print(json.dumps([
+    {"name": s.name, "scope": s.instrumentation_scope.name, "span_id": f"{s.context.span_id:016x}",
+     "parent": s.parent and f"{s.parent.span_id:016x}"}
+    for s in exported.get_finished_spans()
+]))
+"""
+
+
+def test_spans_made_while_a_wsgi_server_iterates_a_generator_are_children_of_the_request(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    result = subprocess.run([sys.executable, "-c", WSGI_SCRIPT, str(store)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    by_scope = {span["scope"]: span for span in json.loads(result.stdout)}
+    assert by_scope["credit-app"]["parent"] == by_scope["obsml"]["span_id"]
+    [stored] = read_spans(store)
+    assert stored["attributes"]["obsml.response.body.size"] == len(b"data: first\n\ndata: second\n\n")
