@@ -45,7 +45,6 @@ payloads and trace files are deleted between rounds (outside the timing).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import glob
 import io
@@ -59,11 +58,12 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from asgi_overhead import DiscardingExporter, _stats_delta, clean_store, json_body, median, percentile
 from flask import Flask, Response, request
 from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware
 from opentelemetry.metrics import NoOpMeterProvider
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 import obsml
 
@@ -99,27 +99,6 @@ def make_flask_app() -> Flask:
         return Response(request.get_data(), content_type="application/json")
 
     return app
-
-
-class DiscardingExporter(SpanExporter):
-    def __init__(self) -> None:
-        self.exported = 0
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        self.exported += len(spans)
-        return SpanExportResult.SUCCESS
-
-    def shutdown(self) -> None:
-        pass
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True
-
-
-def json_body(size: int) -> bytes:
-    """A valid JSON document of exactly ``size`` bytes."""
-    head, tail = b'{"features":"', b'"}'
-    return head + b"x" * (size - len(head) - len(tail)) + tail
 
 
 def make_environ(path: str, body: bytes) -> Environ:
@@ -235,28 +214,6 @@ def read_spans(store: str) -> list[dict[str, Any]]:
     return spans
 
 
-def clean_store(root: str) -> None:
-    """Delete written files but keep folders (obsml's store caches the folders it created)."""
-    for folder, _dirs, files in os.walk(root):
-        for name in files:
-            with contextlib.suppress(OSError):
-                os.unlink(os.path.join(folder, name))
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """Linear-interpolated percentile (q in 0..100) of already sorted values."""
-    if not sorted_values:
-        return float("nan")
-    k = (len(sorted_values) - 1) * q / 100.0
-    lo = int(k)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (k - lo)
-
-
-def median(values: Sequence[float]) -> float:
-    return percentile(sorted(values), 50.0)
-
-
 def run(rounds: int, requests: int, warmup: int, seed: int) -> int:
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory(prefix="obsml-bench-") as store:
@@ -315,24 +272,6 @@ def run(rounds: int, requests: int, warmup: int, seed: int) -> int:
             provider.shutdown()
             clean_store(store)
     return report(results)
-
-
-def _stats_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    delta: dict[str, Any] = {}
-    for key, value in after.items():
-        if isinstance(value, int):
-            delta[key] = value - int(before.get(key, 0))
-    drops = {}
-    for reason, kinds in after.get("dropped", {}).items():
-        for kind, n in kinds.items():
-            lost = n - before.get("dropped", {}).get(reason, {}).get(kind, 0)
-            if lost:
-                drops[f"{reason}/{kind}"] = lost
-    delta["dropped"] = drops
-    return delta
-
-
-# --------------------------------------------------------------------------- reporting
 
 
 def report(results: dict[Any, Any]) -> int:

@@ -20,6 +20,7 @@ import uvicorn
 from azurite import azure_container, azurite, azurite_on_disk  # noqa: F401
 
 import obsml
+from obsml._pipeline import _PIPELINES, _PIPELINES_LOCK
 from obsml._stats import STATS
 
 # obsml's own errors are raised, not counted, everywhere in the tests (also in subprocesses).
@@ -33,6 +34,19 @@ def fresh_stats() -> Iterator[None]:
     STATS.reset()
     yield
     obsml.flush(10)
+
+
+@pytest.fixture
+def forget_new_pipelines() -> Iterator[None]:
+    """Pipelines whose sink stays down (or is gone) must not make later tests' flushes wait for them."""
+    with _PIPELINES_LOCK:
+        before = set(_PIPELINES)
+    yield
+    with _PIPELINES_LOCK:
+        for key in set(_PIPELINES) - before:
+            pipeline = _PIPELINES.pop(key)
+            if pipeline.store.delivery is not None:
+                pipeline.store.delivery.close(0)
 
 
 @pytest.fixture

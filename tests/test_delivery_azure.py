@@ -44,17 +44,13 @@ PAYLOAD = re.compile(r"obsml/payloads/\d{4}/\d\d/\d\d/[0-9a-f]{32}-[0-9a-f]{16}-
 WORKER = Path(__file__).with_name("spool_worker.py")
 
 
+pytestmark = pytest.mark.usefixtures("forget_new_pipelines")
+
+
 @pytest.fixture(autouse=True)
-def forget_new_pipelines() -> Iterator[None]:
-    """Pipelines of this file's stores (down, or gone with their Azurite) must not make later flushes wait."""
-    with _PIPELINES_LOCK:
-        before = set(_PIPELINES)
+def fresh_filesystems() -> Iterator[None]:
+    """fsspec caches filesystems by constructor arguments, not by the environment they read."""
     yield
-    with _PIPELINES_LOCK:
-        for key in set(_PIPELINES) - before:
-            pipeline = _PIPELINES.pop(key)
-            if pipeline.store.delivery is not None:
-                pipeline.store.delivery.close(0)
     AzureBlobFileSystem.clear_instance_cache()
 
 

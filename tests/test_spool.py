@@ -18,7 +18,6 @@ from apps import make_app
 from conftest import install_plugin, running_server
 
 import obsml
-from obsml._pipeline import _PIPELINES, _PIPELINES_LOCK
 from obsml._spool import Spool
 
 FLAKY_SINK = """
@@ -49,17 +48,7 @@ def flaky(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     yield flaky_plugin
 
 
-@pytest.fixture(autouse=True)
-def forget_new_pipelines() -> Iterator[None]:
-    """Pipelines whose sink stays down must not make later tests' flushes wait for them."""
-    with _PIPELINES_LOCK:
-        before = set(_PIPELINES)
-    yield
-    with _PIPELINES_LOCK:
-        for key in set(_PIPELINES) - before:
-            pipeline = _PIPELINES.pop(key)
-            if pipeline.store.delivery is not None:
-                pipeline.store.delivery.close(0)
+pytestmark = pytest.mark.usefixtures("forget_new_pipelines")
 
 
 def spans_in(objects: dict[str, bytes]) -> dict[str, dict[str, Any]]:
