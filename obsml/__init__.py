@@ -8,6 +8,7 @@ exceptions. See the README.
 from __future__ import annotations
 
 from .__version__ import __version__
+from ._capture import RequestIds, current_request
 from ._exceptions import ConfigError, ObsmlError, PluginError, PluginImportError
 from ._pipeline import flush
 from ._settings import Settings
@@ -24,9 +25,11 @@ __all__ = [
     "ObsmlWSGIMiddleware",
     "PluginError",
     "PluginImportError",
+    "RequestIds",
     "Settings",
     "Sink",
     "__version__",
+    "current_request",
     "flush",
     "stats",
 ]

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from contextvars import ContextVar, Token
 from hashlib import sha256
 from random import getrandbits
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from opentelemetry import context as otel_context
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
@@ -35,6 +35,25 @@ _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _SAMPLE_SPACE = 1 << 64
 
 Describe = Callable[[Any, "Capturer"], "Attributes"]
+
+
+class RequestIds(NamedTuple):
+    """The ids of the request being served, as its span and the response header will carry them."""
+
+    correlation_id: str
+    trace_id: str  # 32 hex digits, the Application Insights operation id
+    span_id: str  # 16 hex digits
+
+
+def current_request() -> RequestIds | None:
+    """The request obsml is capturing in this context (thread or task), or None outside one.
+
+    For joining what the app records (log lines, model data) to the request's span.
+    """
+    capture = CURRENT_CAPTURE.get()
+    if capture is None:
+        return None
+    return RequestIds(capture.correlation_id, f"{capture.trace_id:032x}", f"{capture.span_id:016x}")
 
 
 def correlation_keep(correlation_id: str, threshold: int) -> bool:

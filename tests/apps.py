@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+import obsml
 from obsml import ObsmlMiddleware
 
 # Set by a test once it has read the first streamed chunk; the stream's last chunk waits for it.
@@ -34,6 +35,12 @@ async def digest(request: Request) -> Response:
         hasher.update(chunk)
         size += len(chunk)
     return JSONResponse({"sha256": hasher.hexdigest(), "size": size})
+
+
+async def whoami(request: Request) -> Response:
+    """What obsml.current_request() tells the app's own code about the request being served."""
+    ids = obsml.current_request()
+    return JSONResponse(ids._asdict() if ids else None)
 
 
 async def stream(request: Request) -> Response:
@@ -88,6 +95,7 @@ async def ws_echo(websocket: WebSocket) -> None:
 def make_app(**options: Any) -> Starlette:
     routes = [
         Route("/echo", echo, methods=["POST"]),
+        Route("/whoami", whoami),
         Route("/digest", digest, methods=["POST"]),
         Route("/stream", stream),
         Route("/endless", endless),

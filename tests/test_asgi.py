@@ -265,3 +265,10 @@ def test_lifespan_shutdown_flushes_every_captured_request(store: Path) -> None:
     spans = read_spans(store)
     assert sorted(s["attributes"]["obsml.correlation_id"] for s in spans) == sorted(f"n-{i}" for i in range(25))
     assert len({s["span_id"] for s in spans}) == 25
+
+
+def test_the_app_can_ask_which_request_it_is_serving(client: httpx.Client, store: Path) -> None:
+    response = client.get("/whoami", headers={"x-correlation-id": "who-1"})
+    span = span_by_correlation_id(store, "who-1")
+    assert response.json() == {"correlation_id": "who-1", "trace_id": span["trace_id"], "span_id": span["span_id"]}
+    assert obsml.current_request() is None  # outside a request

@@ -13,9 +13,11 @@ def test_the_public_api_is_exactly_what_the_package_exports() -> None:
         "ObsmlWSGIMiddleware",
         "PluginError",
         "PluginImportError",
+        "RequestIds",
         "Settings",
         "Sink",
         "__version__",
+        "current_request",
         "flush",
         "stats",
     ]

@@ -210,3 +210,11 @@ def test_the_legacy_write_callable_is_captured_in_order(plain_server: tuple[Guni
     assert response.content == body
     span = span_by_correlation_id(store, "write-1")
     assert body_bytes(span, "response") == body
+
+
+def test_a_flask_view_can_ask_which_request_it_is_serving(flask_server: tuple[Gunicorn, Path]) -> None:
+    server, store = flask_server
+    with fresh_client(server) as client:
+        response = client.get("/whoami", headers={"x-correlation-id": "who-2"})
+    span = span_by_correlation_id(store, "who-2")
+    assert response.json() == {"correlation_id": "who-2", "trace_id": span["trace_id"], "span_id": span["span_id"]}

@@ -14,6 +14,7 @@ from typing import Any
 
 from flask import Flask, Response, request, send_file, stream_with_context
 
+import obsml
 from obsml import ObsmlWSGIMiddleware
 
 if os.environ.get("WSGI_APPS_SPAN_LOG"):
@@ -50,6 +51,12 @@ def digest() -> dict[str, Any]:
         hasher.update(chunk)
         size += len(chunk)
     return {"sha256": hasher.hexdigest(), "size": size}
+
+
+@flask_app.get("/whoami")
+def whoami() -> dict[str, Any]:
+    ids = obsml.current_request()
+    return ids._asdict() if ids else {}
 
 
 @flask_app.post("/ignore-body")
