@@ -51,10 +51,7 @@ class ObsmlWSGIMiddleware:
         self.capturer = Capturer(settings, describe_environ)
         _hear_handled_exceptions(app)
         # The environ keys of the headers the request path reads, with their slots.
-        self._environ_slots = [
-            (name.upper().replace("-", "_") if name in ("content-type", "content-length") else _environ_key(name), slot)
-            for slot, name in enumerate(self.capturer.header_names)
-        ]
+        self._environ_slots = [(_environ_key(name), slot) for slot, name in enumerate(self.capturer.header_names)]
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         if not self.capturer.enabled:
@@ -93,7 +90,9 @@ def _record_handled_exception(sender: object, exception: BaseException, **_: obj
 
 
 def _environ_key(header: str) -> str:
-    return "HTTP_" + header.upper().replace("-", "_")
+    """Where PEP 3333 puts a request header: ``HTTP_X_REQUEST_ID``, but ``CONTENT_TYPE`` bare."""
+    key = header.upper().replace("-", "_")
+    return key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{key}"
 
 
 class _CaptureResponse:
