@@ -1,4 +1,4 @@
-"""Built-in exporters: ``jsonl`` (spans as part files in the store) and ``console``.
+"""Built-in exporters: ``jsonl`` (spans as part files in the store), ``console`` and ``otlp``.
 
 An exporter factory is called with keyword arguments only, ``factory(settings=..., store=...)``,
 and returns an OpenTelemetry ``SpanExporter``. Exporters marked ``obsml_inline = True`` run
@@ -19,6 +19,8 @@ from typing import Any
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter, SpanExportResult
 
+from ._exceptions import PluginImportError
+from ._registry import install_hint
 from ._settings import Settings
 from ._stats import logger, record_drop
 from ._store import Store, utc_folders
@@ -113,3 +115,17 @@ def console_exporter(*, settings: Settings, store: Store) -> SpanExporter:
     exporter = ConsoleSpanExporter(service_name=settings.service, out=sys.stdout)  # stdout as it is now
     exporter.obsml_inline = True  # type: ignore[attr-defined]
     return exporter
+
+
+def otlp_exporter(*, settings: Settings, store: Store) -> SpanExporter:
+    """OTLP/HTTP protobuf, configured only by the standard ``OTEL_EXPORTER_OTLP_*`` variables.
+
+    No arguments are passed, so the endpoint, headers, timeout, compression and certificates
+    are resolved by the exporter itself exactly as the OpenTelemetry specification says.
+    """
+    try:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    except ImportError as exc:
+        raise PluginImportError(f"exporter 'otlp' needs its package: {install_hint('otlp')}") from exc
+
+    return OTLPSpanExporter()

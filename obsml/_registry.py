@@ -20,15 +20,20 @@ EXPORTER_GROUP = "obsml.exporters"
 _BUILTIN_EXPORTERS = {
     "console": "obsml._exporters:console_exporter",
     "jsonl": "obsml._exporters:jsonl_exporter",
+    "otlp": "obsml._exporters:otlp_exporter",
 }
 
-# Plugins we know of but do not ship in this package: what to install for them.
+# What to install for a plugin we know of but do not ship, or for a built-in's optional package.
 _INSTALL_HINTS = {
     "azure_monitor": "pip install obsml-azure-monitor (the package in plugins/obsml-azure-monitor)",
     "otlp": "pip install 'obsml[otlp]'",
 }
 
 builtin_exporters = MappingProxyType(_BUILTIN_EXPORTERS)
+
+
+def install_hint(name: str) -> str:
+    return _INSTALL_HINTS[name]
 
 
 def import_target(target: str) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from urllib.parse import unquote
 
 REDACTED = "[REDACTED]"
 
@@ -25,6 +26,8 @@ _SECRET_VARIABLES = (
     "AZURE_STORAGE_SAS_TOKEN",
     "AZURE_STORAGE_CLIENT_SECRET",
     "AZURE_CLIENT_SECRET",
+    "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
 )
 
 
@@ -35,6 +38,11 @@ def _known_secrets() -> list[str]:
         if len(value) >= 8:
             values.append(value)
             values.extend(m[2] for m in _SECRET_PAIRS.finditer(value) if len(m[2]) >= 8)
+        if name.endswith("_HEADERS"):  # OTLP: "key1=value1,key2=value2", values URL-encoded
+            for pair in value.split(","):
+                header_value = unquote(pair.partition("=")[2].strip())
+                if len(header_value) >= 8:
+                    values.append(header_value)
     return sorted(values, key=len, reverse=True)
 
 

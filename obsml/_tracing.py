@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import traceback
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
@@ -97,6 +98,30 @@ class _InlineExport(SpanProcessor):
         self.exporter.shutdown()
 
 
+class _Counted(SpanExporter):
+    """Accounts for what a batched exporter did with each batch, on the processor's thread."""
+
+    def __init__(self, exporter: SpanExporter) -> None:
+        self.exporter = exporter
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            result = self.exporter.export(spans)
+        except Exception:
+            result = SpanExportResult.FAILURE
+        if result is SpanExportResult.SUCCESS:
+            count("spans_exported", len(spans))
+        else:
+            record_drop("span", "export_error", len(spans), detail=type(self.exporter).__name__)
+        return result
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return bool(self.exporter.force_flush(timeout_millis))
+
+    def shutdown(self) -> None:
+        self.exporter.shutdown()
+
+
 class _OnlyObsml(SpanProcessor):
     """Lets through only obsml's spans, for processors added to the application's provider."""
 
@@ -115,17 +140,24 @@ class Tracing:
     """Exporters loaded at start-up; spans emitted and batches flushed by the writer."""
 
     def __init__(self, settings: Settings, store: Store) -> None:
-        self.processors: list[SpanProcessor] = []
+        self._inline: list[SpanProcessor] = []
+        self._batched: list[SpanProcessor] = []
         for name in settings.exporters:
             factory = load_exporter(name)
             try:
                 exporter = factory(settings=settings, store=store)
+            except PluginError:
+                raise  # already says what is wrong and what to do
             except Exception as exc:
                 raise PluginError(f"exporter {name!r} failed to start: {type(exc).__name__}: {exc}") from exc
             if getattr(exporter, "obsml_inline", False):
-                self.processors.append(_InlineExport(exporter))
+                self._inline.append(_InlineExport(exporter))
             else:
-                self.processors.append(_OnlyObsml(BatchSpanProcessor(exporter)))
+                # Batched exporters export on the processor's own thread, never on obsml's writer:
+                # a collector that is down must not hold up the store.
+                self._batched.append(_OnlyObsml(BatchSpanProcessor(_Counted(exporter))))
+        self.processors: list[SpanProcessor] = [*self._inline, *self._batched]
+        self._flush_timeout_ms = int(settings.flush_timeout * 1000)
         self._resource = Resource.create({"service.name": settings.service})
         self._scope = InstrumentationScope(SCOPE, __version__)
         self._app_provider: Any = None
@@ -210,6 +242,13 @@ class Tracing:
         return True
 
     def tick(self, force: bool) -> None:
-        """Called by the writer at each flush interval and on flush: write out batched spans."""
-        for processor in self.processors:
+        """Called by the writer at each flush interval, and with ``force`` on a flush.
+
+        Inline exporters (the store's part files) write out their batch. Batched exporters
+        send on their own schedule and thread; a flush asks them too, after the store.
+        """
+        for processor in self._inline:
             processor.force_flush()
+        if force:
+            for processor in self._batched:
+                processor.force_flush(self._flush_timeout_ms)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from obsml import ConfigError, ObsmlMiddleware, PluginImportError, Settings
+from obsml._registry import _INSTALL_HINTS
 
 
 async def app(scope: object, receive: object, send: object) -> None:
@@ -50,9 +51,10 @@ def test_a_bad_setting_fails_with_its_name_and_the_accepted_values(
 
 
 def test_an_unknown_exporter_fails_at_start_up_and_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    expected = r"unknown exporter 'azure_monitor' \(available: console, jsonl\).*obsml-azure-monitor"
+    monkeypatch.setitem(_INSTALL_HINTS, "example_backend", "pip install obsml-example-backend")
+    expected = r"unknown exporter 'example_backend' \(available: console, jsonl, .*otlp.*\).*obsml-example-backend"
     with pytest.raises(PluginImportError, match=expected):
-        ObsmlMiddleware(app, exporters="jsonl,azure_monitor", store="memory://x")
+        ObsmlMiddleware(app, exporters="jsonl,example_backend", store="memory://x")
     with pytest.raises(PluginImportError, match=r"entry-point group 'obsml\.exporters'"):
         ObsmlMiddleware(app, exporters="nosuch", store="memory://x")
 
