@@ -19,8 +19,8 @@ $(DEMO_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[demo]'
 	touch $@
 
-$(TEST_STAMP): pyproject.toml examples/custom_sink_plugin/pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test]' -e examples/custom_sink_plugin
+$(TEST_STAMP): pyproject.toml examples/custom_sink_plugin/pyproject.toml plugins/obsml-azure-monitor/pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]' -e examples/custom_sink_plugin -e plugins/obsml-azure-monitor
 	touch $@ $(DEMO_STAMP)
 
 # npm is installed with apt-get (Debian/Ubuntu) when the machine has none; sudo only when not root.
@@ -47,9 +47,11 @@ demo-wsgi: $(DEMO_STAMP)
 
 # pytest exits 5 when it collected nothing: say so loudly rather than fail on it.
 test: $(TEST_STAMP) $(AZURITE_STAMP)
-	$(BIN)/python -m ruff check obsml examples benchmarks tests
+	$(BIN)/python -m ruff check obsml examples benchmarks tests plugins
 	$(BIN)/python -m mypy
+	$(BIN)/python -m mypy --strict plugins/obsml-azure-monitor/obsml_azure_monitor
 	$(BIN)/python -m pytest examples/custom_sink_plugin/tests
+	$(BIN)/python -m pytest plugins/obsml-azure-monitor/tests
 	$(BIN)/python -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 

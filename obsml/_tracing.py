@@ -142,6 +142,7 @@ class Tracing:
     def __init__(self, settings: Settings, store: Store) -> None:
         self._inline: list[SpanProcessor] = []
         self._batched: list[SpanProcessor] = []
+        self._batched_exporters: list[SpanExporter] = []
         for name in settings.exporters:
             factory = load_exporter(name)
             try:
@@ -155,7 +156,9 @@ class Tracing:
             else:
                 # Batched exporters export on the processor's own thread, never on obsml's writer:
                 # a collector that is down must not hold up the store.
-                self._batched.append(_OnlyObsml(BatchSpanProcessor(_Counted(exporter))))
+                counted = _Counted(exporter)
+                self._batched.append(_OnlyObsml(BatchSpanProcessor(counted)))
+                self._batched_exporters.append(counted)
         self.processors: list[SpanProcessor] = [*self._inline, *self._batched]
         self._flush_timeout_ms = int(settings.flush_timeout * 1000)
         self._resource = Resource.create({"service.name": settings.service})
@@ -252,3 +255,5 @@ class Tracing:
         if force:
             for processor in self._batched:
                 processor.force_flush(self._flush_timeout_ms)
+            for exporter in self._batched_exporters:  # what an exporter buffers itself (logs, metrics)
+                exporter.force_flush(self._flush_timeout_ms)
