@@ -23,7 +23,7 @@ from ._exceptions import PluginImportError
 from ._registry import install_hint
 from ._settings import Settings
 from ._stats import logger, record_drop
-from ._store import Store, utc_folders
+from ._store import Store, failure_reason, utc_folders
 
 _BATCH_MAX_SPANS = 1000
 
@@ -99,7 +99,7 @@ class JsonlExporter(SpanExporter):
                 self._store.write_atomic(name, b"".join(lines))
             except Exception as exc:
                 ok = False
-                record_drop("span", getattr(exc, "reason", "store_error"), len(lines), detail=type(exc).__name__)
+                record_drop("span", failure_reason(exc), len(lines), detail=type(exc).__name__)
                 logger.debug("obsml could not write %s", name, exc_info=True)
         return ok
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._capture import BodyTee
+    from ._stats import DropReason
     from ._writer import Writer
 
 
@@ -21,11 +22,11 @@ class PayloadStream:
     def __init__(self, tee: BodyTee) -> None:
         self.tee = tee
         self.capturer = tee.capture.capturer
-        self.lost: str | None = None  # set on the request path when a chunk could not be queued
+        self.lost: DropReason | None = None  # set on the request path when a chunk could not be queued
         self.queued = False  # a chunk reached the writer (which then holds a file to discard)
         # The rest belongs to the writer thread, which fills it in at the first chunk.
         self.relative: str | None = None
-        self.error: str | None = None  # the store refused a write
+        self.error: DropReason | None = None  # the store refused a write
         self.target: Any = None
         self.hasher: Any = None
 

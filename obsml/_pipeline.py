@@ -20,7 +20,7 @@ from ._payloads import PayloadStream
 from ._redact import RedactionPolicy
 from ._settings import Settings
 from ._stats import count, logger, record_drop
-from ._store import Store
+from ._store import Store, failure_reason
 from ._tracing import Tracing
 from ._writer import Writer
 
@@ -62,7 +62,7 @@ class Pipeline:
             stream.target.write(data)
         except Exception as exc:
             # Counted (and logged once a minute) when its span is built.
-            stream.error = getattr(exc, "reason", "store_error")
+            stream.error = failure_reason(exc)
             logger.debug("obsml could not write a payload to the store", exc_info=True)
             return
         stream.hasher.update(data)
@@ -78,9 +78,9 @@ class Pipeline:
                 else:
                     target.abort()
         except Exception as exc:
-            reason = reason or getattr(exc, "reason", "store_error")
+            reason = reason or failure_reason(exc)
         if reason is not None and commit:
-            record_drop("payload", reason)  # type: ignore[arg-type]
+            record_drop("payload", reason)
         return reason
 
 

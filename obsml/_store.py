@@ -20,7 +20,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from ._exceptions import ConfigError
 from ._secrets import scrub
-from ._stats import count
+from ._stats import DropReason, count
 
 if TYPE_CHECKING:
     from ._settings import Settings
@@ -47,15 +47,20 @@ def _store_hint(scheme: str, exc: Exception) -> str:
 class StoreWriteError(Exception):
     """An object could not be written; ``reason`` is the drop reason it is counted under."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: DropReason) -> None:
         super().__init__(reason)
-        self.reason = reason
+        self.reason: DropReason = reason
 
 
 class AtomicTarget(Protocol):
     def write(self, data: bytes) -> None: ...
     def commit(self) -> None: ...
     def abort(self) -> None: ...
+
+
+def failure_reason(exc: BaseException) -> DropReason:
+    """The drop reason of a failed store write: a :class:`StoreWriteError`'s own, else ``store_error``."""
+    return exc.reason if isinstance(exc, StoreWriteError) else "store_error"
 
 
 def count_written(relative: str) -> None:

@@ -79,17 +79,10 @@ class _InlineExport(SpanProcessor):
     """
 
     def __init__(self, exporter: SpanExporter) -> None:
-        self.exporter = exporter
+        self.exporter = _Counted(exporter)
 
     def on_end(self, span: ReadableSpan) -> None:
-        try:
-            result = self.exporter.export([span])
-        except Exception:
-            result = SpanExportResult.FAILURE
-        if result is SpanExportResult.SUCCESS:
-            count("spans_exported")
-        else:
-            record_drop("span", "export_error", detail=type(self.exporter).__name__)
+        self.exporter.export([span])
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return bool(self.exporter.force_flush(timeout_millis))
@@ -99,7 +92,7 @@ class _InlineExport(SpanProcessor):
 
 
 class _Counted(SpanExporter):
-    """Accounts for what a batched exporter did with each batch, on the processor's thread."""
+    """Accounts for what an exporter did with each batch (``spans_exported`` or ``export_error``)."""
 
     def __init__(self, exporter: SpanExporter) -> None:
         self.exporter = exporter

@@ -167,8 +167,8 @@ def test_records_of_a_dead_process_are_adopted_and_a_corrupt_one_is_skipped_and_
 def test_a_broken_sink_plugin_never_breaks_the_app_and_its_objects_wait_in_the_spool(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, plugin_source: str
 ) -> None:
-    install_plugin(tmp_path, monkeypatch, "broken", plugin_source, group="obsml.sinks", factory="make_sink")
-    store = f"broken://box-{uuid.uuid4().hex}"
+    install_plugin(tmp_path, monkeypatch, "brokensink", plugin_source, group="obsml.sinks", factory="make_sink")
+    store = f"brokensink://box-{uuid.uuid4().hex}"
     with caplog.at_level(logging.WARNING, logger="obsml"), running_server(
         make_app(store=store, flush_interval=0.05, flush_timeout=0.5)  # the shutdown flush cannot succeed
     ) as url, httpx.Client(base_url=url) as client:
@@ -180,11 +180,11 @@ def test_a_broken_sink_plugin_never_breaks_the_app_and_its_objects_wait_in_the_s
     assert stats["sink_retries"] >= 1
     assert stats["objects_spooled"] >= 1
     assert stats.get("trace_files_written", 0) == 0
-    failures = [r.getMessage() for r in caplog.records if "the broken store failed" in r.getMessage()]
+    failures = [r.getMessage() for r in caplog.records if "the brokensink store failed" in r.getMessage()]
     assert failures, caplog.text
     assert len(failures) <= 2  # reported once (and again at most once a minute), never per item
     settings = obsml.Settings.load()
-    assert list(Path(settings.spool_dir).glob("broken-*/*/*.rec"))
+    assert list(Path(settings.spool_dir).glob("brokensink-*/*/*.rec"))
 
 
 PICKY_SINK = """
