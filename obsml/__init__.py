@@ -8,7 +8,7 @@ exceptions. See the README.
 from __future__ import annotations
 
 from .__version__ import __version__
-from ._capture import RequestIds, current_request
+from ._capture import RequestIds, current_request, record_exception
 from ._exceptions import ConfigError, ObsmlError, PluginError, PluginImportError
 from ._pipeline import flush
 from ._settings import Settings
@@ -31,6 +31,7 @@ __all__ = [
     "__version__",
     "current_request",
     "flush",
+    "record_exception",
     "stats",
 ]
 

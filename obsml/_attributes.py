@@ -43,6 +43,8 @@ def span_attributes(capture: Capture) -> tuple[str, Attributes]:
         attributes["obsml.response.time_to_first_byte_ms"] = (
             capture.response_body.first_perf - capture.start_perf
         ) / 1e6
+    if capture.exceptions_not_recorded:
+        attributes["obsml.exceptions_not_recorded"] = capture.exceptions_not_recorded
     if capture.disconnected:
         attributes["obsml.client.disconnected"] = True
     if not capture.sampled:

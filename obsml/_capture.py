@@ -20,7 +20,7 @@ from opentelemetry import context as otel_context
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
 
 from ._payloads import PayloadStream, abort_stream, extension_for
-from ._stats import count, record_drop
+from ._stats import count, record_drop, report_internal_error
 from ._store import utc_folders
 
 if TYPE_CHECKING:
@@ -33,6 +33,7 @@ _VALID_CORRELATION_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 _VALID_TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _SAMPLE_SPACE = 1 << 64
+MAX_EXCEPTION_EVENTS = 32  # per request: an app recording in a loop must not grow a span without bound
 
 Describe = Callable[[Any, "Capturer"], "Attributes"]
 
@@ -54,6 +55,34 @@ def current_request() -> RequestIds | None:
     if capture is None:
         return None
     return RequestIds(capture.correlation_id, f"{capture.trace_id:032x}", f"{capture.span_id:016x}")
+
+
+class ExceptionEvent(NamedTuple):
+    """An exception recorded during a request, and whether it escaped the app's own code."""
+
+    exception: BaseException
+    time_ns: int
+    escaped: bool
+
+
+def record_exception(exc: BaseException) -> bool:
+    """Put ``exc`` on the span of the request being served, as an ``exception`` event.
+
+    For an exception the app handles itself (a fallback model, a 200 with an error field): the
+    event is recorded with ``exception.escaped`` false, the span's status and the response's
+    status stay what the response says, and the request is kept whatever the sample rate.
+    Returns False, and records nothing, outside a request or when ``exc`` is not an exception;
+    never raises.
+    """
+    capture = CURRENT_CAPTURE.get()
+    if capture is None or capture.end_perf or not isinstance(exc, BaseException):
+        return False  # end_perf: the request is over and its capture may be on the writer already
+    try:
+        capture.note_exception(exc, escaped=False)
+    except Exception:
+        report_internal_error("recording an exception")
+        return False
+    return True
 
 
 def correlation_keep(correlation_id: str, threshold: int) -> bool:
@@ -79,7 +108,8 @@ class Capture:
         "disconnected",
         "end_perf",
         "exception",
-        "exception_ns",
+        "exceptions",
+        "exceptions_not_recorded",
         "info",
         "parent",
         "request_body",
@@ -109,8 +139,9 @@ class Capture:
         self.status = 0
         self.responded = False
         self.completed = False  # the last body message has been sent
-        self.exception: BaseException | None = None
-        self.exception_ns = 0
+        self.exception: BaseException | None = None  # the first one that failed the request
+        self.exceptions: list[ExceptionEvent] | None = None  # every one recorded, as span events
+        self.exceptions_not_recorded = 0
         self.disconnected = False
         self.route: str | None = None  # the matched route template, when an adapter learns it early
         self.end_perf = 0
@@ -172,10 +203,29 @@ class Capture:
         self.response_headers = headers
 
     def fail(self, exc: BaseException) -> None:
-        self.exception = exc
-        self.exception_ns = time.time_ns()
+        """``exc`` ended the request: it escaped the app, or the framework turned it into a 5xx."""
+        self.note_exception(exc, escaped=True)
+        if self.exception is None:
+            self.exception = exc
         if not self.responded:
             self.status = 500
+
+    def note_exception(self, exc: BaseException, escaped: bool) -> None:
+        """One ``exception`` event per exception object, however often it is heard (a framework's
+        hook, then obsml's own frame when the framework re-raises it), kept from its first time."""
+        events = self.exceptions
+        if events is None:
+            self.exceptions = [ExceptionEvent(exc, time.time_ns(), escaped)]
+            return
+        for index, event in enumerate(events):
+            if event.exception is exc:
+                if escaped and not event.escaped:
+                    events[index] = event._replace(escaped=True)
+                return
+        if len(events) < MAX_EXCEPTION_EVENTS:
+            events.append(ExceptionEvent(exc, time.time_ns(), escaped))
+        else:
+            self.exceptions_not_recorded += 1
 
     @property
     def failed(self) -> bool:
@@ -184,7 +234,7 @@ class Capture:
     def finish(self) -> None:
         """Hand the finished request to the writer: never blocks, never raises into the request."""
         self.end_perf = time.perf_counter_ns()
-        if not (self.sampled or self.failed):
+        if not (self.sampled or self.failed or self.exceptions):
             count("requests_sampled_out")
             return
         writer = self.capturer.pipeline.writer

@@ -39,15 +39,24 @@ SCOPE = "obsml"
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 
 
-def exception_attributes(exc: BaseException) -> dict[str, Any]:
+def exception_attributes(exc: BaseException, escaped: bool = True) -> dict[str, Any]:
     """The ``exception`` event's attributes, exactly as the SDK's ``record_exception`` makes them."""
     module, qualname = type(exc).__module__, type(exc).__qualname__
     return {
         "exception.type": f"{module}.{qualname}" if module and module != "builtins" else qualname,
         "exception.message": str(exc),
         "exception.stacktrace": "".join(traceback.format_exception(exc)),
-        "exception.escaped": "True",
+        "exception.escaped": str(escaped),
     }
+
+
+def _status(capture: Capture) -> Status:
+    """ERROR when an exception failed the request or the status is 5xx; an exception the app
+    recorded and handled (``obsml.record_exception``) leaves the status to the response."""
+    exc = capture.exception
+    if exc is not None:
+        return Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}")
+    return Status(StatusCode.ERROR) if capture.status >= 500 else Status(StatusCode.UNSET)
 
 
 class _PresetIds(IdGenerator):
@@ -189,14 +198,10 @@ class Tracing:
             return
         # obsml's own spans are built directly: the SDK's Span would validate every attribute
         # again (obsml makes only str, int, float, bool and lists of str), a third of the cost.
-        status = Status(StatusCode.UNSET)
-        events: tuple[Event, ...] = ()
-        if capture.exception is not None:
-            exc = capture.exception
-            events = (Event("exception", exception_attributes(exc), capture.exception_ns),)
-            status = Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}")
-        elif capture.status >= 500:
-            status = Status(StatusCode.ERROR)
+        events = tuple(
+            Event("exception", exception_attributes(event.exception, event.escaped), event.time_ns)
+            for event in capture.exceptions or ()
+        )
         span = ReadableSpan(
             name,
             SpanContext(capture.trace_id, capture.span_id, False, _SAMPLED, parent.trace_state if parent else None),
@@ -205,7 +210,7 @@ class Tracing:
             attributes,
             events,
             kind=SpanKind.SERVER,
-            status=status,
+            status=_status(capture),
             start_time=start,
             end_time=end,
             instrumentation_scope=self._scope,
@@ -228,12 +233,11 @@ class Tracing:
             ids.clear()
         if not span.is_recording():
             return False
-        if capture.exception is not None:
-            span.record_exception(capture.exception, timestamp=capture.exception_ns, escaped=True)
-            exc = capture.exception
-            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
-        elif capture.status >= 500:
-            span.set_status(Status(StatusCode.ERROR))
+        for event in capture.exceptions or ():
+            span.record_exception(event.exception, timestamp=event.time_ns, escaped=event.escaped)
+        status = _status(capture)
+        if status.status_code is not StatusCode.UNSET:
+            span.set_status(status)
         span.end(end_time=end)
         return True
 

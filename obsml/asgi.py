@@ -12,6 +12,7 @@ from typing import Any
 
 from ._capture import Capture
 from ._exceptions import ObsmlError
+from ._frameworks import asgi_route, hook_asgi_app, hook_scope
 from ._pipeline import Capturer
 from ._redact import RedactionPolicy
 from ._settings import Settings
@@ -32,10 +33,12 @@ class ObsmlMiddleware:
     def __init__(self, app: ASGIApp, **options: Any) -> None:
         self.app = app
         self._startup_error: ObsmlError | None = None
+        self._hook_first_scope = False
         try:
             settings = Settings.load(**options)
             set_strict(settings.strict)
             self.capturer = Capturer(settings, describe_scope)
+            self._hook_first_scope = hook_asgi_app(app)
         except ObsmlError as exc:
             if not _inside_asgi_call():
                 raise
@@ -54,6 +57,9 @@ class ObsmlMiddleware:
                 send = _LifespanSend(send, self.capturer)
             await self.app(scope, receive, send)
             return
+        if self._hook_first_scope:
+            self._hook_first_scope = False
+            hook_scope(scope)
         try:
             capture = self.capturer.start(scope["headers"], scope)
         except Exception:
@@ -99,6 +105,8 @@ class _CaptureResponder:
             raise
         finally:
             try:
+                if capture.route is None:  # read here, while the scope is still this request's
+                    capture.route = asgi_route(scope)
                 capture.deactivate(tokens)
                 capture.finish()
             except Exception:
@@ -179,14 +187,4 @@ def describe_scope(scope: Scope, capturer: Capturer) -> Attributes:
         attributes["server.address"] = server[0]
         if server[1] is not None:
             attributes["server.port"] = server[1]
-    route = _route_of(scope)
-    if route:
-        attributes["http.route"] = route
     return attributes
-
-
-def _route_of(scope: Scope) -> str | None:
-    # Starlette and FastAPI put the matched route in the (shared, mutated) scope.
-    route = scope.get("route")
-    path = getattr(route, "path_format", None) or getattr(route, "path", None)
-    return str(scope.get("root_path", "")) + path if isinstance(path, str) else None

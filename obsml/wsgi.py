@@ -9,12 +9,12 @@ capture ends when the server calls ``close()``: only then is the exchange over.
 from __future__ import annotations
 
 import contextlib
-import sys
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any, Protocol
 
-from ._capture import CURRENT_CAPTURE, Capture
+from ._capture import Capture
+from ._frameworks import hook_wsgi_app, wsgi_route
 from ._pipeline import Capturer
 from ._redact import RedactionPolicy
 from ._settings import Settings
@@ -49,7 +49,7 @@ class ObsmlWSGIMiddleware:
         settings = Settings.load(**options)
         set_strict(settings.strict)
         self.capturer = Capturer(settings, describe_environ)
-        _hear_handled_exceptions(app)
+        hook_wsgi_app(app)
         # The environ keys of the headers the request path reads, with their slots.
         self._environ_slots = [(_environ_key(name), slot) for slot, name in enumerate(self.capturer.header_names)]
 
@@ -68,25 +68,6 @@ class ObsmlWSGIMiddleware:
             report_internal_error("starting a capture", "span")
             return self.app(environ, start_response)
         return _CaptureResponse(capture, start_response).call(self.app, environ)
-
-
-def _hear_handled_exceptions(app: WSGIApp) -> None:
-    """Record exceptions a framework turns into a 500 itself, so they never reach obsml's frame.
-
-    Flask does this (outside debug mode) and announces it with its ``got_request_exception``
-    signal, the hook Sentry's Flask integration uses too. Flask is never imported here: only
-    an app that is already a Flask app's ``wsgi_app`` is hooked.
-    """
-    flask = sys.modules.get("flask")
-    owner = getattr(app, "__self__", None)
-    if flask is not None and isinstance(owner, flask.Flask):
-        flask.got_request_exception.connect(_record_handled_exception, owner, weak=False)
-
-
-def _record_handled_exception(sender: object, exception: BaseException, **_: object) -> None:
-    capture = CURRENT_CAPTURE.get()
-    if capture is not None:
-        capture.fail(exception)
 
 
 def _environ_key(header: str) -> str:
@@ -145,7 +126,7 @@ class _CaptureResponse:
                 headers = [*headers, (_CORRELATION_HEADER, self.capture.correlation_id)]
             self.capture.response_started(int(status[:3]), _Latin1Pairs(headers))
             if self.capture.route is None:
-                self.capture.route = _route_of(self.capture.info)
+                self.capture.route = wsgi_route(self.capture.info)
         except Exception:
             report_internal_error("capturing a response")
         # Pass exc_info only when given: some servers' start_response takes two arguments.
@@ -352,11 +333,3 @@ def _port(value: object) -> int | None:
     except (TypeError, ValueError):
         return None
 
-
-def _route_of(environ: Environ) -> str | None:
-    # Flask (werkzeug) keeps the request object, with its matched URL rule, in the environ
-    # until the request context ends: still there when the app calls start_response.
-    rule = getattr(getattr(environ.get("werkzeug.request"), "url_rule", None), "rule", None)
-    if not isinstance(rule, str):
-        return None
-    return _text(environ.get("SCRIPT_NAME", "")) + rule

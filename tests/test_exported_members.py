@@ -19,6 +19,7 @@ def test_the_public_api_is_exactly_what_the_package_exports() -> None:
         "__version__",
         "current_request",
         "flush",
+        "record_exception",
         "stats",
     ]
     for name in obsml.__all__:
