@@ -78,7 +78,10 @@ def asgi_route(scope: Scope) -> str | None:
         path = getattr(route, "path_format", None) or getattr(route, "path", None)
     else:
         path = scope.get("path_template")
-    return str(scope.get("root_path", "")) + path if isinstance(path, str) else None
+    if not isinstance(path, str):
+        return None
+    root = scope.get("root_path")
+    return root + path if root else path
 
 
 def _record_failure(exc: BaseException, route: str | None = None) -> None:
