@@ -332,4 +332,3 @@ def _port(value: object) -> int | None:
         return int(value)  # type: ignore[call-overload,no-any-return]
     except (TypeError, ValueError):
         return None
-

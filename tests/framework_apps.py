@@ -233,3 +233,10 @@ def falcon_wsgi(store: str | None = None) -> ObsmlWSGIMiddleware:
 def falcon_asgi(store: str | None = None) -> ObsmlMiddleware:
     return ObsmlMiddleware(_falcon_routes(falcon.asgi.App(), FalconAsync), **_store_options(store))
 
+
+def falcon_asgi_with_reporter(store: str, reported: list[tuple[str, bool]]) -> ObsmlMiddleware:
+    """An app with its own error reporter, set before obsml sets its own (Falcon keeps one)."""
+    app = _falcon_routes(falcon.asgi.App(), FalconAsync)
+    app.set_error_reporter(lambda req, error, params, handled: reported.append((type(error).__name__, handled)))
+    return ObsmlMiddleware(app, **_store_options(store))
+

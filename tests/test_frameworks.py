@@ -104,6 +104,18 @@ def test_the_framework_s_own_client_error_is_not_an_exception_event(served: Serv
     assert span["attributes"]["http.route"] == "/missing"
 
 
+def test_falcon_still_calls_the_app_s_own_error_reporter_after_obsml_s(store: Path) -> None:
+    reported: list[tuple[str, bool]] = []
+    with running_server(framework_apps.falcon_asgi_with_reporter(str(store), reported)) as url:
+        response = httpx.get(url + "/fail", headers={"x-correlation-id": "reporter"})
+        httpx.get(url + "/missing")
+    assert response.status_code == 500
+    assert [e["attributes"]["exception.type"] for e in span_by_correlation_id(store, "reporter")["events"]] == [
+        "framework_apps.ModelFailed"
+    ]
+    assert reported == [("ModelFailed", True), ("HTTPNotFound", True)]  # all of them, as without obsml
+
+
 def test_record_exception_outside_a_request_records_nothing_and_says_so() -> None:
     assert obsml.record_exception(ValueError("no request here")) is False
 
