@@ -148,3 +148,20 @@ def test_every_exception_of_a_request_is_one_event_in_the_order_they_came(
     span = span_by_correlation_id(store, "several")
     assert span["status"] == {"code": "ERROR", "description": description}
     assert [(e["attributes"]["exception.type"], e["attributes"]["exception.escaped"]) for e in span["events"]] == events
+
+
+async def records_forty_exceptions(scope: Scope, receive: Receive, send: Send) -> None:
+    for row in range(40):
+        obsml.record_exception(ValueError(f"row {row}: income must be a number"))
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"scored what it could"})
+
+
+def test_a_request_keeps_its_first_32_exceptions_and_counts_the_rest(store: Path) -> None:
+    with running_server(ObsmlMiddleware(records_forty_exceptions, store=str(store)), lifespan="off") as url:
+        httpx.get(url, headers={"x-correlation-id": "forty"})
+    span = span_by_correlation_id(store, "forty")
+    assert [e["attributes"]["exception.message"] for e in span["events"]] == [
+        f"row {row}: income must be a number" for row in range(32)
+    ]
+    assert span["attributes"]["obsml.exceptions_not_recorded"] == 8
