@@ -203,7 +203,7 @@ class Capture:
         self.response_headers = headers
 
     def fail(self, exc: BaseException) -> None:
-        """``exc`` ended the request: it escaped the app, or the framework turned it into a 5xx."""
+        """``exc`` escaped the app through obsml's frame: the request failed."""
         self.note_exception(exc, escaped=True)
         if self.exception is None:
             self.exception = exc

@@ -85,9 +85,12 @@ def asgi_route(scope: Scope) -> str | None:
 
 
 def _record_failure(exc: BaseException, route: str | None = None) -> None:
+    """An exception escaped the app's code into the framework, which answers it. The event says so;
+    the response the framework then sends says whether the request failed (Falcon's and Litestar's
+    hooks also hear exceptions the app's own error handlers turn into, say, a 422)."""
     capture = CURRENT_CAPTURE.get()
     if capture is not None:
-        capture.fail(exc)
+        capture.note_exception(exc, escaped=True)
         if route is not None and capture.route is None:
             capture.route = route
 

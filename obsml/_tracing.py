@@ -51,9 +51,12 @@ def exception_attributes(exc: BaseException, escaped: bool = True) -> dict[str, 
 
 
 def _status(capture: Capture) -> Status:
-    """ERROR when an exception failed the request or the status is 5xx; an exception the app
-    recorded and handled (``obsml.record_exception``) leaves the status to the response."""
+    """ERROR when an exception escaped through obsml or the status is 5xx, described by the first
+    exception that escaped the app's code; otherwise (an exception the app recorded and handled,
+    or one the framework answered with a 4xx) the response says how the request went."""
     exc = capture.exception
+    if exc is None and capture.status >= 500:
+        exc = next((event.exception for event in capture.exceptions or () if event.escaped), None)
     if exc is not None:
         return Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}")
     return Status(StatusCode.ERROR) if capture.status >= 500 else Status(StatusCode.UNSET)

@@ -20,6 +20,7 @@ from django.http import Http404, HttpRequest, JsonResponse
 from django.urls import path
 from flask import Flask, abort
 from litestar import Litestar, get
+from litestar import Response as LitestarResponse
 from litestar.exceptions import NotFoundException
 from litestar.middleware import DefineMiddleware
 from litestar.params import FromPath
@@ -35,6 +36,10 @@ from obsml import ObsmlMiddleware, ObsmlWSGIMiddleware
 
 class ModelFailed(Exception):
     pass
+
+
+class InputRefused(Exception):
+    """Answered with a 422 by the app's own error handler (Litestar and Falcon apps: ``/refused``)."""
 
 
 def _predict(item_id: int) -> dict[str, Any]:
@@ -176,15 +181,27 @@ def litestar_missing() -> dict[str, Any]:
     raise NotFoundException("no such model")
 
 
-_LITESTAR_HANDLERS = [litestar_item, litestar_fail, litestar_handled, litestar_missing]
+@get("/refused", sync_to_thread=False)
+def litestar_refused() -> dict[str, Any]:
+    raise InputRefused("income must be a number")
+
+
+def litestar_refusal(request: Any, exc: InputRefused) -> LitestarResponse[dict[str, str]]:
+    return LitestarResponse({"refused": str(exc)}, status_code=422)
+
+
+_LITESTAR = {
+    "route_handlers": [litestar_item, litestar_fail, litestar_handled, litestar_missing, litestar_refused],
+    "exception_handlers": {InputRefused: litestar_refusal},
+}
 
 
 def litestar_wrapped(store: str) -> ObsmlMiddleware:
-    return ObsmlMiddleware(Litestar(_LITESTAR_HANDLERS), **_store_options(store))
+    return ObsmlMiddleware(Litestar(**_LITESTAR), **_store_options(store))
 
 
 def litestar_inside(store: str) -> Litestar:
-    return Litestar(_LITESTAR_HANDLERS, middleware=[DefineMiddleware(ObsmlMiddleware, **_store_options(store))])
+    return Litestar(**_LITESTAR, middleware=[DefineMiddleware(ObsmlMiddleware, **_store_options(store))])
 
 
 # Falcon: the same resources on a WSGI App and an ASGI App.
@@ -210,6 +227,19 @@ class FalconMissing:
         raise falcon.HTTPNotFound(title="no such model")
 
 
+class FalconRefused:
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        raise InputRefused("income must be a number")
+
+
+def falcon_refusal(req: Any, resp: falcon.Response, exc: InputRefused, params: Any) -> None:
+    resp.status, resp.media = 422, {"refused": str(exc)}
+
+
+async def falcon_refusal_async(req: Any, resp: falcon.Response, exc: InputRefused, params: Any) -> None:
+    falcon_refusal(req, resp, exc, params)
+
+
 class FalconAsync:
     def __init__(self, resource: Any) -> None:
         self.resource = resource
@@ -223,6 +253,8 @@ def _falcon_routes(app: Any, wrap: Any) -> Any:
     app.add_route("/fail", wrap(FalconFail()))
     app.add_route("/handled", wrap(FalconHandled()))
     app.add_route("/missing", wrap(FalconMissing()))
+    app.add_route("/refused", wrap(FalconRefused()))
+    app.add_error_handler(InputRefused, falcon_refusal_async if wrap is FalconAsync else falcon_refusal)
     return app
 
 

@@ -104,6 +104,17 @@ def test_the_framework_s_own_client_error_is_not_an_exception_event(served: Serv
     assert span["attributes"]["http.route"] == "/missing"
 
 
+@pytest.mark.parametrize("served", ["litestar-around", "litestar-inside", "falcon-wsgi", "falcon-asgi"], indirect=True)
+def test_an_exception_the_app_s_own_error_handler_answers_is_an_event_and_the_response_decides(
+    served: Served,
+) -> None:
+    # Litestar's and Falcon's hooks hear it (Flask's and Django's signals and Starlette do not).
+    response, span = get(served, "/refused", "refused")
+    assert response.status_code == 422
+    assert span["status"]["code"] == "UNSET"
+    assert [e["attributes"]["exception.type"] for e in span["events"]] == ["framework_apps.InputRefused"]
+
+
 def test_falcon_still_calls_the_app_s_own_error_reporter_after_obsml_s(store: Path) -> None:
     reported: list[tuple[str, bool]] = []
     with running_server(framework_apps.falcon_asgi_with_reporter(str(store), reported)) as url:
