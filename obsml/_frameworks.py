@@ -18,7 +18,8 @@ Falcon        ``req.uri_template``, from a middleware           ``app.set_error_
 ============  ===============================================  =====================================
 
 A client error the framework renders from its own HTTP exception (a 404, a validation 400) is not
-an exception event: only what becomes a 5xx is, as with Flask's and Django's signals.
+an exception event, as Flask's and Django's signals never announce one. Any other exception heard
+is an event, and the response the framework then sends decides the span's status.
 """
 
 from __future__ import annotations
