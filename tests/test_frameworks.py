@@ -1,6 +1,7 @@
-"""Routes and the exceptions a framework answers itself, under real servers: Flask and Django (WSGI
-under gunicorn), Starlette, Django, Litestar (obsml around the app and inside it) and Falcon (WSGI
-under gunicorn, ASGI under uvicorn); and ``obsml.record_exception`` for an exception the app handles."""
+"""Routes and the exceptions a framework answers itself, under real servers: gunicorn for the
+Flask, Django and Falcon WSGI apps, uvicorn for the Starlette, Django, Litestar (obsml around the
+app and inside it) and Falcon ASGI apps; and ``obsml.record_exception`` for an exception the app
+handles."""
 
 from __future__ import annotations
 
