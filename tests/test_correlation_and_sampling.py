@@ -56,7 +56,8 @@ def stored_strings(value: object) -> Iterator[str]:
 
 def assert_never_stored(spans: list[dict[str, Any]], hostile: bytes) -> None:
     text = hostile.decode("latin-1")  # how a header value would be recorded
-    assert not [s for span in spans for s in stored_strings(span) if text in s]
+    found = [s[:80] for span in spans for s in stored_strings(span) if text in s]  # a 1 MB one is shown cut
+    assert not found
 
 
 HOSTILE_IDS = [
