@@ -36,7 +36,7 @@ def span_attributes(capture: Capture) -> tuple[str, Attributes]:
     user_agent = header_value(capture.request_headers, b"user-agent")
     if user_agent is not None:
         attributes["user_agent.original"] = user_agent.decode("latin-1")
-    _body(attributes, capture.request_body, _unread(capture))
+    cut_off = _request_body(attributes, capture)
     if capture.responded:
         _body(attributes, capture.response_body)
     if capture.response_body.first_perf:
@@ -45,7 +45,7 @@ def span_attributes(capture: Capture) -> tuple[str, Attributes]:
         ) / 1e6
     if capture.exceptions_not_recorded:
         attributes["obsml.exceptions_not_recorded"] = capture.exceptions_not_recorded
-    if capture.disconnected:
+    if capture.disconnected or cut_off:
         attributes["obsml.client.disconnected"] = True
     if not capture.sampled:
         attributes["obsml.sampled_out"] = True  # kept only because it failed
@@ -54,13 +54,20 @@ def span_attributes(capture: Capture) -> tuple[str, Attributes]:
     return (f"{method} {route}" if route else str(method)), attributes
 
 
-def _unread(capture: Capture) -> int:
-    """Request bytes announced by Content-Length that the app never read (obsml never reads for it)."""
-    try:
-        declared = int(capture.declared_length or 0)
-    except ValueError:
-        return 0
-    return max(0, declared - capture.request_body.size)
+def _request_body(attributes: Attributes, capture: Capture) -> bool:
+    """The request body's attributes; True when it ended short of its Content-Length (the client went away)."""
+    tee, length = capture.request_body, capture.declared_length
+    if length is None or not length.isdigit():
+        _body(attributes, tee)
+        return False
+    declared = int(length)
+    attributes["obsml.request.body.declared_size"] = declared
+    if capture.request_ended:
+        _body(attributes, tee)
+        return tee.size < declared
+    # The app stopped reading (obsml never reads for it): the rest is announced but unread.
+    _body(attributes, tee, max(0, declared - tee.size))
+    return False
 
 
 def _body(attributes: Attributes, tee: BodyTee, unread: int = 0) -> None:

@@ -29,7 +29,14 @@ if TYPE_CHECKING:
 
 CURRENT_CAPTURE: ContextVar[Capture | None] = ContextVar("obsml_current_capture", default=None)
 
-_VALID_CORRELATION_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+# A correlation id: 1-128 of these characters, not only dots. A repeated header may reach the
+# app joined with commas (RFC 9110 section 5.3; gunicorn joins them): its first element is the
+# id. A comma is never part of an id, so this cannot cut one.
+_ID = rb"(?!\.+[ \t]*(?:,|\Z))[A-Za-z0-9._:-]{1,128}"
+_FIRST_CORRELATION_ID = re.compile(rb"[ \t]*(" + _ID + rb")[ \t]*(?:,|\Z)")
+_CORRELATION_ID_LIST = re.compile(rb"[ \t]*" + _ID + rb"[ \t]*(?:,[ \t]*" + _ID + rb"[ \t]*)*")
+# W3C Trace Context (traceparent, and its versioning rules): version 00 has exactly these four
+# fields, a later version may add more after a "-", and version ff is invalid (checked below).
 _VALID_TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _SAMPLE_SPACE = 1 << 64
@@ -113,6 +120,7 @@ class Capture:
         "info",
         "parent",
         "request_body",
+        "request_ended",
         "request_headers",
         "responded",
         "response_body",
@@ -139,6 +147,9 @@ class Capture:
         self.status = 0
         self.responded = False
         self.completed = False  # the last body message has been sent
+        # The request body's end was seen (its last message, end of file, or the client gone):
+        # then no byte announced by Content-Length is still unread.
+        self.request_ended = False
         self.exception: BaseException | None = None  # the first one that failed the request
         self.exceptions: list[ExceptionEvent] | None = None  # every one recorded, as span events
         self.exceptions_not_recorded = 0
@@ -151,7 +162,13 @@ class Capture:
         self.declared_length = found[capturer.content_length_slot]  # parsed on the writer
         traceparent = found[capturer.traceparent_slot]
         match = _VALID_TRACEPARENT.fullmatch(traceparent) if traceparent is not None else None
-        if match is not None and match[1] != b"ff" and int(match[2], 16) and int(match[3], 16):
+        if (
+            match is not None
+            and match[1] != b"ff"
+            and not (match[1] == b"00" and match[5] is not None)
+            and int(match[2], 16)
+            and int(match[3], 16)
+        ):
             self.trace_id = int(match[2], 16)
             self.parent = (int(match[3], 16), int(match[4], 16))
         else:
@@ -163,9 +180,10 @@ class Capture:
             value = found[slot]
             if value is None:
                 continue
-            if _VALID_CORRELATION_ID.fullmatch(value) and value.strip(b"."):
-                self.correlation_bytes = value
-                self.correlation_id = value.decode("ascii")
+            found_id = _FIRST_CORRELATION_ID.match(value)
+            if found_id is not None:
+                self.correlation_bytes = found_id[1]
+                self.correlation_id = self.correlation_bytes.decode("ascii")
                 self.correlation_header = header
             else:  # never used raw: replaced, and the span says from which header
                 self.correlation_rejected = header
@@ -317,6 +335,11 @@ class BodyTee:
         if self.direction == "request":
             return self.content_type
         return header_value(self.capture.response_headers, b"content-type")
+
+
+def recordable_correlation_value(value: bytes) -> bool:
+    """Whether a correlation header's value is ids only (one, or a comma list), safe to store as is."""
+    return _CORRELATION_ID_LIST.fullmatch(value) is not None
 
 
 def header_value(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:

@@ -121,7 +121,7 @@ class Capturer:
         self.enabled = settings.enabled
         self.pipeline = pipeline_for(settings)
         self.describe = describe
-        self.redaction = RedactionPolicy(settings.redact_headers)
+        self.redaction = RedactionPolicy(settings.redact_headers, settings.correlation_headers)
         self.inline_limit = settings.inline_limit
         self.max_capture = settings.max_capture
         self.sample_all = settings.sample_rate >= 1.0

@@ -7,14 +7,17 @@ span lists which headers were redacted, so the absence is visible, never silent.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import unquote_plus
 
+from ._capture import recordable_correlation_value
 from ._types import Attributes
 
 REDACTED = "[REDACTED]"
 
 DEFAULT_REDACTED_HEADERS = (
+    "api-key",  # Azure OpenAI's and Azure ML online endpoints' key
     "authorization",
     "cookie",
     "ocp-apim-subscription-key",  # Azure API Management's key, in front of many Azure ML endpoints
@@ -23,16 +26,29 @@ DEFAULT_REDACTED_HEADERS = (
     "x-api-key",
 )
 
-# OpenTelemetry semantic conventions (url.query): query keys whose values are credentials.
-REDACTED_QUERY_KEYS = frozenset({"awsaccesskeyid", "signature", "sig", "x-goog-signature"})
+# Query keys whose values are credentials: OpenTelemetry's semantic conventions (url.query),
+# AWS SigV4 presigned URLs, and the usual names of tokens, API keys and OAuth codes.
+REDACTED_QUERY_KEYS = frozenset({
+    "access_token", "api_key", "awsaccesskeyid", "code", "sig", "signature", "token", "x-amz-credential",
+    "x-amz-signature", "x-goog-signature",
+})
+# A query can hold a key of REDACTED_QUERY_KEYS only if it has one literally (in any case) or has
+# a percent-escape: the cheap test before parsing. Keys with '+' (a space) are never among them.
+_MAY_HOLD_A_KEY = re.compile("%|" + "|".join(sorted(map(re.escape, REDACTED_QUERY_KEYS))))
 
 # Keep a span well under the SDK's default limit of 128 attributes.
 MAX_HEADERS_RECORDED = 64
 
 
+def rejected(value: bytes) -> str:
+    """What is recorded instead of a correlation header's value that is not an id: its length only."""
+    return f"[REJECTED: {len(value)} bytes]"
+
+
 class RedactionPolicy:
-    def __init__(self, extra_headers: Iterable[str]) -> None:
+    def __init__(self, extra_headers: Iterable[str], correlation_headers: Iterable[str] = ()) -> None:
         self.headers = frozenset(h.lower() for h in (*DEFAULT_REDACTED_HEADERS, *extra_headers))
+        self.correlation_headers = frozenset(h.lower() for h in correlation_headers)
 
     def header_attributes(self, prefix: str, pairs: Iterable[tuple[bytes, bytes]]) -> Attributes:
         """``http.{request,response}.header.<name>`` attributes, credentials replaced."""
@@ -43,6 +59,8 @@ class RedactionPolicy:
             if name in self.headers:
                 redacted.add(name)
                 value = REDACTED
+            elif name in self.correlation_headers and not recordable_correlation_value(raw_value):
+                value = rejected(raw_value)  # may be hostile: never stored (README)
             else:
                 value = raw_value.decode("latin-1")
             values.setdefault(name, []).append(value)
@@ -58,11 +76,18 @@ class RedactionPolicy:
 
     @staticmethod
     def query(raw_query: str) -> str:
-        """The query string with credential values replaced (keys kept, so the shape stays visible)."""
-        if not raw_query or not any(key in raw_query.lower() for key in REDACTED_QUERY_KEYS):
+        """The query string with credential values replaced; every other byte kept as it came.
+
+        Keys are compared decoded (``%73ig`` is ``sig``) and in any case; only the values of
+        matching keys are rewritten, so an unrelated query is never re-encoded.
+        """
+        if not _MAY_HOLD_A_KEY.search(raw_query.lower()):
             return raw_query
-        pairs = parse_qsl(raw_query, keep_blank_values=True)
-        return urlencode(
-            [(key, REDACTED if key.lower() in REDACTED_QUERY_KEYS else value) for key, value in pairs],
-            safe="[]",
-        )
+        fields = raw_query.split("&")
+        changed = False
+        for index, field in enumerate(fields):
+            key, equals, _ = field.partition("=")
+            if equals and unquote_plus(key).lower() in REDACTED_QUERY_KEYS:
+                fields[index] = f"{key}={REDACTED}"
+                changed = True
+        return "&".join(fields) if changed else raw_query

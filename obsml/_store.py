@@ -9,6 +9,7 @@ Only obsml's background threads call this module.
 
 from __future__ import annotations
 
+import importlib.util
 import secrets
 from datetime import datetime, timezone
 from hashlib import sha256
@@ -35,7 +36,12 @@ def utc_folders(ns: int, hourly: bool = False) -> str:
 
 def _store_hint(scheme: str, exc: Exception) -> str:
     if scheme in ("abfs", "az", "abfss"):
-        return f"Azure Blob needs adlfs: pip install 'obsml[azure]' ({type(exc).__name__})"
+        if isinstance(exc, ImportError) and importlib.util.find_spec("adlfs") is None:
+            return "Azure Blob needs adlfs: pip install 'obsml[azure]'"
+        # adlfs is installed and says what is wrong (no credentials in the environment, or its own
+        # import failing); its message may quote a connection string.
+        cause = exc.__cause__ if isinstance(exc, ImportError) and exc.__cause__ else exc
+        return f"Azure Blob (adlfs): {type(cause).__name__}: {scrub(str(cause))}"
     if isinstance(exc, ValueError) and "Protocol not known" in str(exc):
         return (
             f"nothing handles {scheme}:// (install an fsspec implementation for it, or an obsml sink plugin "

@@ -10,6 +10,7 @@ someone else's sampler.
 
 from __future__ import annotations
 
+import re
 import threading
 import traceback
 from collections.abc import Sequence
@@ -37,6 +38,35 @@ if TYPE_CHECKING:
 
 SCOPE = "obsml"
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+
+# W3C Trace Context (tracestate): at most 32 list-members, each key=value or empty, OWS around commas.
+_TRACESTATE_MAX_MEMBERS = 32
+_TRACESTATE_MEMBER = re.compile(
+    rb"([a-z][_0-9a-z*/-]{0,255}|[a-z0-9][_0-9a-z*/-]{0,240}@[a-z][_0-9a-z*/-]{0,13})"
+    rb"=([\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e])"
+)
+
+
+def incoming_trace_state(header: bytes | None) -> TraceState | None:
+    """The request's ``tracestate``; None when absent, empty or invalid.
+
+    The W3C processing model lets a vendor discard an invalid one whole. Checked here, it never
+    reaches OpenTelemetry's parser, which would log a warning (with the value) per request.
+    """
+    if not header or header.count(b",") >= _TRACESTATE_MAX_MEMBERS:
+        return None
+    pairs: dict[bytes, bytes] = {}
+    for member in header.split(b","):
+        member = member.strip(b" \t")
+        if not member:
+            continue
+        match = _TRACESTATE_MEMBER.fullmatch(member)
+        if match is None or match[1] in pairs:
+            return None
+        pairs[match[1]] = match[2]
+    if not pairs:
+        return None
+    return TraceState([(key.decode("ascii"), value.decode("ascii")) for key, value in pairs.items()])
 
 
 def exception_attributes(exc: BaseException, escaped: bool = True) -> dict[str, Any]:
@@ -191,7 +221,7 @@ class Tracing:
         parent = None
         if capture.parent is not None:
             parent_id, flags = capture.parent
-            state = TraceState.from_header([capture.tracestate.decode("latin-1")]) if capture.tracestate else None
+            state = incoming_trace_state(capture.tracestate)
             parent = SpanContext(capture.trace_id, parent_id, True, TraceFlags(flags), state)
         start = capture.start_ns
         end = start + (capture.end_perf - capture.start_perf)

@@ -117,10 +117,14 @@ class _CaptureResponder:
         try:
             if message["type"] == "http.request":
                 self.capture.request_body.feed(message.get("body", b""))
-            elif message["type"] == "http.disconnect" and not self.capture.completed:
+                if not message.get("more_body", False):
+                    self.capture.request_ended = True
+            elif message["type"] == "http.disconnect":
+                self.capture.request_ended = True
                 # After a complete response the server reports a disconnect too (ASGI spec); that
                 # one is the normal end of the exchange, not a client going away.
-                self.capture.disconnected = True
+                if not self.capture.completed:
+                    self.capture.disconnected = True
         except Exception:
             report_internal_error("capturing a request body")
         return message

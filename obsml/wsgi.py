@@ -211,11 +211,17 @@ class _InputTee:
     def read(self, *args: Any) -> bytes:
         data: bytes = self.stream.read(*args)
         self._feed(data)
+        # As a file's read() (PEP 3333): everything, or less than asked for, means the end.
+        asked = -1 if not args or args[0] is None else args[0]
+        if asked < 0 or len(data) < asked:
+            self.capture.request_ended = True
         return data
 
     def readline(self, *args: Any) -> bytes:
         line: bytes = self.stream.readline(*args)
         self._feed(line)
+        if not line and not (args and args[0] == 0):
+            self.capture.request_ended = True
         return line
 
     def readinto(self, buffer: Any) -> int:
@@ -227,18 +233,23 @@ class _InputTee:
         size: int = self.stream_readinto(buffer) or 0
         if size:
             self._feed(bytes(memoryview(buffer)[:size]))
+        elif len(buffer):
+            self.capture.request_ended = True
         return size
 
     def readlines(self, *args: Any) -> list[bytes]:
         lines: list[bytes] = self.stream.readlines(*args)
         for line in lines:
             self._feed(line)
+        if not args or args[0] is None or args[0] <= 0:
+            self.capture.request_ended = True
         return lines
 
     def __iter__(self) -> Iterator[bytes]:
         for line in self.stream:
             self._feed(line)
             yield line
+        self.capture.request_ended = True
 
     def __getattr__(self, name: str) -> Any:
         # Anything beyond PEP 3333's four methods (a server's extras) goes to the real stream.

@@ -5,6 +5,8 @@ import hashlib
 import logging
 import os
 import re
+import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -152,6 +154,32 @@ def test_a_client_that_disconnects_mid_stream_still_yields_a_span_that_says_so(
     assert span["attributes"]["obsml.response.body.size"] < len(b"data: 999\n\n") * 1000
 
 
+def test_a_client_that_goes_away_mid_upload_leaves_the_size_that_arrived_and_the_declared_one(store: Path) -> None:
+    arrived = threading.Event()
+
+    async def upload(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        received = 0
+        while (message := await receive())["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received >= 3000:
+                arrived.set()  # the client may go now: the server has handed the app what came
+
+    app = ObsmlMiddleware(upload, store=str(store), **OPTIONS)
+    with running_server(app, lifespan="off") as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n"
+                         b"X-Correlation-Id: cut-upload\r\n\r\n" + b"u" * 3000)
+            assert arrived.wait(10)
+        attributes = span_by_correlation_id(store, "cut-upload")["attributes"]
+    assert attributes["obsml.request.body.size"] == 3000
+    assert attributes["obsml.request.body.declared_size"] == 100000
+    assert attributes["obsml.request.body.truncated"] is False
+    assert "obsml.request.body.unread_size" not in attributes
+    assert attributes["obsml.client.disconnected"] is True
+    assert attributes["obsml.request.body"] == "u" * 3000
+
+
 def test_the_correlation_id_is_taken_from_the_first_configured_header_and_echoed(
     client: httpx.Client, store: Path
 ) -> None:
@@ -173,24 +201,43 @@ def test_a_request_without_a_correlation_id_gets_a_generated_one(client: httpx.C
         assert span_by_correlation_id(store, value)["attributes"]["obsml.correlation_id.source"] == "generated"
 
 
-def test_an_incoming_traceparent_makes_the_span_its_child(client: httpx.Client, store: Path) -> None:
-    trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
-    client.get("/status/200", headers={"traceparent": f"00-{trace_id}-{parent_id}-01", "x-correlation-id": "tp"})
-    obsml.flush()
-    span = span_by_correlation_id(store, "tp")
-    assert (span["trace_id"], span["parent_span_id"]) == (trace_id, parent_id)
+TRACE_ID, PARENT_ID = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+
+
+@pytest.mark.parametrize(
+    ("traceparent", "child"),
+    [
+        pytest.param(f"00-{TRACE_ID}-{PARENT_ID}-01", True, id="version-00"),
+        pytest.param(f"00-{TRACE_ID}-{PARENT_ID}-01-extra", False, id="version-00-with-an-extra-field"),
+        pytest.param(f"01-{TRACE_ID}-{PARENT_ID}-01-extra", True, id="later-version-with-an-extra-field"),
+        pytest.param(f"01-{TRACE_ID}-{PARENT_ID}-01extra", False, id="later-version-without-a-dash"),
+        pytest.param(f"ff-{TRACE_ID}-{PARENT_ID}-01", False, id="version-ff"),
+        pytest.param(f"00-{'0' * 32}-{PARENT_ID}-01", False, id="zero-trace-id"),
+    ],
+)
+def test_a_valid_incoming_traceparent_makes_the_span_its_child_and_an_invalid_one_a_new_trace(
+    client: httpx.Client, store: Path, traceparent: str, child: bool, request: pytest.FixtureRequest
+) -> None:
+    correlation_id = f"tp-{request.node.callspec.id}"
+    client.get("/status/200", headers={"traceparent": traceparent, "x-correlation-id": correlation_id})
+    span = span_by_correlation_id(store, correlation_id)
+    if child:
+        assert (span["trace_id"], span["parent_span_id"]) == (TRACE_ID, PARENT_ID)
+    else:
+        assert span["trace_id"] != TRACE_ID and span["parent_span_id"] is None
     assert span["kind"] == "SERVER"
     assert span["name"] == "GET /status/{code}"
 
 
 def test_the_span_carries_the_http_semantic_convention_attributes(client: httpx.Client, store: Path) -> None:
-    client.post("/echo?model=a&sig=SECRETSIG", content=b"{}", headers={"x-correlation-id": "semconv"})
+    query = "model=a&sig=SECRETSIG&%53IG=SECRET2&design=a/b%20c&flag"
+    client.post(f"/echo?{query}", content=b"{}", headers={"x-correlation-id": "semconv"})
     obsml.flush()
     attributes = span_by_correlation_id(store, "semconv")["attributes"]
     host, port = client.base_url.host, client.base_url.port
     assert attributes["http.request.method"] == "POST"
     assert attributes["url.path"] == "/echo"
-    assert attributes["url.query"] == "model=a&sig=[REDACTED]"
+    assert attributes["url.query"] == "model=a&sig=[REDACTED]&%53IG=[REDACTED]&design=a/b%20c&flag"
     assert attributes["http.route"] == "/echo"
     assert attributes["http.response.status_code"] == 200
     assert attributes["client.address"] == "127.0.0.1"
@@ -210,6 +257,7 @@ def test_credentials_in_headers_never_reach_the_store(store: Path, caplog: pytes
         "cookie": "session=CANARY-cookie-77b2",
         "proxy-authorization": "Basic CANARY-proxy-9c1d",
         "x-api-key": "CANARY-api-key-5e6f",
+        "api-key": "CANARY-azure-openai-key-2b3c",
         "x-team-token": "CANARY-configured-0a0b",
     }
     app = make_app(store=str(store), redact_headers="X-Team-Token", **OPTIONS)

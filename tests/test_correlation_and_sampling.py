@@ -2,78 +2,134 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import re
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from apps import make_app
-from conftest import read_spans, running_server, span_by_correlation_id
+from conftest import read_spans, running_gunicorn, running_server, span_by_correlation_id
 
 import obsml
-from obsml import ObsmlMiddleware
+from obsml import ObsmlMiddleware, ObsmlWSGIMiddleware
 
 OPTIONS = {"service": "credit", "model": "best_model", "version": "10"}
 SAFE_PATH = re.compile(r"[A-Za-z0-9._/-]+")
 
 
-def raw_request(url: str, header_value: bytes) -> bytes:
-    """Send a request byte for byte (an HTTP client would refuse the hostile values)."""
+def raw_request(url: str, *correlation_headers: bytes) -> bytes:
+    """Send a request byte for byte (an HTTP client would refuse the hostile values), one
+    ``X-Correlation-Id`` line per value."""
     host, port = url.removeprefix("http://").split(":")
+    head = b"GET /status/200 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
+    head += b"".join(b"X-Correlation-Id: " + value + b"\r\n" for value in correlation_headers)
     with socket.create_connection((host, int(port)), timeout=10) as sock:
-        head = b"GET /status/200 HTTP/1.1\r\nHost: t\r\nConnection: close\r\nX-Correlation-Id: "
-        sock.sendall(head + header_value + b"\r\n\r\n")
+        sock.sendall(head + b"\r\n")
         response = b""
         while chunk := sock.recv(65536):
             response += chunk
     return response
 
 
-@pytest.mark.parametrize(
-    "hostile",
-    [
-        pytest.param(b"../../x", id="dot-dot-slash"),
-        pytest.param(b"%2e%2e%2f", id="percent-encoded"),
-        pytest.param(b"abfs://x", id="url"),
-        pytest.param(b"..", id="dots-only"),
-        pytest.param(b"a\x00b", id="nul"),
-        pytest.param(b"a\rX-Injected: 1", id="bare-cr"),
-        pytest.param(b"\xc3\xa9t\xc3\xa9", id="non-ascii"),
-        pytest.param(b"a" * 129, id="too-long"),
-        pytest.param(b"k" * (1 << 20), id="one-megabyte"),
-    ],
-)
-def test_a_hostile_correlation_id_is_replaced_and_never_reaches_a_path_or_the_store(
-    store: Path, hostile: bytes
+def echoed_id(response: bytes) -> str:
+    echoed = re.search(rb"(?i)\r\nx-correlation-id: ([^\r\n]*)", response)
+    assert echoed is not None, response[:300]
+    return echoed[1].decode()
+
+
+def stored_strings(value: object) -> Iterator[str]:
+    """Every string of a stored span (keys, values, events, resource), however deep."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield key
+            yield from stored_strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from stored_strings(item)
+
+
+def assert_never_stored(spans: list[dict[str, Any]], hostile: bytes) -> None:
+    text = hostile.decode("latin-1")  # how a header value would be recorded
+    found = [s[:80] for span in spans for s in stored_strings(span) if text in s]  # a 1 MB one is shown cut
+    assert not found
+
+
+HOSTILE_IDS = [
+    pytest.param(b"../../etc/passwd", id="path-traversal"),
+    pytest.param(b"%2e%2e%2f", id="percent-encoded"),
+    pytest.param(b"<script>alert(1)</script>", id="script"),
+    pytest.param(b"abfs://x", id="url"),
+    pytest.param(b"..", id="dots-only"),
+    pytest.param(b"a\x00b", id="nul"),
+    pytest.param(b"a\rX-Injected: 1", id="bare-cr"),
+    pytest.param(b"\xc3\xa9t\xc3\xa9", id="non-ascii"),
+    pytest.param(b"a" * 129, id="too-long"),
+    pytest.param(b"k" * (1 << 20), id="one-megabyte"),
+]
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple[str, Path]]]:
+    """The two adapters under real servers that let a 1 MB header through: ``{adapter: (url, store)}``."""
+    root = tmp_path_factory.mktemp("hostile")
+    asgi_store, wsgi_store = root / "asgi" / "store", root / "wsgi" / "store"
+    app = make_app(store=str(asgi_store), **OPTIONS)
+    with running_server(app, h11_max_incomplete_event_size=4 << 20) as asgi_url, running_gunicorn(
+        "wsgi_apps:plain_app", wsgi_store, "--limit-request-field_size", str(2 << 20)
+    ) as gunicorn:
+        yield {"asgi": (asgi_url, asgi_store), "wsgi": (gunicorn.url, wsgi_store)}
+
+
+@pytest.mark.parametrize("adapter", ["asgi", "wsgi"])
+@pytest.mark.parametrize("hostile", HOSTILE_IDS)
+def test_a_hostile_correlation_id_is_replaced_never_stored_and_never_reaches_a_path(
+    servers: dict[str, tuple[str, Path]], adapter: str, hostile: bytes
 ) -> None:
-    with running_server(make_app(store=str(store), **OPTIONS), h11_max_incomplete_event_size=4 << 20) as url:
-        response = raw_request(url, hostile)
-    status_line = response.split(b"\r\n", 1)[0]
-    spans = read_spans(store)
-    if status_line.endswith(b"400 Bad Request"):  # the server itself refused it: nothing reached the app
-        assert spans == []
-        return
-    assert status_line.endswith(b"200 OK")
-    echoed = re.search(rb"x-correlation-id: ([^\r\n]*)", response)
-    assert echoed is not None and re.fullmatch(rb"[0-9a-f]{32}", echoed[1])
-    [span] = spans
-    assert span["attributes"]["obsml.correlation_id"] == echoed[1].decode()
-    assert span["attributes"]["obsml.correlation_id.source"] == "generated"
-    assert span["attributes"]["obsml.correlation_id.rejected_header"] == "x-correlation-id"
+    url, store = servers[adapter]
+    response = raw_request(url, hostile)
+    status = re.match(rb"HTTP/1\.1 (\d{3}) ", response)
+    if status is None or status[1] != b"200":  # the server itself refused it: nothing reached the app
+        assert status is None or status[1] in (b"400", b"431"), response[:300]
+    else:
+        correlation_id = echoed_id(response)
+        assert re.fullmatch(r"[0-9a-f]{32}", correlation_id)
+        attributes = span_by_correlation_id(store, correlation_id)["attributes"]
+        assert attributes["obsml.correlation_id.source"] == "generated"
+        assert attributes["obsml.correlation_id.rejected_header"] == "x-correlation-id"
+        assert attributes["http.request.header.x-correlation-id"] == [f"[REJECTED: {len(hostile)} bytes]"]
+    assert_never_stored(read_spans(store), hostile)
     for path in store.rglob("*"):
         assert SAFE_PATH.fullmatch(str(path.relative_to(store)))
 
 
+@pytest.mark.parametrize("adapter", ["asgi", "wsgi"])
 @pytest.mark.parametrize(
-    "hostile",
-    [b"../../x", b"a\r\nX-Injected: 1", b"a\x00b", b"abfs://x", b"\xff", b"k" * (1 << 20)],
-    ids=["dot-dot-slash", "crlf", "nul", "url", "invalid-utf8", "one-megabyte"],
+    ("headers", "correlation_id"),
+    [
+        pytest.param((b"first-1", b"<script>alert(1)</script>"), "first-1", id="two-headers"),
+        pytest.param((b"first-2, <script>alert(1)</script>",), "first-2", id="one-joined-header"),
+    ],
 )
-def test_the_core_rejects_hostile_ids_whatever_the_server_lets_through(tmp_path: Path, hostile: bytes) -> None:
-    store = tmp_path / "store"
-    sent: list[dict[str, object]] = []
+def test_of_repeated_correlation_ids_the_first_is_used_and_a_hostile_one_never_stored(
+    servers: dict[str, tuple[str, Path]], adapter: str, headers: tuple[bytes, ...], correlation_id: str
+) -> None:
+    """gunicorn joins repeated headers with a comma (RFC 9110 5.3), uvicorn passes them apart."""
+    url, store = servers[adapter]
+    assert echoed_id(raw_request(url, *headers)) == correlation_id
+    span = span_by_correlation_id(store, correlation_id)
+    assert span["attributes"]["obsml.correlation_id.source"] == "x-correlation-id"
+    assert_never_stored([span], b"<script>")
+
+
+def call_asgi(store: Path, correlation_id: bytes) -> str:
+    """One request straight through ObsmlMiddleware; the correlation id it answered with."""
+    sent: list[dict[str, Any]] = []
 
     async def app(scope: object, receive: object, send: Callable[[dict[str, object]], Awaitable[None]]) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
@@ -82,15 +138,53 @@ def test_the_core_rejects_hostile_ids_whatever_the_server_lets_through(tmp_path:
     async def receive() -> dict[str, object]:
         return {"type": "http.request", "body": b""}
 
-    async def send(message: dict[str, object]) -> None:
+    async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {"type": "http", "method": "GET", "path": "/", "headers": [(b"x-correlation-id", hostile)]}
+    scope = {"type": "http", "method": "GET", "path": "/", "headers": [(b"x-correlation-id", correlation_id)]}
     asyncio.run(ObsmlMiddleware(app, store=str(store), **OPTIONS)(scope, receive, send))
-    [(name, echoed)] = sent[0]["headers"]  # type: ignore[misc]
-    assert name == b"x-correlation-id" and re.fullmatch(rb"[0-9a-f]{32}", echoed)
-    span = span_by_correlation_id(store, echoed.decode())
+    [(name, echoed)] = sent[0]["headers"]
+    assert name == b"x-correlation-id"
+    return str(echoed.decode())
+
+
+def call_wsgi(store: Path, correlation_id: bytes) -> str:
+    """One request straight through ObsmlWSGIMiddleware (PEP 3333 strings carry bytes as latin-1)."""
+    started: list[list[tuple[str, str]]] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: object = None) -> None:
+        started.append(headers)
+
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "wsgi.input": io.BytesIO(),
+               "HTTP_X_CORRELATION_ID": correlation_id.decode("latin-1")}
+    response = ObsmlWSGIMiddleware(app, store=str(store), **OPTIONS)(environ, start_response)
+    assert b"".join(response) == b"ok"
+    response.close()  # type: ignore[attr-defined]
+    [(name, echoed)] = started[0]
+    assert name == "x-correlation-id"
+    return echoed
+
+
+@pytest.mark.parametrize("call", [call_asgi, call_wsgi], ids=["asgi", "wsgi"])
+@pytest.mark.parametrize(
+    "hostile",
+    [b"../../x", b"a\r\nX-Injected: 1", b"a\x00b", b"abfs://x", b"<script>", b"\xff", b"k" * (1 << 20)],
+    ids=["dot-dot-slash", "crlf", "nul", "url", "script", "invalid-utf8", "one-megabyte"],
+)
+def test_the_core_rejects_hostile_ids_whatever_the_server_lets_through(
+    tmp_path: Path, call: Callable[[Path, bytes], str], hostile: bytes
+) -> None:
+    store = tmp_path / "store"
+    echoed = call(store, hostile)
+    assert re.fullmatch(r"[0-9a-f]{32}", echoed)
+    span = span_by_correlation_id(store, echoed)
     assert span["attributes"]["obsml.correlation_id.rejected_header"] == "x-correlation-id"
+    assert span["attributes"]["http.request.header.x-correlation-id"] == [f"[REJECTED: {len(hostile)} bytes]"]
+    assert_never_stored([span], hostile)
     for path in store.rglob("*"):
         assert SAFE_PATH.fullmatch(str(path.relative_to(store)))
 

@@ -96,3 +96,17 @@ def test_spans_and_offloaded_payloads_land_whole_in_azure_blob(
         assert response_uri.endswith("-response.bin")
         response_blob = response_uri.removeprefix(f"abfs://{container}/")
         assert azure_container.download_blob(response_blob).readall() == big
+
+
+def test_an_abfs_store_without_credentials_says_what_adlfs_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    """adlfs is installed: the error is adlfs's own complaint, not an install hint."""
+    for name in list(os.environ):
+        if name.startswith(("AZURE_", "FSSPEC_ABFS")):
+            monkeypatch.delenv(name)
+    AzureBlobFileSystem.clear_instance_cache()  # an earlier test's filesystem would be reused
+    with pytest.raises(obsml.ConfigError) as raised:
+        obsml.ObsmlMiddleware(make_app(), store="abfs://container/obsml")
+    message = str(raised.value)
+    assert "Must provide either a connection_string or account_name with credentials" in message
+    assert "pip install" not in message
+

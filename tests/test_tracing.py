@@ -11,6 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from conftest import read_spans
 
 SCRIPT = """
@@ -127,3 +128,74 @@ def test_spans_made_while_a_wsgi_server_iterates_a_generator_are_children_of_the
     assert by_scope["credit-app"]["parent"] == by_scope["obsml"]["span_id"]
     [stored] = read_spans(store)
     assert stored["attributes"]["obsml.response.body.size"] == len(b"data: first\n\ndata: second\n\n")
+
+
+TRACESTATE_SCRIPT = """
+import asyncio, json, logging, sys
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+import obsml
+
+store, provider_kind, tracestate = sys.argv[1:]
+warnings = []
+
+class Collect(logging.Handler):
+    def emit(self, record):
+        warnings.append(f"{record.name}: {record.getMessage()}")
+
+logging.getLogger().addHandler(Collect(logging.WARNING))
+exported = InMemorySpanExporter()
+if provider_kind == "app":
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exported))
+    trace.set_tracer_provider(provider)
+
+async def app(scope, receive, send):
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+async def main():
+    middleware = obsml.ObsmlMiddleware(app, store=store, service="credit")
+    async def receive():
+        return {"type": "http.request", "body": b""}
+    async def send(message):
+        pass
+    headers = [(b"traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+               (b"tracestate", tracestate.encode("latin-1"))]
+    for _ in range(3):
+        await middleware({"type": "http", "method": "GET", "path": "/", "headers": headers}, receive, send)
+
+asyncio.run(main())
+assert obsml.flush(10)
+print(json.dumps({"warnings": warnings,
+                  "states": [list(s.context.trace_state.items()) for s in exported.get_finished_spans()]}))
+"""
+
+
+@pytest.mark.parametrize(
+    ("provider", "tracestate", "kept"),
+    [
+        pytest.param("app", "vendor=ok,BAD KEY=<script>", [], id="invalid-through-the-apps-provider"),
+        pytest.param("obsml", "vendor=ok,BAD KEY=<script>", None, id="invalid-through-obsmls-provider"),
+        pytest.param("app", ",".join(f"k{i}=v" for i in range(33)), [], id="more-than-32-members"),
+        pytest.param("app", "vendor=ok,duplicate=1,duplicate=2", [], id="duplicate-key"),
+        pytest.param("app", "vendor=ok, tenant@system=a b ,", [["vendor", "ok"], ["tenant@system", "a b"]],
+                     id="valid-kept"),
+    ],
+)
+def test_an_invalid_tracestate_is_dropped_before_opentelemetry_warns_about_it(
+    tmp_path: Path, provider: str, tracestate: str, kept: list[list[str]] | None
+) -> None:
+    store = tmp_path / "store"
+    result = subprocess.run([sys.executable, "-c", TRACESTATE_SCRIPT, str(store), provider, tracestate],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    output = json.loads(result.stdout)
+    assert output["warnings"] == []
+    if kept is not None:
+        assert output["states"] == [kept] * 3
+    spans = read_spans(store)
+    assert len(spans) == 3
+    assert {span["parent_span_id"] for span in spans} == {"00f067aa0ba902b7"}  # the traceparent still holds

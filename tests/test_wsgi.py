@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,14 +78,14 @@ def test_a_body_the_app_never_reads_is_counted_as_unread_not_waited_for(flask_se
 def test_flask_routes_name_the_span_and_requests_are_described(flask_server: tuple[Gunicorn, Path]) -> None:
     server, store = flask_server
     with fresh_client(server) as client:
-        client.get("/scores/7?sig=CANARY-sas-9e1f&limit=3",
+        client.get("/scores/7?sig=CANARY-sas-9e1f&limit=3&%73ig=CANARY-sas-2&design=a/b%20c&flag",
                    headers={"x-correlation-id": "route-1", "authorization": "Bearer CANARY-token-77"})
     span = span_by_correlation_id(store, "route-1")
     attributes = span["attributes"]
     assert span["name"] == "GET /scores/<int:row>"
     assert attributes["http.route"] == "/scores/<int:row>"
     assert attributes["url.path"] == "/scores/7"
-    assert attributes["url.query"] == "sig=[REDACTED]&limit=3"
+    assert attributes["url.query"] == "sig=[REDACTED]&limit=3&%73ig=[REDACTED]&design=a/b%20c&flag"
     assert attributes["http.request.header.authorization"] == ["[REDACTED]"]
     assert attributes["http.response.status_code"] == 200
     assert attributes["client.address"] == "127.0.0.1"
@@ -154,6 +155,24 @@ def test_a_client_that_goes_away_mid_stream_still_yields_a_span(flask_server: tu
     assert attributes["obsml.client.disconnected"] is True
     assert attributes["obsml.response.body.size"] >= 16384
     assert span["events"] == []
+
+
+def test_a_client_that_goes_away_mid_upload_leaves_the_size_that_arrived_and_the_declared_one(
+    plain_server: tuple[Gunicorn, Path],
+) -> None:
+    server, store = plain_server
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        # The app reads Content-Length bytes; what gunicorn has when the client is gone is all it gets.
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n"
+                     b"X-Correlation-Id: cut-upload\r\n\r\n" + b"u" * 3000)
+    attributes = span_by_correlation_id(store, "cut-upload")["attributes"]
+    assert attributes["obsml.request.body.size"] == 3000
+    assert attributes["obsml.request.body.declared_size"] == 100000
+    assert attributes["obsml.request.body.truncated"] is False
+    assert "obsml.request.body.unread_size" not in attributes
+    assert attributes["obsml.client.disconnected"] is True
+    assert attributes["obsml.request.body"] == "u" * 3000
 
 
 @pytest.mark.parametrize("fail", [None, "during"])
