@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from conftest import TESTS, free_socket, read_spans, running_server
 from servers import free_port, running_command
 from starlette.applications import Starlette
 
-from obsml import ObsmlMiddleware
+from obsml import ObsmlMiddleware, ObsmlWSGIMiddleware
 
 REQUESTS = 50
 PYTHON = sys.executable
@@ -173,3 +173,48 @@ def test_an_app_whose_startup_fails_still_fails_through_obsml(store: Path, app: 
     with free_socket() as sock, pytest.raises(SystemExit) as exited:
         server.run(sockets=[sock])
     assert exited.value.code == 3  # uvicorn's STARTUP_FAILURE
+
+
+# --- the SIGTERM handler of the WSGI middleware ---
+
+
+@pytest.fixture
+def default_sigterm() -> Iterator[None]:
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    signal.signal(signal.SIGTERM, previous)
+
+
+def server_handler(signum: int, frame: object) -> None:
+    raise AssertionError("never called")
+
+
+@pytest.mark.usefixtures("default_sigterm")
+@pytest.mark.parametrize(
+    ("prepare", "options", "expected"),
+    [
+        pytest.param(lambda: None, {}, "obsml", id="default-action"),
+        pytest.param(lambda: signal.signal(signal.SIGTERM, server_handler), {}, "server", id="server-handler-kept"),
+        pytest.param(lambda: signal.signal(signal.SIGTERM, signal.SIG_IGN), {}, "ignored", id="ignored-kept"),
+        pytest.param(lambda: None, {"flush_on_sigterm": False}, "default", id="switched-off"),
+    ],
+)
+def test_the_wsgi_middleware_handles_sigterm_only_where_it_would_kill_the_process(
+    store: Path, prepare: Callable[[], object], options: dict[str, Any], expected: str
+) -> None:
+    prepare()
+    ObsmlWSGIMiddleware(lambda environ, start_response: [], store=str(store), **options)
+    handler = signal.getsignal(signal.SIGTERM)
+    names = {signal.SIG_DFL: "default", signal.SIG_IGN: "ignored", server_handler: "server"}
+    assert names.get(handler, "obsml") == expected
+
+
+@pytest.mark.usefixtures("default_sigterm")
+def test_the_wsgi_middleware_created_on_another_thread_leaves_sigterm_alone(store: Path) -> None:
+    import threading
+
+    thread = threading.Thread(target=ObsmlWSGIMiddleware, args=(lambda environ, start_response: [],),
+                              kwargs={"store": str(store)})
+    thread.start()
+    thread.join()
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
