@@ -136,13 +136,8 @@ class Writer:
         """
         marker = _Flush(self._ticker)
         if not self._running or not self.submit(marker, force=True):
-            return self.stopped
+            return self._stop is None or self._stop.done.is_set()
         return marker.done.wait(timeout)
-
-    @property
-    def stopped(self) -> bool:
-        """True unless a close is still writing out (never started counts as stopped)."""
-        return self._stop is None or self._stop.done.is_set()
 
     @property
     def closed(self) -> bool:

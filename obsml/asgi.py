@@ -166,10 +166,12 @@ class _Lifespan:
         except Exception as exc:
             if self.received:
                 raise
-            logger.info("obsml answers the lifespan protocol for the app, which raised %s: %s", type(exc).__name__, exc)
+            outcome = f"raised {type(exc).__name__}: {exc}"
         else:
             if self.received:
                 return
+            outcome = "returned"
+        logger.info("obsml answers the lifespan protocol for the app, which %s before receiving anything", outcome)
         await self.answer()
 
     async def app_receive(self) -> Message:
