@@ -46,9 +46,10 @@ def running_command(
 ) -> Iterator[Command]:
     """``command`` (with ``env`` over os.environ) until it accepts connections on 127.0.0.1:``port``.
 
-    Stdout and stderr go to ``output`` (a temporary file by default; read it with ``log()``).
-    Leaving the block stops it with SIGTERM if it still runs.
+    Stdout and stderr go to ``output`` (read it with ``log()``; by default a temporary file,
+    removed on leaving the block). Leaving the block stops it with SIGTERM if it still runs.
     """
+    temporary = output is None
     if output is None:
         fd, name = tempfile.mkstemp(prefix="server-", suffix=".log")
         os.close(fd)
@@ -71,3 +72,5 @@ def running_command(
         yield server
     finally:
         server.stop()
+        if temporary:
+            output.unlink()
