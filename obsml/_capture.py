@@ -258,7 +258,7 @@ class Capture:
         writer = self.capturer.pipeline.writer
         if writer.submit(self):
             return
-        record_drop("span", "queue_full")
+        record_drop("span", writer.refusal)
         for tee in (self.request_body, self.response_body):
             tee.chunks = []
             if tee.stream is not None and tee.stream.queued:  # else the writer never opened a file

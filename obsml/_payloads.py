@@ -33,10 +33,11 @@ class PayloadStream:
     def send(self, data: bytes) -> None:
         if self.lost is not None:
             return
-        if self.capturer.pipeline.writer.submit(_Chunk(self, data)):
+        writer = self.capturer.pipeline.writer
+        if writer.submit(_Chunk(self, data)):
             self.queued = True
         else:
-            self.lost = "queue_full"
+            self.lost = writer.refusal
 
 
 class _Chunk:

@@ -48,7 +48,11 @@ class Pipeline:
         if not self.writer.flush(timeout):
             return False
         delivery = self.store.delivery
-        return delivery is None or delivery.wait_empty(max(0.0, deadline - time.monotonic()))
+        if delivery is None:
+            return True
+        if self.writer.closed:  # the exit flush stopped delivery too: what it left waits in the spool
+            return not delivery.spool.records
+        return delivery.wait_empty(max(0.0, deadline - time.monotonic()))
 
     def write_chunk(self, stream: PayloadStream, data: bytes) -> None:
         """Writer side of a payload: open on first chunk, hash and write as chunks arrive."""

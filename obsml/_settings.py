@@ -42,6 +42,7 @@ class Settings:
     flush_timeout: float = 5.0
     spool_dir: str = ""  # empty: ~/.cache/obsml/spool (XDG_CACHE_HOME)
     spool_max_bytes: int = 1024 * 1024 * 1024
+    flush_on_sigterm: bool = True
     strict: bool = False
 
     def __repr__(self) -> str:
@@ -178,5 +179,6 @@ _PARSERS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "flush_timeout": (_number(0.0, 3600.0), "a number of seconds from 0 to 3600"),
     "spool_dir": (_path_or_empty, "a local directory path"),
     "spool_max_bytes": (_integer(0), "an integer number of bytes >= 0"),
+    "flush_on_sigterm": (_boolean, "true or false (also 1/0, yes/no, on/off)"),
     "strict": (_boolean, "true or false"),
 }

@@ -28,7 +28,11 @@ DropReason = Literal[
     "sink_rejected",  # the sink refused one object 8 times in a row while taking later ones
     "export_error",  # an exporter raised or reported failure
     "flush_timeout",  # still queued when a shutdown flush ran out of time
+    "after_exit",  # finished after this process's exit flush had run (a request still in flight)
 ]
+# Reasons that arise only while the process ends: each is logged, since nothing reads the
+# counters afterwards; there are at most as many as requests in flight.
+_EXIT_REASONS = frozenset({"flush_timeout", "after_exit"})
 
 Counter = Literal[
     "requests_captured",  # spans handed to the writer
@@ -60,7 +64,7 @@ class _Stats:
         with self._lock:
             by_reason = self._drops.setdefault(reason, {})
             by_reason[kind] = by_reason.get(kind, 0) + n
-        if self._due(f"drop:{reason}"):
+        if reason in _EXIT_REASONS or self._due(f"drop:{reason}"):
             logger.warning("obsml dropped %d %s item(s): %s%s", n, kind, reason, f" ({detail})" if detail else "")
 
     def _due(self, key: str) -> bool:

@@ -6,22 +6,36 @@ the thread (a wake-up per request would make it fight the requests for the GIL);
 polls every few milliseconds, and is woken early only when the queue fills up or a flush
 is asked for. It starts lazily, and a forked child starts its own. Each job runs inside a
 guard: one bad item never stops the writer.
+
+At exit the writer is closed (flushed within its timeout, then stopped) on every way a
+process ends cleanly: atexit; multiprocessing's finalizers in a multiprocessing child, which
+leaves through ``os._exit()`` and skips atexit (granian's workers); and, when asked, a SIGTERM
+handler where SIGTERM would otherwise kill the process outright (waitress). A closed writer
+is not restarted: nothing would flush it again before the process ends (and Python 3.12
+refuses new threads at interpreter shutdown), so an item that finishes after the close (a
+request still in flight) is refused, and counted and logged as ``after_exit``.
 """
 
 from __future__ import annotations
 
 import atexit
 import os
+import signal
+import sys
 import threading
 import time
 import weakref
 from collections import deque
 from collections.abc import Callable
+from types import FrameType
 from typing import Protocol
 
-from ._stats import STATS, report_internal_error
+from ._stats import STATS, DropReason, report_internal_error
 
 _POLL_S = 0.05  # the longest a captured item waits for the writer when nothing wakes it
+# Before multiprocessing's own finalizers (a Pool's is 15, a Queue's 10), so that a logging
+# queue still carries what obsml logs at exit.
+_FINALIZE_PRIORITY = 100
 
 
 class Job(Protocol):
@@ -82,42 +96,65 @@ class Writer:
         self._bytes = 0
         self._running = False
         self._closed = False
+        self._stop: _Stop | None = None
 
     def submit(self, job: Job, force: bool = False) -> bool:
-        """Queue ``job``; False when the queue is full. ``force`` is for tiny end-of-item markers."""
+        """Queue ``job``; False when the queue is full or the writer closed (see :attr:`refusal`).
+
+        ``force`` is for tiny end-of-item markers: they pass the bounds, not a close.
+        """
         if not self._running:
             self._start()
         nbytes = job.nbytes
         with self._lock:
-            if not force and (self._items >= self._max_items or self._bytes + nbytes > self._max_bytes):
+            if self._closed or (
+                not force and (self._items >= self._max_items or self._bytes + nbytes > self._max_bytes)
+            ):
                 return False
             self._items += 1
             self._bytes += nbytes
             urgent = force or self._items >= self._wake_items or self._bytes >= self._wake_bytes
-        self._jobs.append(job)
+            self._jobs.append(job)  # under the lock: never behind the close's stop marker
         if urgent:
             self._wake.set()
         return True
+
+    @property
+    def refusal(self) -> DropReason:
+        """Why :meth:`submit` returned False, for the caller's drop count."""
+        return "after_exit" if self._closed else "queue_full"
 
     def pending(self) -> int:
         with self._lock:
             return self._items
 
     def flush(self, timeout: float) -> bool:
-        """Wait until everything submitted so far is written out; False on timeout."""
-        if not self._running:
-            return True
+        """Wait until everything submitted so far is written out; False on timeout.
+
+        After the close, nothing more will be written: it answers at once, True when the
+        close wrote out everything submitted before it.
+        """
         marker = _Flush(self._ticker)
-        self.submit(marker, force=True)
+        if not self._running or not self.submit(marker, force=True):
+            return self._stop is None or self._stop.done.is_set()
         return marker.done.wait(timeout)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def close(self, timeout: float) -> None:
         """Flush and stop the thread; what is still queued at the deadline is counted as dropped."""
-        if not self._running or self._closed:
-            return
-        self._closed = True
-        marker = _Stop(self._ticker)
-        self.submit(marker, force=True)
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True  # from here on, submit refuses
+            if not self._running:
+                return
+            marker = self._stop = _Stop(self._ticker)
+            self._items += 1
+            self._jobs.append(marker)
+        self._wake.set()
         if not marker.done.wait(timeout):
             lost = self.pending() - 1
             if lost > 0:
@@ -125,7 +162,7 @@ class Writer:
 
     def _start(self) -> None:
         with self._lock:
-            if self._running:
+            if self._running or self._closed:
                 return
             threading.Thread(target=self._run, name="obsml-writer", daemon=True).start()
             self._running = True
@@ -133,6 +170,7 @@ class Writer:
             self._atexit_registered = True
         if register:  # atexit registrations survive fork, so once per object is enough
             atexit.register(self._exit)
+        _finalize_in_multiprocessing_child(self._exit)
 
     def _exit(self) -> None:
         deadline = time.monotonic() + self.exit_timeout
@@ -178,3 +216,46 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _finalize_in_multiprocessing_child(close: Callable[[], None]) -> None:
+    """Have a multiprocessing child close the writer too: it ends with ``os._exit()``, skipping
+    atexit, right after running multiprocessing's finalizers (how granian's workers end).
+
+    Called once per writer start in a process; multiprocessing is never imported for it.
+    """
+    multiprocessing = sys.modules.get("multiprocessing")
+    if multiprocessing is None or multiprocessing.parent_process() is None:
+        return  # not a multiprocessing child: atexit runs (in the main process, so do its finalizers)
+    from multiprocessing import util
+
+    util.Finalize(None, close, exitpriority=_FINALIZE_PRIORITY)
+
+
+def close_all() -> None:
+    """Close every writer of this process, as at exit (each within its own timeout)."""
+    for writer in list(_WRITERS):
+        writer._exit()
+
+
+def flush_on_sigterm() -> None:
+    """Close the writers before the process dies of SIGTERM, where nothing else would (waitress).
+
+    Installed only from the main thread (the only one that may) and only while SIGTERM still
+    has its default action: a server with a handler of its own keeps it (uWSGI, gunicorn's
+    workers, granian's), and one that sets its handler after loading the app replaces this one
+    (gunicorn's master with ``--preload``). Called again, it finds its own handler and stays.
+    """
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _close_and_die)
+
+
+def _close_and_die(signum: int, frame: FrameType | None) -> None:
+    # The default action first: a second SIGTERM during the flush ends the process at once.
+    signal.signal(signum, signal.SIG_DFL)
+    # Closed on a thread of its own: the handler runs wherever the main thread was interrupted,
+    # perhaps holding a lock the close needs (a development server serves requests on it).
+    closing = threading.Thread(target=close_all, name="obsml-exit")
+    closing.start()
+    closing.join(sum(writer.exit_timeout for writer in list(_WRITERS)) + 1.0)
+    os.kill(os.getpid(), signum)  # dies of SIGTERM, as it would have without obsml

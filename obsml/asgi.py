@@ -16,7 +16,7 @@ from ._frameworks import asgi_route, hook_asgi_app, hook_scope
 from ._pipeline import Capturer
 from ._redact import RedactionPolicy
 from ._settings import Settings
-from ._stats import report_internal_error, set_strict
+from ._stats import logger, report_internal_error, set_strict
 from ._types import ASGIApp, Attributes, Message, Receive, Scope, Send
 
 _CORRELATION_HEADER = b"x-correlation-id"
@@ -54,8 +54,9 @@ class ObsmlMiddleware:
         scope_type = scope["type"]
         if scope_type != "http" or not self.capturer.enabled:
             if scope_type == "lifespan":
-                send = _LifespanSend(send, self.capturer)
-            await self.app(scope, receive, send)
+                await _Lifespan(self.capturer, receive, send).run(self.app, scope)
+            else:
+                await self.app(scope, receive, send)
             return
         if self._hook_first_scope:
             self._hook_first_scope = False
@@ -153,22 +154,62 @@ class _CaptureResponder:
             raise
 
 
-class _LifespanSend:
-    """Flushes obsml's writer once the app's own shutdown is complete (uvicorn skips atexit)."""
+class _Lifespan:
+    """The lifespan scope through obsml, which flushes once the app's shutdown is complete.
 
-    __slots__ = ("capturer", "send")
+    An app that does not speak lifespan (Django raises at once, before receiving anything)
+    would leave the server without it, and obsml without its shutdown flush (uvicorn skips
+    atexit too): obsml then answers the lifespan messages itself, as an app with nothing to
+    start. An app that received ``lifespan.startup`` and then failed, by raising or with
+    ``lifespan.startup.failed``, fails exactly as it would without obsml.
+    """
 
-    def __init__(self, send: Send, capturer: Capturer) -> None:
-        self.send = send
+    __slots__ = ("capturer", "receive", "received", "send")
+
+    def __init__(self, capturer: Capturer, receive: Receive, send: Send) -> None:
         self.capturer = capturer
+        self.receive = receive
+        self.send = send
+        self.received = False
 
-    async def __call__(self, message: Message) -> None:
+    async def run(self, app: ASGIApp, scope: Scope) -> None:
+        try:
+            await app(scope, self.app_receive, self.app_send)
+        except Exception as exc:
+            if self.received:
+                raise
+            outcome = f"raised {type(exc).__name__}: {exc}"
+        else:
+            if self.received:
+                return
+            outcome = "returned"
+        logger.info("obsml answers the lifespan protocol for the app, which %s before receiving anything", outcome)
+        await self.answer()
+
+    async def app_receive(self) -> Message:
+        self.received = True
+        return await self.receive()
+
+    async def app_send(self, message: Message) -> None:
         if message["type"] in _SHUTDOWN_DONE:
-            try:
-                self.capturer.flush()
-            except Exception:
-                report_internal_error("the shutdown flush")
+            self.flush()
         await self.send(message)
+
+    async def answer(self) -> None:
+        while True:
+            message = await self.receive()
+            if message["type"] == "lifespan.startup":
+                await self.send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self.flush()
+                await self.send({"type": "lifespan.shutdown.complete"})
+                return
+
+    def flush(self) -> None:
+        try:
+            self.capturer.flush()
+        except Exception:
+            report_internal_error("the shutdown flush")
 
 
 def describe_scope(scope: Scope, capturer: Capturer) -> Attributes:

@@ -20,6 +20,7 @@ from ._redact import RedactionPolicy
 from ._settings import Settings
 from ._stats import report_internal_error, set_strict
 from ._types import Attributes
+from ._writer import flush_on_sigterm
 
 Environ = dict[str, Any]
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None] | tuple[None, None, None]
@@ -49,6 +50,8 @@ class ObsmlWSGIMiddleware:
         settings = Settings.load(**options)
         set_strict(settings.strict)
         self.capturer = Capturer(settings, describe_environ)
+        if settings.flush_on_sigterm:
+            flush_on_sigterm()
         hook_wsgi_app(app)
         # The environ keys of the headers the request path reads, with their slots.
         self._environ_slots = [(_environ_key(name), slot) for slot, name in enumerate(self.capturer.header_names)]
