@@ -13,6 +13,7 @@ import os
 import pickle
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -180,6 +181,38 @@ def test_an_azure_outage_under_load_never_touches_requests_and_everything_lands_
     print(f"outage: {len(sent)} requests, {len(during)} during the outage, flush took {flush_seconds:.1f} s; {stats}")
     assert stats.get("sink_retries", 0) > 0, f"the sink never failed as far as obsml could see: {stats}"
     assert stats.get("objects_drained", 0) > 0, stats
+
+
+def test_a_spool_deleted_mid_traffic_is_owned_again_and_later_objects_are_delivered(
+    azurite: Azurite, azure_container: ContainerClient, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    use_account(monkeypatch, azurite.connection_string)
+    container = azure_container.container_name
+    spool = tmp_path / "spool"
+    rng = random.Random(2)
+    app = make_app(store=f"abfs://{container}/obsml", spool_dir=str(spool), flush_interval=0.05, **OPTIONS)
+
+    def delivered() -> set[str]:
+        return {span["attributes"]["obsml.correlation_id"] for span in spans_of(read_container(azure_container))}
+
+    with running_server(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        for label in ("before", "after"):
+            for n in range(6):
+                body = self_checking_body(rng, 70_000) if n % 2 else json.dumps({"row": n}).encode()
+                headers = {"x-correlation-id": f"{label}-{n}", "content-type": "application/octet-stream"}
+                assert client.post("/echo", content=body, headers=headers).content == body
+            deadline = time.monotonic() + 30
+            while not {f"{label}-{n}" for n in range(6)} <= delivered():
+                assert time.monotonic() < deadline, f"{label}: not delivered; {obsml.stats()}"
+                obsml.flush(1)
+            if label == "before":
+                shutil.rmtree(spool)  # a cleaner empties the cache the spool lives in
+    blobs = read_container(azure_container)
+    spans = spans_of(blobs)
+    assert sorted(span["attributes"]["obsml.correlation_id"] for span in spans) == sorted(
+        f"{label}-{n}" for label in ("before", "after") for n in range(6))
+    assert check_payloads(spans, blobs, container) == (12, [])
+    assert obsml.stats()["dropped"] == {}
 
 
 # 2. Servers killed with SIGKILL -------------------------------------------------------------------
