@@ -64,7 +64,7 @@ class _Stats:
         self._lock = threading.Lock()
         self._last_logged: dict[str, float] = {}
         self._unlogged: dict[str, dict[str, int]] = {}  # reason -> kind -> drops since its last line
-        self._first_error: dict[str, str] = {}  # reason -> the first error since its last line
+        self._first_error: dict[str, str] = {}  # reason -> the first error (or detail) since its last line
         self._timer: threading.Timer | None = None
 
     def count(self, name: Counter, n: int = 1) -> None:
@@ -74,7 +74,7 @@ class _Stats:
     def note_error(self, reason: DropReason, text: str) -> None:
         """Remember why items are about to be dropped, for the next line of ``reason``."""
         with self._lock:
-            self._first_error.setdefault(reason, text)
+            self._first_error.setdefault(reason, f"first error: {text}")
 
     def record_drop(self, kind: str, reason: DropReason, n: int = 1, detail: str = "") -> None:
         now = time.monotonic()
@@ -101,7 +101,7 @@ class _Stats:
         counts = ", ".join(f"{n} {kind}(s)" for kind, n in kinds.items())
         error = self._first_error.pop(reason, "")
         since = "" if last is None else f" in the last {now - last:.0f} s"
-        return "obsml dropped %s%s: %s%s", counts, since, reason, f" (first error: {error})" if error else ""
+        return "obsml dropped %s%s: %s%s", counts, since, reason, f" ({error})" if error else ""
 
     def _arm_timer(self, now: float) -> None:
         due = min(self._last_logged.get(reason, now) + _LOG_INTERVAL_S for reason in self._unlogged)
