@@ -202,23 +202,28 @@ class Store:
             return self.fs.open(temporary, "wb")
 
     def _sweep_temporaries(self) -> None:
-        """Remove the temporary files this host's dead processes left in the recent date folders."""
+        """Remove the temporary files this host's dead processes left in the recent date folders.
+
+        Those are ``<top>/<yyyy>/<mm>/<dd>`` and ``…/<hh>`` for every top folder (``traces``,
+        ``payloads``, a plugin's), for the last ``_SWEEP_DAYS`` days: a bounded walk at start,
+        however large the store.
+        """
         removed = 0
         now = time.time()
+        tops: list[str] = []
+        with suppress(OSError), os.scandir(self.root) as entries:
+            tops = [entry.path for entry in entries if entry.is_dir()]
         for days_ago in range(_SWEEP_DAYS):
             day = utc_folders(int((now - days_ago * 86400) * 1e9))
-            folders = [f"{self.root}/payloads/{day}", *(f"{self.root}/traces/{day}/{hour:02d}" for hour in range(24))]
-            for folder in folders:
-                try:
-                    entries = list(os.scandir(folder))
-                except OSError:
-                    continue
-                for entry in entries:
-                    match = _TEMPORARY.fullmatch(entry.name)
-                    if match and match["host"] == _HOST and not _alive(int(match["pid"])):
-                        with suppress(FileNotFoundError):
-                            os.unlink(entry.path)
-                            removed += 1
+            hours = ["", *(f"/{hour:02d}" for hour in range(24))]
+            for folder in (f"{top}/{day}{hour}" for top in tops for hour in hours):
+                with suppress(OSError), os.scandir(folder) as entries:  # a folder that is not there
+                    for entry in entries:
+                        match = _TEMPORARY.fullmatch(entry.name) if entry.name.startswith(".") else None
+                        if match and match["host"] == _HOST and not _alive(int(match["pid"])):
+                            with suppress(FileNotFoundError):
+                                os.unlink(entry.path)
+                                removed += 1
         if removed:
             count("temp_files_removed", removed)
 
@@ -248,8 +253,8 @@ class AtomicObject:
         self.folder, _, name = self.final.rpartition("/")
         self.temporary = f"{self.folder}/.{name}.{_HOST}-{os.getpid()}-{secrets.token_hex(4)}.tmp"
         # A full disk must not keep bodies and lose the spans that name them (issue 11): bodies
-        # stop short of a reserve, which only part files may use.
-        self._keeps_room = relative.startswith("payloads/")
+        # (and plugins' values) stop short of a reserve, which only part files may use.
+        self._keeps_room = not relative.startswith("traces/")
         with _noting_errors():
             self._file: BinaryIO | Any = store._open_temporary(self.folder, self.temporary)
             if self._keeps_room:
