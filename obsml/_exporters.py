@@ -22,8 +22,8 @@ from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter, Sp
 from ._exceptions import PluginImportError
 from ._registry import install_hint
 from ._settings import Settings
-from ._stats import logger, record_drop
-from ._store import Store, failure_reason, utc_folders
+from ._stats import count, logger, record_drop
+from ._store import Store, describe_error, failure_reason, utc_folders
 
 _BATCH_MAX_SPANS = 1000
 
@@ -61,6 +61,7 @@ class JsonlExporter(SpanExporter):
     """Spans as JSON lines, batched into ``traces/<yyyy>/<mm>/<dd>/<hh>/<writer-id>-<seq>.jsonl``."""
 
     obsml_inline = True
+    obsml_counts_written = True  # counts spans_exported itself, once a span is written
 
     def __init__(self, store: Store) -> None:
         self._store = store
@@ -99,8 +100,10 @@ class JsonlExporter(SpanExporter):
                 self._store.write_atomic(name, b"".join(lines))
             except Exception as exc:
                 ok = False
-                record_drop("span", failure_reason(exc), len(lines), detail=type(exc).__name__)
+                record_drop("span", failure_reason(exc), len(lines), detail=describe_error(exc))
                 logger.debug("obsml could not write %s", name, exc_info=True)
+            else:
+                count("spans_exported", len(lines))  # only once written (the caller does not count us)
         return ok
 
     def shutdown(self) -> None:

@@ -36,7 +36,7 @@ class Pipeline:
             self.tracing,
             max_items=settings.queue_max_items,
             max_bytes=settings.queue_max_bytes,
-            interval=settings.flush_interval,
+            interval=self.store.batch_interval(settings.flush_interval),
             exit_timeout=settings.flush_timeout,
         )
         if self.store.delivery is not None:

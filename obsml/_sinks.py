@@ -9,6 +9,8 @@ is reported once with its name, and the objects wait in the spool while obsml re
 from __future__ import annotations
 
 import abc
+import os
+import weakref
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Protocol
@@ -106,3 +108,24 @@ def plugin_opener(entry_point: Any, url: str, settings: Settings) -> SinkOpener:
         return sink
 
     return open_sink
+
+
+def _forget_the_parents_filesystems() -> None:
+    """In a forked child: drop the close-at-exit hooks of the parent's async fsspec filesystems.
+
+    adlfs registers ``weakref.finalize(fs, fsspec.asyn.sync, loop, close_service_client, fs)``.
+    In a child the thread running that loop does not exist, so the hook waits for it forever:
+    a gunicorn ``--preload`` worker hung at exit until its graceful timeout killed it. The child
+    opens filesystems of its own (the sink is opened on its delivery thread).
+    """
+    try:
+        from fsspec.asyn import sync
+    except ImportError:
+        return
+    for finalizer in list(getattr(weakref.finalize, "_registry", {})):  # CPython's live finalizers
+        info = finalizer.peek()
+        if info is not None and info[1] is sync:
+            finalizer.detach()
+
+
+os.register_at_fork(after_in_child=_forget_the_parents_filesystems)

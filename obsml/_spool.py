@@ -14,7 +14,10 @@ Each process owns a directory ``<pid>-<random>`` holding an exclusive ``flock`` 
 ``lock`` file for its lifetime. The kernel releases the lock when the process dies, however
 it dies, so another process (the next start, or a sibling worker) adopts the directory's
 records and delivers them. Record names start with the commit time, so adopted records sort
-before newer ones and the sink receives objects in the order they were committed.
+before newer ones and the sink receives objects in the order they were committed. A process
+that starts while a dead one's records wait starts delivering them at once; and if its own
+directory is deleted under it (cleaners empty caches and /tmp), it counts the records lost
+with it and owns a new directory.
 """
 
 from __future__ import annotations
@@ -68,20 +71,21 @@ class Spool:
         self.root = root  # <spool dir>/<store key>
         self.max_bytes = max_bytes
         self.wake: Callable[[], None] = lambda: None  # the delivery thread's doorbell
-        self._lock = threading.Lock()
         self._reset()
 
     def _reset(self) -> None:
+        self._lock = threading.Lock()  # records, sizes, bytes
+        self._directory_lock = threading.Lock()  # the writer and the delivery thread both own it
         self.directory: Path | None = None
         self._lock_file: BinaryIO | None = None
         self.records: deque[Path] = deque()  # committed, not yet delivered, in order
+        self._sizes: dict[Path, int] = {}
         self.bytes = 0
         self._seq = 0
 
     def after_fork(self) -> None:
         # The parent keeps its directory (and its lock); the child starts a directory of its own.
         self.release_directory()
-        self._lock = threading.Lock()
         self._reset()
 
     def release_directory(self) -> None:
@@ -92,15 +96,65 @@ class Spool:
                 lock_file.close()
 
     def _own_directory(self) -> Path:
-        if self.directory is None:
-            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.chmod(self.root, 0o700)
-            directory = self.root / f"{os.getpid()}-{secrets.token_hex(4)}"
-            directory.mkdir(mode=0o700)
-            lock_file = open(os.open(directory / "lock", os.O_CREAT | os.O_RDWR, 0o600), "rb")  # noqa: SIM115
-            fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            self._lock_file, self.directory = lock_file, directory
-        return self.directory
+        with self._directory_lock:
+            if self.directory is None:
+                self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+                os.chmod(self.root, 0o700)
+                directory = self.root / f"{os.getpid()}-{secrets.token_hex(4)}"
+                directory.mkdir(mode=0o700)
+                lock_file = open(os.open(directory / "lock", os.O_CREAT | os.O_RDWR, 0o600), "rb")  # noqa: SIM115
+                fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._lock_file, self.directory = lock_file, directory
+            return self.directory
+
+    def drop_vanished(self) -> None:
+        """Forget (and count) committed records whose files are gone, and our directory if it is gone.
+
+        A cleaner deleted the spool: what it held is lost, but the process goes on with a new
+        directory (and a new lock), made by the next record.
+        """
+        with self._directory_lock:
+            if self.directory is not None and not (self.directory / "lock").exists():
+                self.release_directory()
+                self.directory = None
+        with self._lock:
+            vanished = [path for path in self.records if not path.exists()]
+            for path in vanished:
+                self.records.remove(path)
+                self.bytes -= self._sizes.pop(path, 0)
+        if vanished:
+            record_drop("record", "spool_lost", len(vanished), detail="the spool directory was deleted")
+
+    def add(self, path: Path, size: int) -> None:
+        """A committed record, last in delivery order; its ``size`` bytes are already reserved."""
+        with self._lock:
+            self.records.append(path)
+            self._sizes[path] = size
+
+    def remove(self, path: Path) -> None:
+        """Delete a record (delivered, corrupt or set aside) and give back its bytes."""
+        with self._lock:
+            with contextlib.suppress(ValueError):
+                self.records.remove(path)
+            self.bytes -= self._sizes.pop(path, 0)
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+    def adoptable(self) -> bool:
+        """Whether a dead process left records here (looked at, not taken)."""
+        try:
+            others = [other for other in self.root.iterdir() if other != self.directory and other.is_dir()]
+        except OSError:
+            return False
+        for other in others:
+            try:
+                with open(other / "lock", "rb") as lock_file:
+                    fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # fails while its owner lives
+                    if any(path.name.endswith(".rec") for path in other.iterdir()):
+                        return True
+            except OSError:
+                continue
+        return False
 
     def open_record(self, relative: str) -> RecordWriter:
         return RecordWriter(self, relative)
@@ -151,7 +205,8 @@ class Spool:
         if adopted:
             with self._lock:
                 for path in adopted:
-                    self.bytes += path.stat().st_size
+                    self._sizes[path] = path.stat().st_size
+                    self.bytes += self._sizes[path]
                 merged = sorted([*self.records, *adopted], key=lambda p: p.name)
                 self.records.clear()
                 self.records.extend(merged)
@@ -170,11 +225,18 @@ class RecordWriter:
         self.hasher = sha256(self.path_bytes)
         self.size = 0
         self.reserved = 0
-        directory = spool._own_directory()
-        self.temporary = directory / f".{secrets.token_hex(8)}.tmp"
-        fd = os.open(self.temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        try:
+            fd = self._create(spool._own_directory())
+        except FileNotFoundError:
+            # Our directory was deleted under us: count what went with it, own a new one, go on.
+            spool.drop_vanished()
+            fd = self._create(spool._own_directory())
         self.file = open(fd, "wb")  # noqa: SIM115
         self._write(MAGIC + _HEAD.pack(len(self.path_bytes)) + self.path_bytes, hashed=False)
+
+    def _create(self, directory: Path) -> int:
+        self.temporary = directory / f".{secrets.token_hex(8)}.tmp"
+        return os.open(self.temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
 
     def _write(self, data: bytes, hashed: bool = True) -> None:
         if not self.spool.reserve(len(data), self.limit):
@@ -189,18 +251,23 @@ class RecordWriter:
         self._write(data)
 
     def commit(self) -> None:
-        self._write(_TRAILER.pack(self.size, self.hasher.digest()), hashed=False)
-        self.file.close()
-        final = self.temporary.with_name(self.spool.next_name())
-        self.temporary.rename(final)
-        self.spool.records.append(final)
+        try:
+            self._write(_TRAILER.pack(self.size, self.hasher.digest()), hashed=False)
+            self.file.close()
+            final = self.temporary.with_name(self.spool.next_name())
+            self.temporary.rename(final)
+        except BaseException:
+            self.abort()
+            raise
+        self.spool.add(final, self.reserved)
         count("objects_spooled")
         self.spool.wake()
 
     def abort(self) -> None:
         self.file.close()
         self.temporary.unlink(missing_ok=True)
-        self.spool.release(self.reserved)
+        reserved, self.reserved = self.reserved, 0
+        self.spool.release(reserved)
 
 
 def read_record(path: Path) -> tuple[str, int, int]:
@@ -284,6 +351,11 @@ class Delivery:
             self._thread = threading.Thread(target=self._run, name="obsml-delivery", daemon=True)
             self._thread.start()
 
+    def start_if_adoptable(self) -> None:
+        """Start now if a dead process left records to deliver (else at the first commit)."""
+        if self.spool.adoptable():
+            self.start()
+
     def notify(self) -> None:
         self.start()
         self._wake.set()
@@ -359,6 +431,10 @@ class Delivery:
         """Put one record to the sink and remove it; raises what the sink raised."""
         try:
             relative, offset, size = read_record(path)
+        except FileNotFoundError:
+            self.spool.drop_vanished()  # the spool directory was deleted under us
+            self._remove(path)
+            return
         except (CorruptRecord, OSError) as exc:
             self._remove(path)
             record_drop("record", "corrupt", detail=f"a spool record failed its check ({exc})")
@@ -384,12 +460,7 @@ class Delivery:
         return False
 
     def _remove(self, path: Path) -> None:
-        with contextlib.suppress(ValueError):
-            self.spool.records.remove(path)
-        with contextlib.suppress(OSError):
-            size = path.stat().st_size
-            path.unlink()
-            self.spool.release(size)
+        self.spool.remove(path)
         with self._idle:
             self._idle.notify_all()
 

@@ -1,7 +1,9 @@
 """The store: one root under which every object appears whole or not at all.
 
 On the local disk (the default) the writer writes objects in place: under a hidden temporary
-name in their final folder, then renamed. Any other destination (an fsspec URL such as
+name in their final folder, then renamed; a folder removed under it is made again, bodies
+leave room on the disk for the spans that name them, and the temporary files of dead
+processes are swept at start. Any other destination (an fsspec URL such as
 ``abfs://…``, or a sink plugin's scheme) is remote: the writer commits each object to a local
 spool and a delivery thread puts it to the sink, retrying while the sink is down (``_spool``).
 Only obsml's background threads call this module.
@@ -10,7 +12,13 @@ Only obsml's background threads call this module.
 from __future__ import annotations
 
 import importlib.util
+import os
+import re
 import secrets
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from datetime import datetime, timezone
 from hashlib import sha256
 from pathlib import Path
@@ -21,12 +29,22 @@ from fsspec.implementations.local import LocalFileSystem
 
 from ._exceptions import ConfigError
 from ._secrets import scrub
-from ._stats import DropReason, count
+from ._stats import DropReason, count, note_error
 
 if TYPE_CHECKING:
     from ._settings import Settings
     from ._sinks import SinkOpener
     from ._spool import Delivery
+
+
+# Temporary names carry the host and pid of their writer, so a later start can tell a dead
+# process's leftovers (a crash mid-write) from a live writer's, even on a disk shared by hosts.
+_HOST = sha256(socket.gethostname().encode()).hexdigest()[:8]
+_TEMPORARY = re.compile(r"\.(?P<name>.+)\.(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]+)-[0-9a-f]{8}\.tmp")
+_SWEEP_DAYS = 7  # the date folders swept at start: a crash's leftovers sit in the folders of its time
+_SPAN_RESERVE_MAX = 64 << 20  # bodies leave min(this, 5% of the disk) free, for the spans that name them
+# Remote stores commit spans to the spool at least this often: what a SIGKILL can lose (issue 11).
+REMOTE_COMMIT_S = 0.25
 
 
 def utc_folders(ns: int, hourly: bool = False) -> str:
@@ -73,6 +91,21 @@ def count_written(relative: str) -> None:
     count("trace_files_written" if relative.startswith("traces/") else "payloads_written")
 
 
+def describe_error(exc: BaseException) -> str:
+    """An exception's type and message for a log line (the obsml logger scrubs credentials)."""
+    return f"{type(exc).__name__}: {exc}"[:300]
+
+
+@contextmanager
+def _noting_errors() -> Iterator[None]:
+    """Keep the OS error that made a local write fail, for the next drop report (README: accounting)."""
+    try:
+        yield
+    except OSError as exc:
+        note_error("store_error", describe_error(exc))
+        raise
+
+
 class Store:
     """Where objects go: ``./obsml-data``, ``file://…``, ``memory://…``, ``abfs://container/prefix``…"""
 
@@ -102,9 +135,12 @@ class Store:
                 self.fs.makedirs(self.root, exist_ok=True)
             except OSError as exc:
                 raise ConfigError(f"OBSML_STORE: cannot create the store directory ({exc.strerror})") from None
+            self._sweep_temporaries()
             return
-        sink = FsspecSink(self.fs, self.root)
-        self._start_delivery(settings, lambda: sink)
+        fs, root = self.fs, self.root
+        # A filesystem instance made before a fork (gunicorn --preload) refuses to work in the child
+        # (fsspec's async filesystems are not fork-safe): the sink opens its own, on the delivery thread.
+        self._start_delivery(settings, lambda: FsspecSink(type(fs)(*fs.storage_args, **fs.storage_options), root))
 
     def _start_delivery(self, settings: Settings, open_sink: SinkOpener) -> None:
         from ._spool import Delivery, Spool, default_spool_dir
@@ -113,6 +149,10 @@ class Store:
         # One spool per destination; the key never reveals the URL.
         key = f"{self.scheme}-{sha256(settings.store.encode()).hexdigest()[:16]}"
         self.delivery = Delivery(Spool(base / key, settings.spool_max_bytes), open_sink, self.scheme)
+        # Records a dead process left are delivered now, not at this process's first request
+        # (an idle restart). Only then does a thread start here: usually none at creation, which
+        # may be in a gunicorn --preload master; a forked child starts its own at its first commit.
+        self.delivery.start_if_adoptable()
 
     def __repr__(self) -> str:
         return f"<Store {self.scheme}>"
@@ -124,6 +164,10 @@ class Store:
     @property
     def remote(self) -> bool:
         return self.delivery is not None
+
+    def batch_interval(self, flush_interval: float) -> float:
+        """How long the writer may batch spans: for a remote store at most REMOTE_COMMIT_S."""
+        return min(flush_interval, REMOTE_COMMIT_S) if self.remote else flush_interval
 
     def path(self, relative: str) -> str:
         return f"{self.root}/{relative}"
@@ -153,6 +197,57 @@ class Store:
             self.fs.makedirs(folder, exist_ok=True)
             self._known_dirs.add(folder)
 
+    def _open_temporary(self, folder: str, temporary: str) -> Any:
+        self._ensure_dir(folder)
+        try:
+            return self.fs.open(temporary, "wb")
+        except FileNotFoundError:
+            # The folder was removed or moved away since we made it (a log shipper, a cleaner).
+            self._known_dirs.discard(folder)
+            self._ensure_dir(folder)
+            return self.fs.open(temporary, "wb")
+
+    def _sweep_temporaries(self) -> None:
+        """Remove the temporary files this host's dead processes left in the recent date folders.
+
+        Those are ``<top>/<yyyy>/<mm>/<dd>`` and ``…/<hh>`` for every top folder (``traces``,
+        ``payloads``, a plugin's), for the last ``_SWEEP_DAYS`` days: a bounded walk at start,
+        however large the store.
+        """
+        removed = 0
+        now = time.time()
+        tops: list[str] = []
+        with suppress(OSError), os.scandir(self.root) as entries:
+            tops = [entry.path for entry in entries if entry.is_dir()]
+        for days_ago in range(_SWEEP_DAYS):
+            day = utc_folders(int((now - days_ago * 86400) * 1e9))
+            hours = ["", *(f"/{hour:02d}" for hour in range(24))]
+            for folder in (f"{top}/{day}{hour}" for top in tops for hour in hours):
+                with suppress(OSError), os.scandir(folder) as entries:  # a folder that is not there
+                    for entry in entries:
+                        match = _TEMPORARY.fullmatch(entry.name) if entry.name.startswith(".") else None
+                        if match and match["host"] == _HOST and not _alive(int(match["pid"])):
+                            with suppress(FileNotFoundError):
+                                os.unlink(entry.path)
+                                removed += 1
+        if removed:
+            count("temp_files_removed", removed)
+
+    @staticmethod
+    def span_reserve(stat: os.statvfs_result) -> int:
+        """Bytes a body must leave free on the local disk: room for the spans that name bodies."""
+        return min(_SPAN_RESERVE_MAX, stat.f_blocks * stat.f_frsize // 20)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
 
 class AtomicObject:
     """A local file written under a temporary name and moved to ``relative`` on :meth:`commit`."""
@@ -161,17 +256,37 @@ class AtomicObject:
         self.store = store
         self.relative = relative
         self.final = store.path(relative)
-        folder, _, name = self.final.rpartition("/")
-        store._ensure_dir(folder)
-        self.temporary = f"{folder}/.{name}.{secrets.token_hex(4)}.tmp"
-        self._file: BinaryIO | Any = store.fs.open(self.temporary, "wb")
+        self.folder, _, name = self.final.rpartition("/")
+        self.temporary = f"{self.folder}/.{name}.{_HOST}-{os.getpid()}-{secrets.token_hex(4)}.tmp"
+        # A full disk must not keep bodies and lose the spans that name them (issue 11): bodies
+        # (and plugins' values) stop short of a reserve, which only part files may use.
+        self._keeps_room = not relative.startswith("traces/")
+        with _noting_errors():
+            self._file: BinaryIO | Any = store._open_temporary(self.folder, self.temporary)
+            if self._keeps_room:
+                try:
+                    self._check_room(0)
+                except BaseException:
+                    self.abort()
+                    raise
+
+    def _check_room(self, size: int) -> None:
+        stat = os.statvfs(self.folder)
+        free, reserve = stat.f_bavail * stat.f_frsize, self.store.span_reserve(stat)
+        if free - size < reserve:
+            note_error("disk_full", f"{free} bytes free on the store's disk, {reserve} kept for spans")
+            raise StoreWriteError("disk_full")
 
     def write(self, data: bytes) -> None:
-        self._file.write(data)
+        with _noting_errors():
+            if self._keeps_room:
+                self._check_room(len(data))
+            self._file.write(data)
 
     def commit(self) -> None:
-        self._file.close()
-        self.store.fs.mv(self.temporary, self.final)
+        with _noting_errors():
+            self._file.close()
+            self.store.fs.mv(self.temporary, self.final)
         count_written(self.relative)
 
     def abort(self) -> None:

@@ -138,6 +138,8 @@ class _Counted(SpanExporter):
 
     def __init__(self, exporter: SpanExporter) -> None:
         self.exporter = exporter
+        # The jsonl exporter only batches here; it counts a span once the span is written.
+        self._counts_exported = not getattr(exporter, "obsml_counts_written", False)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         try:
@@ -145,7 +147,8 @@ class _Counted(SpanExporter):
         except Exception:
             result = SpanExportResult.FAILURE
         if result is SpanExportResult.SUCCESS:
-            count("spans_exported", len(spans))
+            if self._counts_exported:
+                count("spans_exported", len(spans))
         else:
             record_drop("span", "export_error", len(spans), detail=type(self.exporter).__name__)
         return result

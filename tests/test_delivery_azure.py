@@ -13,6 +13,7 @@ import os
 import pickle
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,11 +33,12 @@ from adlfs import AzureBlobFileSystem
 from apps import make_app
 from azure.storage.blob import ContainerClient
 from azurite import ACCOUNT_KEY, ACCOUNT_NAME, Azurite, new_container
-from conftest import running_server
+from conftest import running_gunicorn, running_server
 from spool_worker import body_is_whole, self_checking_body
 
 import obsml
 from obsml._pipeline import _PIPELINES, _PIPELINES_LOCK
+from obsml._spool import Spool
 
 OPTIONS = {"service": "credit", "model": "best_model", "version": "10"}
 TRACE_PART = re.compile(r"obsml/traces/\d{4}/\d\d/\d\d/\d\d/[^/.][^/]*\.jsonl")
@@ -182,6 +184,38 @@ def test_an_azure_outage_under_load_never_touches_requests_and_everything_lands_
     assert stats.get("objects_drained", 0) > 0, stats
 
 
+def test_a_spool_deleted_mid_traffic_is_owned_again_and_later_objects_are_delivered(
+    azurite: Azurite, azure_container: ContainerClient, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    use_account(monkeypatch, azurite.connection_string)
+    container = azure_container.container_name
+    spool = tmp_path / "spool"
+    rng = random.Random(2)
+    app = make_app(store=f"abfs://{container}/obsml", spool_dir=str(spool), flush_interval=0.05, **OPTIONS)
+
+    def delivered() -> set[str]:
+        return {span["attributes"]["obsml.correlation_id"] for span in spans_of(read_container(azure_container))}
+
+    with running_server(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        for label in ("before", "after"):
+            for n in range(6):
+                body = self_checking_body(rng, 70_000) if n % 2 else json.dumps({"row": n}).encode()
+                headers = {"x-correlation-id": f"{label}-{n}", "content-type": "application/octet-stream"}
+                assert client.post("/echo", content=body, headers=headers).content == body
+            deadline = time.monotonic() + 30
+            while not {f"{label}-{n}" for n in range(6)} <= delivered():
+                assert time.monotonic() < deadline, f"{label}: not delivered; {obsml.stats()}"
+                obsml.flush(1)
+            if label == "before":
+                shutil.rmtree(spool)  # a cleaner empties the cache the spool lives in
+    blobs = read_container(azure_container)
+    spans = spans_of(blobs)
+    assert sorted(span["attributes"]["obsml.correlation_id"] for span in spans) == sorted(
+        f"{label}-{n}" for label in ("before", "after") for n in range(6))
+    assert check_payloads(spans, blobs, container) == (12, [])
+    assert obsml.stats()["dropped"] == {}
+
+
 # 2. Servers killed with SIGKILL -------------------------------------------------------------------
 
 
@@ -251,6 +285,44 @@ def test_servers_killed_at_random_points_leave_only_whole_objects_and_the_next_s
     except BaseException:
         print(f"OBSML_TEST_SEED={seed} reproduces this run; " + "; ".join(plan), file=sys.stderr)
         raise
+
+
+def test_gunicorn_preload_workers_deliver_and_the_master_adopts_a_dead_process_records_before_any_request(
+    azurite: Azurite, azure_container: ContainerClient, tmp_path: Path
+) -> None:
+    container = azure_container.container_name
+    spool = tmp_path / "spool"
+    env = {"OBSML_STORE": f"abfs://{container}/obsml", "OBSML_SPOOL_DIR": str(spool),
+           "AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string}
+    # A dead process's records, waiting in the spool of the same store.
+    key = f"abfs-{hashlib.sha256(env['OBSML_STORE'].encode()).hexdigest()[:16]}"
+    dead = Spool(spool / key, 1 << 30)
+    for name in ("traces/dead-a.jsonl", "traces/dead-b.jsonl"):
+        record = dead.open_record(name)
+        record.write(b"{}")
+        record.commit()
+    dead.after_fork()  # its lock released, as the kernel does when a process dies
+
+    with running_gunicorn("wsgi_apps:plain_app", tmp_path / "unused", "--workers", "2", "--preload",
+                          env=env) as server:
+        deadline = time.monotonic() + 30
+        while {"obsml/traces/dead-a.jsonl", "obsml/traces/dead-b.jsonl"} - set(read_container(azure_container)):
+            assert time.monotonic() < deadline, server.log.read_text()
+            time.sleep(0.05)
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            for n in range(20):
+                body = b"w" * (70_000 if n % 4 == 0 else 100)
+                assert client.post("/", content=body, headers={"x-correlation-id": f"preload-{n}"}).content == body
+        # Delivered by the forked workers while they serve (not only by whoever adopts their spool later).
+        expected = {f"preload-{n}" for n in range(20)}
+        while {s["attributes"]["obsml.correlation_id"] for s in spans_of(read_container(azure_container))} != expected:
+            assert time.monotonic() < deadline + 30, server.log.read_text()[-3000:]
+            time.sleep(0.05)
+        assert server.stop() == 0
+    assert "SIGKILL" not in server.log.read_text()  # no worker hung at exit on the master's connections
+    blobs = read_container(azure_container)
+    spans = spans_of(blobs)
+    assert check_payloads(spans, blobs, container) == (10, [])
 
 
 # 3. Credentials never leak ------------------------------------------------------------------------

@@ -103,7 +103,7 @@ def test_a_late_capture_after_the_exit_flush_is_counted_and_logged_and_flush_ans
     result = subprocess.run([PYTHON, "-c", script], env={**os.environ, **env}, capture_output=True, text=True,
                             timeout=120, check=True)
     assert result.stdout.splitlines() == ["flush: True dropped: {'after_exit': {'span': 1}}"]
-    assert "obsml dropped 1 span item(s): after_exit" in result.stderr
+    assert "obsml dropped 1 span(s): after_exit" in result.stderr
     assert [span["attributes"]["obsml.correlation_id"] for span in read_spans(store)] == ["in-time"]
 
 

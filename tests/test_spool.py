@@ -6,7 +6,9 @@ import hashlib
 import json
 import logging
 import re
+import shutil
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -226,3 +228,74 @@ def test_an_object_the_sink_always_refuses_is_set_aside_and_counted_not_blocking
     assert stats["dropped"]["sink_rejected"]["record"] == 2  # the request and the response body
     assert {"poison", "fine-0", f"fine-{n}"} <= set(spans_in(picky_plugin.objects))
     assert picky_plugin.closed  # a sink that failed is closed before it is opened again
+
+
+def wait_until(condition: Any, what: str) -> None:
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, f"still waiting for {what}: {obsml.stats()}"
+        obsml.flush(0.1)
+        time.sleep(0.02)
+
+
+def test_a_spool_deleted_under_a_process_is_owned_again_and_what_it_held_is_counted(flaky: Any, tmp_path: Path) -> None:
+    store = f"flaky://box-{uuid.uuid4().hex}"
+    spool = tmp_path / "spool"
+    app = make_app(store=store, spool_dir=str(spool), flush_interval=0.05, flush_timeout=0.5)
+    with running_server(app) as url, httpx.Client(base_url=url) as client:
+        for n in range(3):
+            client.post("/echo", content=b"x" * 70_000, headers={"x-correlation-id": f"before-{n}"})
+        wait_until(lambda: obsml.stats().get("requests_captured") == 3, "the three spans")
+        assert obsml.flush(0.5) is False  # the sink is down: everything waits in the spool
+        spooled = obsml.stats()["objects_spooled"]
+        shutil.rmtree(spool)  # a cache cleaner
+        for n in range(3):
+            client.post("/echo", content=b"y" * 70_000, headers={"x-correlation-id": f"after-{n}"})
+        flaky.state["up"] = True
+        wait_until(lambda: {f"after-{n}" for n in range(3)} <= set(spans_in(flaky.objects)), "the later spans")
+    stats = obsml.stats()
+    assert stats["dropped"] == {"spool_lost": {"record": spooled}}
+    assert set(spans_in(flaky.objects)) == {f"after-{n}" for n in range(3)}
+    assert sum(name.startswith("payloads/") for name in flaky.objects) == 6
+    assert [path.name for path in spool.glob("*/*/*")] == ["lock"]  # one new directory, all delivered
+
+
+def dead_process_spool(root: Path, names: list[str]) -> None:
+    """Records a process committed before it died (the kernel then released its lock)."""
+    dead = Spool(root, 1 << 30)
+    for name in names:
+        record = dead.open_record(name)
+        record.write(f'{{"object": "{name}"}}'.encode())
+        record.commit()
+    dead.after_fork()
+
+
+def test_an_idle_process_delivers_a_dead_process_records_without_any_request(flaky: Any) -> None:
+    store = f"flaky://box-{uuid.uuid4().hex}"
+    from obsml._store import Store
+
+    root = Store(obsml.Settings.load(store=store)).delivery.spool.root  # type: ignore[union-attr]
+    dead_process_spool(root, ["traces/a.jsonl", "traces/b.jsonl"])
+    flaky.state["up"] = True
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("no request in this test")
+
+    obsml.ObsmlMiddleware(app, store=store)  # a restarted server, idle
+    deadline = time.monotonic() + 10
+    while len(flaky.objects) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert flaky.objects == {"traces/a.jsonl": b'{"object": "traces/a.jsonl"}',
+                             "traces/b.jsonl": b'{"object": "traces/b.jsonl"}'}
+    assert obsml.stats()["spool_records_adopted"] == 2
+
+
+def test_a_remote_store_commits_spans_to_the_spool_soon_whatever_the_flush_interval(flaky: Any) -> None:
+    # What a SIGKILL can lose is what waits in memory: for a remote store, at most ~0.25 s of spans.
+    store = f"flaky://box-{uuid.uuid4().hex}"
+    with running_server(make_app(store=store, flush_interval=3600, flush_timeout=0.5)) as url:
+        httpx.post(f"{url}/echo", content=b"{}", headers={"x-correlation-id": "soon"})
+        deadline = time.monotonic() + 10
+        while not obsml.stats().get("objects_spooled") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert obsml.stats().get("objects_spooled") == 1  # the part file, an hour early
