@@ -6,6 +6,7 @@ uWSGI clears and refills one environ dict per core for the next request, waitres
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections.abc import Iterator
@@ -84,6 +85,22 @@ def test_two_requests_one_after_the_other_each_keep_their_own_request_line_and_h
     spans = spans_of(store, {"first", "second"})
     assert request_line_and_tenant(spans["first"]) == ("POST", "/first", "a=1", ["alice"])
     assert request_line_and_tenant(spans["second"]) == ("GET", "/second", None, ["bob"])
+
+
+@pytest.mark.parametrize("fail", ["before", "during"])
+def test_a_failing_request_keeps_its_own_request_line_and_headers_under_uwsgi(started: Any, fail: str) -> None:
+    server, store = started("uwsgi-threads")
+    failing, after = f"fail-{fail}", f"after-{fail}"
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        # The app raises before responding, or while the server iterates its response.
+        with contextlib.suppress(httpx.TransportError):
+            client.put(f"/{fail}?b=2", content=b"0123456789" * 3,
+                       headers={"x-fail": fail, "x-pieces": "3", "x-tenant": "carol", "x-correlation-id": failing})
+        client.get("/next", headers={"x-tenant": "dave", "x-correlation-id": after})
+    spans = spans_of(store, {failing, after})
+    assert request_line_and_tenant(spans[failing]) == ("PUT", f"/{fail}", "b=2", ["carol"])
+    assert spans[failing]["status"]["code"] == "ERROR"
+    assert request_line_and_tenant(spans[after]) == ("GET", "/next", None, ["dave"])
 
 
 @pytest.mark.parametrize("name", ["uwsgi-threads", "gunicorn-gthread"])
