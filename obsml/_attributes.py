@@ -70,17 +70,45 @@ def _request_body(attributes: Attributes, capture: Capture) -> bool:
     return False
 
 
+def set_port(attributes: Attributes, key: str, value: object) -> None:
+    """``key`` as an integer port (servers give ints or strings), or nothing when it is not one."""
+    try:
+        port = int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return
+    if 0 <= port <= 65535:
+        attributes[key] = port
+
+
+def server_from_host(attributes: Attributes, host: str, scheme: str) -> None:
+    """``server.address`` and ``server.port`` parsed from the Host header, as the HTTP semantic
+    conventions say; a Host without a port means the scheme's default port (RFC 9110, 7.2)."""
+    if host.startswith("["):  # an IPv6 literal: [::1]:8000
+        address, _, rest = host[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    else:
+        address, colon, port = host.rpartition(":")
+        if not colon:
+            address, port = host, ""
+    attributes["server.address"] = address
+    set_port(attributes, "server.port", port or (443 if scheme == "https" else 80))
+
+
 def _body(attributes: Attributes, tee: BodyTee, unread: int = 0) -> None:
     prefix = f"obsml.{tee.direction}.body"
+    media = tee.media_type()
+    if media is not None:
+        attributes[f"{prefix}.content_type"] = media.decode("latin-1")
+    if tee.unseen is not None:
+        # A server extension sent the body past obsml: its size and bytes are unknown, never "empty".
+        attributes[f"{prefix}.not_captured"] = tee.unseen
+        return
     attributes[f"{prefix}.size"] = tee.size + unread
     attributes[f"{prefix}.truncated"] = tee.truncated or unread > 0
     if tee.truncated or unread:
         attributes[f"{prefix}.captured_size"] = tee.held
     if unread:
         attributes[f"{prefix}.unread_size"] = unread
-    media = tee.media_type()
-    if media is not None:
-        attributes[f"{prefix}.content_type"] = media.decode("latin-1")
     stream = tee.stream
     if stream is None:
         data = b"".join(tee.chunks)

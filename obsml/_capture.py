@@ -276,7 +276,9 @@ class Capture:
 class BodyTee:
     """The copy of one body: chunks in memory up to the inline limit, then streamed to the writer."""
 
-    __slots__ = ("capture", "chunks", "content_type", "direction", "first_perf", "held", "limit", "size", "stream")
+    __slots__ = (
+        "capture", "chunks", "content_type", "direction", "first_perf", "held", "limit", "size", "stream", "unseen"
+    )
 
     def __init__(self, capture: Capture, direction: str, content_type: bytes | None, limit: int) -> None:
         self.capture = capture
@@ -288,6 +290,7 @@ class BodyTee:
         self.held = 0  # bytes kept (in memory or streamed)
         self.first_perf = 0
         self.stream: PayloadStream | None = None
+        self.unseen: str | None = None  # the message type that sent body bytes past obsml, if any
 
     @property
     def in_memory(self) -> int:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from ._capture import Capture
+from ._attributes import server_from_host, set_port
+from ._capture import Capture, header_value
 from ._exceptions import ObsmlError
 from ._frameworks import asgi_route, hook_asgi_app, hook_scope
 from ._pipeline import Capturer
@@ -20,6 +21,10 @@ from ._stats import logger, report_internal_error, set_strict
 from ._types import ASGIApp, Attributes, Message, Receive, Scope, Send
 
 _CORRELATION_HEADER = b"x-correlation-id"
+# Server extensions that send a response body past the middleware (a file by path or by
+# descriptor). Hidden from the app, so files stream through obsml as plain body messages.
+_PATHSEND, _ZEROCOPYSEND = "http.response.pathsend", "http.response.zerocopysend"
+_UNSEEN_BODY_EXTENSIONS = (_PATHSEND, _ZEROCOPYSEND)
 _SHUTDOWN_DONE = ("lifespan.shutdown.complete", "lifespan.shutdown.failed")
 
 
@@ -62,6 +67,11 @@ class ObsmlMiddleware:
             self._hook_first_scope = False
             hook_scope(scope)
         try:
+            extensions = scope.get("extensions")
+            if extensions and (_PATHSEND in extensions or _ZEROCOPYSEND in extensions):
+                # A copy for the app: the server's own scope and extensions stay as they were.
+                extensions = {k: v for k, v in extensions.items() if k not in _UNSEEN_BODY_EXTENSIONS}
+                scope = {**scope, "extensions": extensions}
             capture = self.capturer.start(scope["headers"], scope)
         except Exception:
             report_internal_error("starting a capture", "span")
@@ -109,6 +119,9 @@ class _CaptureResponder:
                 if capture.route is None:  # read here, while the scope is still this request's
                     capture.route = asgi_route(scope)
                 capture.deactivate(tokens)
+                # The writer reads a copy of the scope as it is now, with what the app's router
+                # put in it, and never the scope itself, which is not obsml's once the request ends.
+                capture.info = dict(scope)
                 capture.finish()
             except Exception:
                 report_internal_error("finishing a capture", "span")
@@ -143,8 +156,13 @@ class _CaptureResponder:
                         break
                 else:
                     headers.append((_CORRELATION_HEADER, self.capture.correlation_bytes))
-                message["headers"] = headers
+                    # A copy: the app's message may be a constant it sends again for the next request.
+                    message = {**message, "headers": headers}
                 self.capture.response_started(message["status"], headers)
+            elif message["type"] in _UNSEEN_BODY_EXTENSIONS:  # sent anyway, though not offered
+                self.capture.response_body.unseen = message["type"]
+                if not message.get("more_body", False):
+                    self.capture.completed = True
         except Exception:
             report_internal_error("capturing a response")
         try:
@@ -214,10 +232,11 @@ class _Lifespan:
 
 def describe_scope(scope: Scope, capturer: Capturer) -> Attributes:
     """HTTP attributes of an ASGI scope (OpenTelemetry semantic conventions); runs on the writer."""
+    scheme = scope.get("scheme", "http")
     attributes: Attributes = {
         "http.request.method": scope.get("method", "GET"),
         "url.path": scope.get("path", ""),
-        "url.scheme": scope.get("scheme", "http"),
+        "url.scheme": scheme,
         "network.protocol.version": scope.get("http_version", "1.1"),
     }
     query = scope.get("query_string", b"")
@@ -226,10 +245,13 @@ def describe_scope(scope: Scope, capturer: Capturer) -> Attributes:
     client = scope.get("client")
     if client:
         attributes["client.address"] = client[0]
-        attributes["client.port"] = client[1]
-    server = scope.get("server")
-    if server:
-        attributes["server.address"] = server[0]
-        if server[1] is not None:
-            attributes["server.port"] = server[1]
+        set_port(attributes, "client.port", client[1])  # granian gives ports as strings
+    host = header_value(scope.get("headers", ()), b"host")
+    if host:
+        server_from_host(attributes, host.decode("latin-1"), scheme)
+    else:
+        server = scope.get("server")
+        if server:
+            attributes["server.address"] = server[0]
+            set_port(attributes, "server.port", server[1])
     return attributes

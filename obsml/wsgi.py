@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any, Protocol
 
+from ._attributes import server_from_host, set_port
 from ._capture import Capture
 from ._frameworks import hook_wsgi_app, wsgi_route
 from ._pipeline import Capturer
@@ -196,7 +197,13 @@ class _CaptureResponse:
 
     def _finish(self) -> None:
         try:
-            self.capture.finish()
+            capture = self.capture
+            # The writer reads a copy of the environ taken now, after the app (so a ProxyFix inside
+            # obsml has run) and before close() returns: servers reuse the environ once the response
+            # is closed (uWSGI clears and refills one dict per core). A shallow copy is the cheap
+            # way: the CGI keys and HTTP_* headers the writer reads are strings.
+            capture.info = capture.request_headers.environ = dict(capture.info)
+            capture.finish()
         except Exception:
             report_internal_error("finishing a capture", "span")
 
@@ -275,7 +282,7 @@ class _EnvironHeaders:
         self.environ = environ
 
     def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
-        for key, value in list(self.environ.items()):
+        for key, value in self.environ.items():
             if not isinstance(value, str):
                 continue
             if key.startswith("HTTP_"):
@@ -305,15 +312,16 @@ class _Latin1Pairs:
 def describe_environ(environ: Environ, capturer: Capturer) -> Attributes:
     """HTTP attributes of a WSGI environ (OpenTelemetry semantic conventions); runs on the writer.
 
-    It reads the live environ after the app ran, so a proxy-fixing middleware inside obsml
-    (werkzeug's ProxyFix) shows the real client and scheme. The route (Flask's URL rule) was
-    read on the request path, in ``start_response``.
+    It reads the copy of the environ taken when the response closed, after the app ran, so a
+    proxy-fixing middleware inside obsml (werkzeug's ProxyFix) shows the real client and scheme.
+    The route (Flask's URL rule) was read on the request path, in ``start_response``.
     """
     path = _text(environ.get("SCRIPT_NAME", "")) + _text(environ.get("PATH_INFO", ""))
+    scheme = environ.get("wsgi.url_scheme", "http")
     attributes: Attributes = {
         "http.request.method": environ.get("REQUEST_METHOD", "GET"),
         "url.path": path or "/",
-        "url.scheme": environ.get("wsgi.url_scheme", "http"),
+        "url.scheme": scheme,
     }
     protocol = environ.get("SERVER_PROTOCOL", "")
     if protocol.startswith("HTTP/"):
@@ -324,15 +332,13 @@ def describe_environ(environ: Environ, capturer: Capturer) -> Attributes:
     client = environ.get("REMOTE_ADDR")
     if client:
         attributes["client.address"] = client
-        port = _port(environ.get("REMOTE_PORT"))
-        if port is not None:
-            attributes["client.port"] = port
-    server = environ.get("SERVER_NAME")
-    if server:
-        attributes["server.address"] = server
-        port = _port(environ.get("SERVER_PORT"))
-        if port is not None:
-            attributes["server.port"] = port
+        set_port(attributes, "client.port", environ.get("REMOTE_PORT"))  # granian sets none
+    host = environ.get("HTTP_HOST")
+    if host:  # what the semantic conventions name (waitress's SERVER_NAME is "waitress.invalid")
+        server_from_host(attributes, _text(host), scheme)
+    elif environ.get("SERVER_NAME"):
+        attributes["server.address"] = environ["SERVER_NAME"]
+        set_port(attributes, "server.port", environ.get("SERVER_PORT"))
     return attributes
 
 
@@ -341,8 +347,3 @@ def _text(wsgi_string: str) -> str:
     return wsgi_string.encode("latin-1").decode("utf-8", "backslashreplace")
 
 
-def _port(value: object) -> int | None:
-    try:
-        return int(value)  # type: ignore[call-overload,no-any-return]
-    except (TypeError, ValueError):
-        return None

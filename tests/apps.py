@@ -10,7 +10,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
@@ -85,6 +85,23 @@ async def status(request: Request) -> Response:
     return PlainTextResponse("status", status_code=int(request.path_params["code"]))
 
 
+async def file(request: Request) -> Response:
+    """A file, as Starlette sends it: with ``http.response.pathsend`` when the scope offers it."""
+    return FileResponse(request.query_params["path"], media_type="application/octet-stream")
+
+
+class PathsendAnyway(FileResponse):
+    """A file sent with ``http.response.pathsend`` even though the scope does not offer it."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        offered = {**scope, "extensions": {**scope.get("extensions", {}), "http.response.pathsend": {}}}
+        await super().__call__(offered, receive, send)
+
+
+async def file_by_path(request: Request) -> Response:
+    return PathsendAnyway(request.query_params["path"], media_type="application/octet-stream")
+
+
 async def ws_echo(websocket: WebSocket) -> None:
     await websocket.accept()
     text = await websocket.receive_text()
@@ -103,6 +120,8 @@ def make_app(**options: Any) -> Starlette:
         Route("/fail/during", fail_during),
         Route("/fail/after-read", fail_after_reading, methods=["POST"]),
         Route("/status/{code:int}", status),
+        Route("/file", file),
+        Route("/file-by-path", file_by_path),
         WebSocketRoute("/ws", ws_echo),
     ]
     return Starlette(routes=routes, middleware=[Middleware(ObsmlMiddleware, **options)])

@@ -2,9 +2,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import textwrap
@@ -18,6 +16,7 @@ from typing import Any
 import pytest
 import uvicorn
 from azurite import azure_container, azurite, azurite_on_disk  # noqa: F401
+from servers import RunningCommand, free_port, running_command, store_env
 
 import obsml
 from obsml._pipeline import _PIPELINES, _PIPELINES_LOCK
@@ -125,52 +124,19 @@ def serve() -> Callable[..., Any]:
     return running_server
 
 
-TESTS = Path(__file__).parent
-
-
-class Gunicorn:
-    def __init__(self, url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-        self.url = url
-        self.process = process
-        self.log = log
-
-    def stop(self) -> int:
-        """Graceful stop, as an orchestrator does it: SIGTERM to the master, which stops its workers."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            raise
 
 
 @contextmanager
-def running_gunicorn(app: str, store: Path, *options: str, env: dict[str, str] | None = None) -> Iterator[Gunicorn]:
+def running_gunicorn(
+    app: str, store: Path, *options: str, env: dict[str, str] | None = None
+) -> Iterator[RunningCommand]:
     """A real gunicorn master with forked workers on 127.0.0.1, serving ``app`` from tests/."""
-    with free_socket() as sock:
-        port = sock.getsockname()[1]
-    log = store.parent / f"gunicorn-{port}.log"
-    store.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--chdir", str(TESTS),
+    port = free_port()
+    command = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}",
                "--graceful-timeout", "30", "--log-level", "warning", "--no-control-socket", *options, app]
-    environment = {**os.environ, "OBSML_STORE": str(store), "OBSML_FLUSH_INTERVAL": "0.1", **(env or {})}
-    with open(log, "wb") as log_file:
-        process = subprocess.Popen(command, env=environment, stdout=log_file, stderr=subprocess.STDOUT)
-    server = Gunicorn(f"http://127.0.0.1:{port}", process, log)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"gunicorn did not start:\n{log.read_text()}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.05)
+    log = store.parent / f"gunicorn-{port}.log"
+    with running_command(command, port, log, store_env(store, **(env or {}))) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def install_plugin(

@@ -320,3 +320,41 @@ def test_the_app_can_ask_which_request_it_is_serving(client: httpx.Client, store
     span = span_by_correlation_id(store, "who-1")
     assert response.json() == {"correlation_id": "who-1", "trace_id": span["trace_id"], "span_id": span["span_id"]}
     assert obsml.current_request() is None  # outside a request
+
+
+# A module-level constant, as a health endpoint might keep it: obsml must never write into it.
+CONSTANT_START = {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]}
+
+
+async def constant_start_app(scope: Any, receive: Any, send: Any) -> None:
+    await send(CONSTANT_START)
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def test_an_app_that_reuses_its_start_message_never_leaks_a_correlation_id(store: Path) -> None:
+    app = ObsmlMiddleware(constant_start_app, store=str(store), **OPTIONS)
+    with running_server(app, lifespan="off") as url, httpx.Client(base_url=url) as client:
+        first = client.get("/health", headers={"x-correlation-id": "health-0"})
+        second = client.get("/health", headers={"x-correlation-id": "health-1"})
+    assert (first.headers["x-correlation-id"], second.headers["x-correlation-id"]) == ("health-0", "health-1")
+    for correlation_id in ("health-0", "health-1"):
+        attributes = span_by_correlation_id(store, correlation_id)["attributes"]
+        assert attributes["http.response.header.x-correlation-id"] == [correlation_id]
+    assert CONSTANT_START["headers"] == [(b"content-type", b"text/plain")]
+
+
+def test_the_span_describes_the_scope_as_it_was_even_if_the_server_reuses_it(store: Path) -> None:
+    app = make_app(store=str(store), **OPTIONS)
+
+    async def reusing_server(scope: Any, receive: Any, send: Any) -> None:
+        # As uWSGI does with its environ: the request's dict is emptied once the request is over.
+        await app(scope, receive, send)
+        if scope["type"] == "http":
+            scope.clear()
+
+    with running_server(reusing_server) as url, httpx.Client(base_url=url) as client:
+        client.get("/status/201?tenant=alice", headers={"x-correlation-id": "reused"})
+    attributes = span_by_correlation_id(store, "reused")["attributes"]
+    assert (attributes["url.path"], attributes["url.query"], attributes["http.route"]) == (
+        "/status/201", "tenant=alice", "/status/{code}"
+    )

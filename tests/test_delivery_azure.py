@@ -307,7 +307,7 @@ def test_gunicorn_preload_workers_deliver_and_the_master_adopts_a_dead_process_r
                           env=env) as server:
         deadline = time.monotonic() + 30
         while {"obsml/traces/dead-a.jsonl", "obsml/traces/dead-b.jsonl"} - set(read_container(azure_container)):
-            assert time.monotonic() < deadline, server.log.read_text()
+            assert time.monotonic() < deadline, server.log()
             time.sleep(0.05)
         with httpx.Client(base_url=server.url, timeout=30) as client:
             for n in range(20):
@@ -316,10 +316,10 @@ def test_gunicorn_preload_workers_deliver_and_the_master_adopts_a_dead_process_r
         # Delivered by the forked workers while they serve (not only by whoever adopts their spool later).
         expected = {f"preload-{n}" for n in range(20)}
         while {s["attributes"]["obsml.correlation_id"] for s in spans_of(read_container(azure_container))} != expected:
-            assert time.monotonic() < deadline + 30, server.log.read_text()[-3000:]
+            assert time.monotonic() < deadline + 30, server.log()[-3000:]
             time.sleep(0.05)
         assert server.stop() == 0
-    assert "SIGKILL" not in server.log.read_text()  # no worker hung at exit on the master's connections
+    assert "SIGKILL" not in server.log()  # no worker hung at exit on the master's connections
     blobs = read_container(azure_container)
     spans = spans_of(blobs)
     assert check_payloads(spans, blobs, container) == (10, [])

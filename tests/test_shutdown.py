@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from conftest import TESTS, free_socket, read_spans, running_server
+from conftest import free_socket, read_spans, running_server
 from servers import free_port, running_command
 from starlette.applications import Starlette
 
@@ -60,7 +60,7 @@ def test_every_request_is_in_the_store_after_the_server_is_stopped_by_a_signal(
     port = free_port()
     env = {"OBSML_STORE": str(store), "OBSML_FLUSH_INTERVAL": "3600"}  # nothing is written before the stop
     command = [part.format(port=port) for part in command]
-    with running_command(command, port, env, cwd=TESTS, output=tmp_path / "server.log") as process:
+    with running_command(command, port, tmp_path / "server.log", env) as process:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
             for row in range(REQUESTS):
                 client.get(route.format(row=row), headers={"x-correlation-id": f"row-{row}"}).raise_for_status()

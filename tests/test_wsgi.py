@@ -9,11 +9,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import Gunicorn, body_bytes, running_gunicorn, span_by_correlation_id
+from conftest import body_bytes, running_gunicorn, span_by_correlation_id
+from servers import RunningCommand
+
+Served = tuple[RunningCommand, Path]  # a running server and its store
 
 
 @pytest.fixture(scope="module")
-def flask_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gunicorn, Path]]:
+def flask_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     store = tmp_path_factory.mktemp("flask") / "store"
     with running_gunicorn("wsgi_apps:flask_app", store, "--workers", "1", "--worker-class", "gthread",
                           "--threads", "4") as server:
@@ -21,13 +24,13 @@ def flask_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gun
 
 
 @pytest.fixture(scope="module")
-def plain_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gunicorn, Path]]:
+def plain_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     store = tmp_path_factory.mktemp("plain") / "store"
     with running_gunicorn("wsgi_apps:plain_app", store, "--workers", "1") as server:
         yield server, store
 
 
-def fresh_client(server: Gunicorn) -> httpx.Client:
+def fresh_client(server: RunningCommand) -> httpx.Client:
     return httpx.Client(base_url=server.url, timeout=30)
 
 
@@ -42,7 +45,7 @@ def fresh_client(server: Gunicorn) -> httpx.Client:
     ],
 )
 def test_flask_bodies_are_inline_up_to_the_limit_and_offloaded_whole_past_it(
-    flask_server: tuple[Gunicorn, Path], body: bytes, inline: bool, request: pytest.FixtureRequest
+    flask_server: Served, body: bytes, inline: bool, request: pytest.FixtureRequest
 ) -> None:
     server, store = flask_server
     correlation_id = f"flask-{request.node.callspec.id}"
@@ -63,7 +66,7 @@ def test_flask_bodies_are_inline_up_to_the_limit_and_offloaded_whole_past_it(
         assert body_bytes(span, direction) == body
 
 
-def test_a_body_the_app_never_reads_is_counted_as_unread_not_waited_for(flask_server: tuple[Gunicorn, Path]) -> None:
+def test_a_body_the_app_never_reads_is_counted_as_unread_not_waited_for(flask_server: Served) -> None:
     server, store = flask_server
     with fresh_client(server) as client:
         response = client.post("/ignore-body", content=b"z" * 5000, headers={"x-correlation-id": "unread-1"})
@@ -75,7 +78,7 @@ def test_a_body_the_app_never_reads_is_counted_as_unread_not_waited_for(flask_se
     assert attributes["obsml.request.body.truncated"] is True
 
 
-def test_flask_routes_name_the_span_and_requests_are_described(flask_server: tuple[Gunicorn, Path]) -> None:
+def test_flask_routes_name_the_span_and_requests_are_described(flask_server: Served) -> None:
     server, store = flask_server
     with fresh_client(server) as client:
         client.get("/scores/7?sig=CANARY-sas-9e1f&limit=3&%73ig=CANARY-sas-2&design=a/b%20c&flag",
@@ -93,7 +96,7 @@ def test_flask_routes_name_the_span_and_requests_are_described(flask_server: tup
 
 
 def test_a_generator_response_streams_chunk_by_chunk_and_is_captured_whole(
-    flask_server: tuple[Gunicorn, Path], tmp_path: Path
+    flask_server: Served, tmp_path: Path
 ) -> None:
     server, store = flask_server
     gate = tmp_path / "gate"
@@ -114,7 +117,7 @@ def test_a_generator_response_streams_chunk_by_chunk_and_is_captured_whole(
     assert "obsml.client.disconnected" not in attributes
 
 
-def test_an_exception_flask_turns_into_a_500_is_recorded(flask_server: tuple[Gunicorn, Path]) -> None:
+def test_an_exception_flask_turns_into_a_500_is_recorded(flask_server: Served) -> None:
     server, store = flask_server
     with fresh_client(server) as client:
         response = client.get("/fail/before", headers={"x-correlation-id": "fail-before"})
@@ -128,7 +131,7 @@ def test_an_exception_flask_turns_into_a_500_is_recorded(flask_server: tuple[Gun
     assert event["attributes"]["exception.message"] == "row 3: income must be a number"
 
 
-def test_an_exception_during_iteration_is_recorded_with_what_was_sent(flask_server: tuple[Gunicorn, Path]) -> None:
+def test_an_exception_during_iteration_is_recorded_with_what_was_sent(flask_server: Served) -> None:
     server, store = flask_server
     received = b""
     with fresh_client(server) as client, pytest.raises(httpx.HTTPError), client.stream(
@@ -144,7 +147,7 @@ def test_an_exception_during_iteration_is_recorded_with_what_was_sent(flask_serv
     assert received == b"data: first\n\n"
 
 
-def test_a_client_that_goes_away_mid_stream_still_yields_a_span(flask_server: tuple[Gunicorn, Path]) -> None:
+def test_a_client_that_goes_away_mid_stream_still_yields_a_span(flask_server: Served) -> None:
     server, store = flask_server
     with fresh_client(server) as client, client.stream(
         "GET", "/endless", headers={"x-correlation-id": "gone-1"}
@@ -158,7 +161,7 @@ def test_a_client_that_goes_away_mid_stream_still_yields_a_span(flask_server: tu
 
 
 def test_a_client_that_goes_away_mid_upload_leaves_the_size_that_arrived_and_the_declared_one(
-    plain_server: tuple[Gunicorn, Path],
+    plain_server: Served,
 ) -> None:
     server, store = plain_server
     host, port = server.url.removeprefix("http://").split(":")
@@ -176,7 +179,7 @@ def test_a_client_that_goes_away_mid_upload_leaves_the_size_that_arrived_and_the
 
 
 @pytest.mark.parametrize("fail", [None, "during"])
-def test_close_is_called_exactly_once(plain_server: tuple[Gunicorn, Path], tmp_path: Path, fail: str | None) -> None:
+def test_close_is_called_exactly_once(plain_server: Served, tmp_path: Path, fail: str | None) -> None:
     server, store = plain_server
     record = tmp_path / "closes"
     headers = {"x-correlation-id": f"close-{fail}", "x-close-record": str(record), "x-pieces": "2"}
@@ -192,7 +195,7 @@ def test_close_is_called_exactly_once(plain_server: tuple[Gunicorn, Path], tmp_p
     assert (span["status"]["code"] == "ERROR") is bool(fail)
 
 
-def test_a_plain_wsgi_callable_is_captured(plain_server: tuple[Gunicorn, Path]) -> None:
+def test_a_plain_wsgi_callable_is_captured(plain_server: Served) -> None:
     server, store = plain_server
     body = b"\xff\x00 not utf-8 " * 10_000
     with fresh_client(server) as client:
@@ -209,7 +212,7 @@ def test_a_plain_wsgi_callable_is_captured(plain_server: tuple[Gunicorn, Path]) 
     assert failure["events"][0]["attributes"]["exception.type"] == "ValueError"
 
 
-def test_a_file_wrapper_response_is_served_and_captured(flask_server: tuple[Gunicorn, Path], tmp_path: Path) -> None:
+def test_a_file_wrapper_response_is_served_and_captured(flask_server: Served, tmp_path: Path) -> None:
     server, store = flask_server
     content = bytes(range(256)) * 800  # 200 KB
     path = tmp_path / "model-card.bin"
@@ -221,7 +224,7 @@ def test_a_file_wrapper_response_is_served_and_captured(flask_server: tuple[Guni
     assert body_bytes(span, "response") == content
 
 
-def test_the_legacy_write_callable_is_captured_in_order(plain_server: tuple[Gunicorn, Path]) -> None:
+def test_the_legacy_write_callable_is_captured_in_order(plain_server: Served) -> None:
     server, store = plain_server
     body = b"written first, then returned"
     with fresh_client(server) as client:
@@ -231,7 +234,7 @@ def test_the_legacy_write_callable_is_captured_in_order(plain_server: tuple[Guni
     assert body_bytes(span, "response") == body
 
 
-def test_a_flask_view_can_ask_which_request_it_is_serving(flask_server: tuple[Gunicorn, Path]) -> None:
+def test_a_flask_view_can_ask_which_request_it_is_serving(flask_server: Served) -> None:
     server, store = flask_server
     with fresh_client(server) as client:
         response = client.get("/whoami", headers={"x-correlation-id": "who-2"})
