@@ -33,6 +33,9 @@ _VALID_CORRELATION_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 _VALID_TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _SAMPLE_SPACE = 1 << 64
+# What CPython spends on a header beyond its characters (two bytes objects and a tuple, or a
+# dict entry), counted with them so that many tiny headers weigh what they hold.
+HEADER_OVERHEAD = 150
 
 Describe = Callable[[Any, "Capturer"], "Attributes"]
 
@@ -80,6 +83,7 @@ class Capture:
         "end_perf",
         "exception",
         "exception_ns",
+        "held_bytes",
         "info",
         "parent",
         "request_body",
@@ -98,13 +102,15 @@ class Capture:
     )
 
     def __init__(
-        self, capturer: Capturer, found: list[bytes | None], headers: Any, info: Any
+        self, capturer: Capturer, found: list[bytes | None], headers: Any, info: Any, held_bytes: int
     ) -> None:
         self.start_ns = time.time_ns()
         self.start_perf = time.perf_counter_ns()
         self.capturer = capturer
         self.info = info
         self.request_headers = headers
+        # Bytes of headers (and request target) this capture keeps alive, as the adapter measured them.
+        self.held_bytes = held_bytes
         self.response_headers: Any = ()
         self.status = 0
         self.responded = False
@@ -166,10 +172,11 @@ class Capture:
             otel_context.detach(tokens[1])  # type: ignore[arg-type]
         CURRENT_CAPTURE.reset(tokens[0])
 
-    def response_started(self, status: int, headers: Any) -> None:
+    def response_started(self, status: int, headers: Any, held_bytes: int) -> None:
         self.status = status
         self.responded = True
         self.response_headers = headers
+        self.held_bytes += held_bytes
 
     def fail(self, exc: BaseException) -> None:
         self.exception = exc
@@ -190,16 +197,27 @@ class Capture:
         writer = self.capturer.pipeline.writer
         if writer.submit(self):
             return
+        if self._follows_a_body_let_in_alone() and writer.submit(self, force=True):
+            return
         record_drop("span", "queue_full")
         for tee in (self.request_body, self.response_body):
             tee.chunks = []
             if tee.stream is not None and tee.stream.queued:  # else the writer never opened a file
                 abort_stream(writer, tee.stream)
 
+    def _follows_a_body_let_in_alone(self) -> bool:
+        # A body chunk over the whole queue bound went in alone (the writer admits one into an
+        # empty queue); without its span it would be discarded, so the span follows it in. There
+        # is at most one such chunk in the queue at a time, so at most one span per chunk as well.
+        for tee in (self.request_body, self.response_body):
+            if tee.stream is not None and tee.stream.alone and tee.stream.lost is None:
+                return True
+        return False
+
     @property
     def nbytes(self) -> int:
-        """Body bytes this job holds in memory (streamed bytes were counted as they left)."""
-        return self.request_body.in_memory + self.response_body.in_memory
+        """Bytes this job holds in memory: headers, inline bodies (streamed bytes were counted as they left)."""
+        return self.held_bytes + self.request_body.in_memory + self.response_body.in_memory
 
     def run(self) -> None:
         self.capturer.emit(self)

@@ -17,13 +17,14 @@ if TYPE_CHECKING:
 class PayloadStream:
     """A body on its way to ``payloads/``. Chunks travel through the writer queue in order."""
 
-    __slots__ = ("capturer", "error", "hasher", "lost", "queued", "relative", "target", "tee")
+    __slots__ = ("alone", "capturer", "error", "hasher", "lost", "queued", "relative", "target", "tee")
 
     def __init__(self, tee: BodyTee) -> None:
         self.tee = tee
         self.capturer = tee.capture.capturer
         self.lost: DropReason | None = None  # set on the request path when a chunk could not be queued
         self.queued = False  # a chunk reached the writer (which then holds a file to discard)
+        self.alone = False  # a chunk over the whole queue bound went in alone (its span must follow)
         # The rest belongs to the writer thread, which fills it in at the first chunk.
         self.relative: str | None = None
         self.error: DropReason | None = None  # the store refused a write
@@ -35,6 +36,8 @@ class PayloadStream:
             return
         if self.capturer.pipeline.writer.submit(_Chunk(self, data)):
             self.queued = True
+            if len(data) > self.capturer.queue_max_bytes:
+                self.alone = True
         else:
             self.lost = "queue_full"
 

@@ -89,7 +89,12 @@ class Writer:
             self._start()
         nbytes = job.nbytes
         with self._lock:
-            if not force and (self._items >= self._max_items or self._bytes + nbytes > self._max_bytes):
+            if not force and (
+                self._items >= self._max_items
+                # An item over the whole byte bound (a body sent as one chunk bigger than it) goes
+                # in alone, into a queue holding no other bytes: slicing it would hold no less.
+                or (self._bytes + nbytes > self._max_bytes and self._bytes)
+            ):
                 return False
             self._items += 1
             self._bytes += nbytes

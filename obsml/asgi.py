@@ -8,9 +8,10 @@ Messages are forwarded as they come; nothing is held back from the app or the cl
 from __future__ import annotations
 
 import asyncio
+from itertools import chain
 from typing import Any
 
-from ._capture import Capture
+from ._capture import HEADER_OVERHEAD, Capture
 from ._exceptions import ObsmlError
 from ._pipeline import Capturer
 from ._redact import RedactionPolicy
@@ -55,7 +56,8 @@ class ObsmlMiddleware:
             await self.app(scope, receive, send)
             return
         try:
-            capture = self.capturer.start(scope["headers"], scope)
+            target_bytes = len(scope.get("path", "")) + len(scope.get("query_string", b""))
+            capture = self.capturer.start(scope["headers"], scope, target_bytes)
         except Exception:
             report_internal_error("starting a capture", "span")
             await self.app(scope, receive, send)
@@ -131,7 +133,8 @@ class _CaptureResponder:
                 else:
                     headers.append((_CORRELATION_HEADER, self.capture.correlation_bytes))
                 message["headers"] = headers
-                self.capture.response_started(message["status"], headers)
+                held_bytes = sum(map(len, chain.from_iterable(headers))) + len(headers) * HEADER_OVERHEAD
+                self.capture.response_started(message["status"], headers, held_bytes)
         except Exception:
             report_internal_error("capturing a response")
         try:

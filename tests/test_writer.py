@@ -4,7 +4,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +20,35 @@ import obsml
 OPTIONS = {"service": "credit", "model": "best_model", "version": "10"}
 
 
+class Stall:
+    """A job that holds the writer (and one byte of its queue) until released."""
+
+    nbytes = 1
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def run(self) -> None:
+        self.release.wait(30)
+
+
+@contextmanager
+def stalled_writer(**options: Any) -> Iterator[Stall]:
+    """The writer of these settings busy and its queue not empty (an item over the bound would go in alone)."""
+    from obsml._pipeline import pipeline_for
+
+    stall = Stall()
+    assert pipeline_for(obsml.Settings.load(**options)).writer.submit(stall)
+    try:
+        yield stall
+    finally:
+        stall.release.set()
+
+
 def test_a_full_queue_drops_the_span_counts_it_and_leaves_the_request_alone(store: Path) -> None:
     body = b"b" * 5000  # held inline: 10 KB for request and response, over the 1 KB queue bound
-    with running_server(make_app(store=str(store), queue_max_bytes=1000, **OPTIONS)) as url:
+    options = {"store": str(store), "queue_max_bytes": 1000, **OPTIONS}
+    with running_server(make_app(**options)) as url, stalled_writer(**options):
         response = httpx.post(f"{url}/echo", content=body)
     assert response.content == body
     obsml.flush()
@@ -29,8 +58,8 @@ def test_a_full_queue_drops_the_span_counts_it_and_leaves_the_request_alone(stor
 
 def test_a_payload_that_cannot_be_queued_is_marked_lost_in_its_span(store: Path) -> None:
     body = b"p" * 5000
-    app = make_app(store=str(store), queue_max_bytes=3000, inline_limit=100, **OPTIONS)
-    with running_server(app) as url:
+    options = {"store": str(store), "queue_max_bytes": 3000, "inline_limit": 100, **OPTIONS}
+    with running_server(make_app(**options)) as url, stalled_writer(**options):
         assert httpx.post(f"{url}/echo", content=body, headers={"x-correlation-id": "lost"}).content == body
     attributes = span_by_correlation_id(store, "lost")["attributes"]
     assert attributes["obsml.request.body.lost"] == attributes["obsml.response.body.lost"] == "queue_full"
@@ -131,30 +160,16 @@ def test_memory_stays_bounded_by_the_queue_whatever_the_body_size(store: Path) -
 
 
 def test_the_queue_bound_holds_while_spans_are_dropped_for_a_stalled_writer(store: Path) -> None:
-    import threading
-
     from obsml._pipeline import pipeline_for
 
     options = {"store": str(store), "queue_max_items": 20, "inline_limit": 1000, **OPTIONS}
     writer = pipeline_for(obsml.Settings.load(**options)).writer
-    release = threading.Event()
-
-    class Stall:
-        nbytes = 0
-
-        def run(self) -> None:
-            release.wait(30)
-
-    assert writer.submit(Stall())
     body = b"s" * 3000  # offloaded: each request queues chunks, then its span
-    with running_server(make_app(**options)) as url, httpx.Client(base_url=url) as client:
-        try:
-            for n in range(60):
-                assert client.post("/echo", content=body, headers={"x-correlation-id": f"stall-{n}"}).content == body
-            # Dropped spans must not leave unbounded work behind them in the queue.
-            assert writer.pending() <= 20 + 2 * 20
-        finally:
-            release.set()
+    with running_server(make_app(**options)) as url, stalled_writer(**options), httpx.Client(base_url=url) as client:
+        for n in range(60):
+            assert client.post("/echo", content=body, headers={"x-correlation-id": f"stall-{n}"}).content == body
+        # Dropped spans must not leave unbounded work behind them in the queue.
+        assert writer.pending() <= 20 + 2 * 20
     assert obsml.flush(10)
     stats = obsml.stats()
     assert stats["dropped"]["queue_full"]["span"] >= 50
