@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -12,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from apps import make_app
-from conftest import free_socket, read_spans, running_server, span_by_correlation_id
+from apps import make_app, pattern
+from conftest import body_bytes, free_socket, read_spans, running_gunicorn, running_server, span_by_correlation_id
 
 import obsml
 
@@ -21,11 +22,10 @@ OPTIONS = {"service": "credit", "model": "best_model", "version": "10"}
 
 
 class Stall:
-    """A job that holds the writer (and one byte of its queue) until released."""
+    """A job that holds the writer (and ``nbytes`` of its queue) until released."""
 
-    nbytes = 1
-
-    def __init__(self) -> None:
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes = nbytes
         self.release = threading.Event()
 
     def run(self) -> None:
@@ -33,11 +33,11 @@ class Stall:
 
 
 @contextmanager
-def stalled_writer(**options: Any) -> Iterator[Stall]:
-    """The writer of these settings busy and its queue not empty (an item over the bound would go in alone)."""
+def stalled_writer(nbytes: int = 1, **options: Any) -> Iterator[Stall]:
+    """The writer of these settings busy; its queue holds ``nbytes`` (with none, an item over the bound goes in)."""
     from obsml._pipeline import pipeline_for
 
-    stall = Stall()
+    stall = Stall(nbytes)
     assert pipeline_for(obsml.Settings.load(**options)).writer.submit(stall)
     try:
         yield stall
@@ -174,3 +174,43 @@ def test_the_queue_bound_holds_while_spans_are_dropped_for_a_stalled_writer(stor
     stats = obsml.stats()
     assert stats["dropped"]["queue_full"]["span"] >= 50
     assert not list(store.rglob(".*.tmp"))  # every payload file opened for a dropped span was discarded
+
+
+BIG = 70_000_000  # one chunk over the 64 MiB queue bound, under the 100 MiB capture limit
+
+
+def assert_captured_whole(span: dict[str, Any], expected: bytes) -> None:
+    attributes = span["attributes"]
+    assert "obsml.response.body.lost" not in attributes
+    assert attributes["obsml.response.body.size"] == len(expected)
+    assert attributes["obsml.response.body.sha256"] == hashlib.sha256(expected).hexdigest()
+    assert hashlib.sha256(body_bytes(span, "response")).hexdigest() == attributes["obsml.response.body.sha256"]
+
+
+def test_a_response_sent_as_one_chunk_over_the_queue_bound_is_captured_whole_under_uvicorn(store: Path) -> None:
+    with running_server(make_app(store=str(store), **OPTIONS)) as url:
+        response = httpx.get(f"{url}/bytes/{BIG}", headers={"x-correlation-id": "big"}, timeout=60)
+    assert response.content == pattern(BIG)
+    assert_captured_whole(span_by_correlation_id(store, "big"), response.content)
+    assert obsml.stats()["dropped"] == {}
+
+
+def test_a_response_sent_as_one_chunk_over_the_queue_bound_is_captured_whole_under_gunicorn_gthread(
+    store: Path,
+) -> None:
+    options = ("--worker-class", "gthread", "--threads", "2")
+    with running_gunicorn("wsgi_apps:flask_app", store, *options) as server:
+        response = httpx.get(f"{server.url}/bytes/{BIG}", headers={"x-correlation-id": "big"}, timeout=60)
+        assert server.stop() == 0
+    assert response.content == pattern(BIG)
+    [span] = read_spans(store)
+    assert_captured_whole(span, response.content)
+
+
+def test_the_span_of_a_body_let_in_alone_follows_it_even_while_the_body_fills_the_queue(store: Path) -> None:
+    options = {"store": str(store), "queue_max_bytes": 1 << 20, **OPTIONS}
+    with running_server(make_app(**options)) as url, stalled_writer(nbytes=0, **options):
+        # The writer is busy: the 2 MB chunk waits in the queue, over its bound, when the span comes.
+        response = httpx.get(f"{url}/bytes/2000000", headers={"x-correlation-id": "alone"})
+    assert_captured_whole(span_by_correlation_id(store, "alone"), response.content)
+    assert obsml.stats()["dropped"] == {}
