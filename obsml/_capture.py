@@ -201,9 +201,9 @@ class Capture:
             return
         record_drop("span", "queue_full")
         for tee in (self.request_body, self.response_body):
-            tee.chunks = []
             if tee.stream is not None and tee.stream.queued:  # else the writer never opened a file
                 abort_stream(writer, tee.stream)
+        self._release()
 
     def _follows_a_body_let_in_alone(self) -> bool:
         # A body chunk over the whole queue bound went in alone (the writer admits one into an
@@ -220,7 +220,20 @@ class Capture:
         return self.held_bytes + self.request_body.in_memory + self.response_body.in_memory
 
     def run(self) -> None:
-        self.capturer.emit(self)
+        try:
+            self.capturer.emit(self)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        # A capture and its body tees refer to each other, so only the cyclic garbage collector
+        # frees them, maybe much later: let go at once of what is heavy (the scope or environ with
+        # its headers, the inline bodies, the exception with its frames). ``nbytes`` is unchanged.
+        self.info = None
+        self.request_headers = self.response_headers = ()
+        self.exception = None
+        self.request_body.chunks = []
+        self.response_body.chunks = []
 
 
 class BodyTee:
