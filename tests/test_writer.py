@@ -11,12 +11,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import httpx
+import pytest
 from apps import make_app, pattern
 from conftest import body_bytes, free_socket, read_spans, running_gunicorn, running_server, span_by_correlation_id
 
 import obsml
+from obsml import ObsmlWSGIMiddleware
 
 OPTIONS = {"service": "credit", "model": "best_model", "version": "10"}
 
@@ -53,6 +56,44 @@ def test_a_full_queue_drops_the_span_counts_it_and_leaves_the_request_alone(stor
     assert response.content == body
     obsml.flush()
     assert read_spans(store) == []
+    assert obsml.stats()["dropped"] == {"queue_full": {"span": 1}}
+
+
+@contextmanager
+def serving(server: str, options: dict[str, Any]) -> Iterator[str]:
+    """uvicorn with the test app, or the standard library's WSGI server with obsml over a tiny app."""
+    if server == "uvicorn":
+        with running_server(make_app(**options), h11_max_incomplete_event_size=1 << 20) as url:
+            yield url
+        return
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = make_server("127.0.0.1", 0, ObsmlWSGIMiddleware(app, **options), handler_class=QuietHandler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_port}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(10)
+
+
+@pytest.mark.parametrize("server", ["uvicorn", "wsgiref"])
+def test_request_headers_count_against_the_queue_bound(store: Path, server: str) -> None:
+    options = {"store": str(store), "queue_max_bytes": 50_000, **OPTIONS}
+    with serving(server, options) as url, stalled_writer(**options):
+        httpx.get(f"{url}/whoami", headers={"x-correlation-id": "small"})
+        httpx.get(f"{url}/whoami", headers={"x-correlation-id": "big", "x-big": "h" * 60_000})
+    obsml.flush()
+    assert [span["attributes"]["obsml.correlation_id"] for span in read_spans(store)] == ["small"]
     assert obsml.stats()["dropped"] == {"queue_full": {"span": 1}}
 
 
