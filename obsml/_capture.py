@@ -206,9 +206,9 @@ class Capture:
         self._release()
 
     def _follows_a_body_let_in_alone(self) -> bool:
-        # A body chunk over the whole queue bound went in alone (the writer admits one into an
-        # empty queue); without its span it would be discarded, so the span follows it in. There
-        # is at most one such chunk in the queue at a time, so at most one span per chunk as well.
+        # A body chunk over the queue's bound went in alone (the writer admits one into an empty
+        # queue); without its span it would be discarded, so the span follows it in. There is at
+        # most one such chunk in the queue at a time, so at most one forced span per chunk too.
         for tee in (self.request_body, self.response_body):
             if tee.stream is not None and tee.stream.alone and tee.stream.lost is None:
                 return True

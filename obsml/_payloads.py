@@ -24,7 +24,7 @@ class PayloadStream:
         self.capturer = tee.capture.capturer
         self.lost: DropReason | None = None  # set on the request path when a chunk could not be queued
         self.queued = False  # a chunk reached the writer (which then holds a file to discard)
-        self.alone = False  # a chunk over the whole queue bound went in alone (its span must follow)
+        self.alone = False  # a chunk over the queue's bound for bodies went in alone (its span must follow)
         # The rest belongs to the writer thread, which fills it in at the first chunk.
         self.relative: str | None = None
         self.error: DropReason | None = None  # the store refused a write
@@ -34,9 +34,10 @@ class PayloadStream:
     def send(self, data: bytes) -> None:
         if self.lost is not None:
             return
-        if self.capturer.pipeline.writer.submit(_Chunk(self, data)):
+        bound = self.capturer.queue_body_bytes
+        if self.capturer.pipeline.writer.submit(_Chunk(self, data), max_bytes=bound):
             self.queued = True
-            if len(data) > self.capturer.queue_max_bytes:
+            if len(data) > bound:
                 self.alone = True
         else:
             self.lost = "queue_full"

@@ -124,7 +124,9 @@ class Capturer:
         self.redaction = RedactionPolicy(settings.redact_headers)
         self.inline_limit = settings.inline_limit
         self.max_capture = settings.max_capture
-        self.queue_max_bytes = settings.queue_max_bytes
+        # Body chunks may fill four fifths of the queue: the rest is kept for spans (their headers
+        # and inline bodies), so that the span of a body lost to a full queue can still say so.
+        self.queue_body_bytes = max(1, settings.queue_max_bytes * 4 // 5)
         self.sample_all = settings.sample_rate >= 1.0
         self.sample_threshold = sampling_threshold(settings.sample_rate)
         self.correlation_headers = settings.correlation_headers

@@ -83,17 +83,18 @@ class Writer:
         self._running = False
         self._closed = False
 
-    def submit(self, job: Job, force: bool = False) -> bool:
-        """Queue ``job``; False when the queue is full. ``force`` is for tiny end-of-item markers."""
+    def submit(self, job: Job, force: bool = False, max_bytes: int = 0) -> bool:
+        """Queue ``job``; False when the queue is full. ``force`` is for tiny end-of-item markers,
+        ``max_bytes`` a lower byte bound for this job (body chunks leave room for spans)."""
         if not self._running:
             self._start()
         nbytes = job.nbytes
         with self._lock:
             if not force and (
                 self._items >= self._max_items
-                # An item over the whole byte bound (a body sent as one chunk bigger than it) goes
+                # An item over its whole byte bound (a body sent as one chunk bigger than it) goes
                 # in alone, into a queue holding no other bytes: slicing it would hold no less.
-                or (self._bytes + nbytes > self._max_bytes and self._bytes)
+                or (self._bytes + nbytes > (max_bytes or self._max_bytes) and self._bytes > 0)
             ):
                 return False
             self._items += 1

@@ -8,7 +8,6 @@ Messages are forwarded as they come; nothing is held back from the app or the cl
 from __future__ import annotations
 
 import asyncio
-from itertools import chain
 from typing import Any
 
 from ._capture import HEADER_OVERHEAD, Capture
@@ -127,13 +126,14 @@ class _CaptureResponder:
                     self.capture.completed = True
             elif message["type"] == "http.response.start":
                 headers = list(message.get("headers", ()))
-                for name, _ in headers:
+                held_bytes, own_id = 0, False
+                for name, value in headers:
+                    held_bytes += len(name) + len(value) + HEADER_OVERHEAD
                     if name.lower() == _CORRELATION_HEADER:  # the app set its own: leave it
-                        break
-                else:
+                        own_id = True
+                if not own_id:
                     headers.append((_CORRELATION_HEADER, self.capture.correlation_bytes))
                 message["headers"] = headers
-                held_bytes = sum(map(len, chain.from_iterable(headers))) + len(headers) * HEADER_OVERHEAD
                 self.capture.response_started(message["status"], headers, held_bytes)
         except Exception:
             report_internal_error("capturing a response")

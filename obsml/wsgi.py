@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from itertools import chain
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -127,6 +126,7 @@ class _CaptureResponse:
         except BaseException as exc:
             capture.fail(exc)
             self._deactivate()
+            self.closed = True  # no response for the server to close: __del__ must not finish it again
             self._finish()
             raise
         return self
@@ -142,12 +142,13 @@ class _CaptureResponse:
         self, status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
     ) -> Write:
         try:
-            for name, _ in headers:
+            held_bytes, own_id = 0, False
+            for name, value in headers:
+                held_bytes += len(name) + len(value) + HEADER_OVERHEAD
                 if name.lower() == _CORRELATION_HEADER:  # the app set its own: leave it
-                    break
-            else:
+                    own_id = True
+            if not own_id:
                 headers = [*headers, (_CORRELATION_HEADER, self.capture.correlation_id)]
-            held_bytes = sum(map(len, chain.from_iterable(headers))) + len(headers) * HEADER_OVERHEAD
             self.capture.response_started(int(status[:3]), _Latin1Pairs(headers), held_bytes)
             if self.capture.route is None:
                 self.capture.route = _route_of(self.capture.info)
