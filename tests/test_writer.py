@@ -48,11 +48,20 @@ def stalled_writer(nbytes: int = 1, **options: Any) -> Iterator[Stall]:
         stall.release.set()
 
 
+def wait_for_a_drop() -> None:
+    """A capture ends just after the client has its response: wait for the drop to be counted
+    before the stalled writer is released (an empty queue would take the item in alone)."""
+    deadline = time.monotonic() + 10
+    while not obsml.stats()["dropped"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def test_a_full_queue_drops_the_span_counts_it_and_leaves_the_request_alone(store: Path) -> None:
     body = b"b" * 5000  # held inline: 10 KB for request and response, over the 1 KB queue bound
     options = {"store": str(store), "queue_max_bytes": 1000, **OPTIONS}
     with running_server(make_app(**options)) as url, stalled_writer(**options):
         response = httpx.post(f"{url}/echo", content=body)
+        wait_for_a_drop()
     assert response.content == body
     obsml.flush()
     assert read_spans(store) == []
@@ -92,6 +101,7 @@ def test_request_headers_count_against_the_queue_bound(store: Path, server: str)
     with serving(server, options) as url, stalled_writer(**options):
         httpx.get(f"{url}/whoami", headers={"x-correlation-id": "small"})
         httpx.get(f"{url}/whoami", headers={"x-correlation-id": "big", "x-big": "h" * 60_000})
+        wait_for_a_drop()
     obsml.flush()
     assert [span["attributes"]["obsml.correlation_id"] for span in read_spans(store)] == ["small"]
     assert obsml.stats()["dropped"] == {"queue_full": {"span": 1}}
