@@ -11,6 +11,7 @@ from hashlib import sha256
 from typing import TYPE_CHECKING
 
 from ._capture import BodyTee, header_value
+from ._redact import header_text
 
 if TYPE_CHECKING:
     from ._capture import Capture
@@ -35,7 +36,7 @@ def span_attributes(capture: Capture) -> tuple[str, Attributes]:
     attributes.update(redaction.header_attributes("response", capture.response_headers))
     user_agent = header_value(capture.request_headers, b"user-agent")
     if user_agent is not None:
-        attributes["user_agent.original"] = user_agent.decode("latin-1")
+        attributes["user_agent.original"] = header_text(user_agent)
     cut_off = _request_body(attributes, capture)
     if capture.responded:
         _body(attributes, capture.response_body)

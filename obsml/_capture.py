@@ -41,6 +41,9 @@ _VALID_TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-(
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _SAMPLE_SPACE = 1 << 64
 MAX_EXCEPTION_EVENTS = 32  # per request: an app recording in a loop must not grow a span without bound
+# What CPython spends on a header beyond its characters (two bytes objects and a tuple, or a
+# dict entry), counted with them so that many tiny headers weigh what they hold.
+HEADER_OVERHEAD = 150
 
 Describe = Callable[[Any, "Capturer"], "Attributes"]
 
@@ -117,6 +120,7 @@ class Capture:
         "exception",
         "exceptions",
         "exceptions_not_recorded",
+        "held_bytes",
         "info",
         "parent",
         "request_body",
@@ -136,13 +140,15 @@ class Capture:
     )
 
     def __init__(
-        self, capturer: Capturer, found: list[bytes | None], headers: Any, info: Any
+        self, capturer: Capturer, found: list[bytes | None], headers: Any, info: Any, held_bytes: int
     ) -> None:
         self.start_ns = time.time_ns()
         self.start_perf = time.perf_counter_ns()
         self.capturer = capturer
         self.info = info
         self.request_headers = headers
+        # Bytes of headers (and request target) this capture keeps alive, as the adapter measured them.
+        self.held_bytes = held_bytes
         self.response_headers: Any = ()
         self.status = 0
         self.responded = False
@@ -215,10 +221,11 @@ class Capture:
             otel_context.detach(tokens[1])  # type: ignore[arg-type]
         CURRENT_CAPTURE.reset(tokens[0])
 
-    def response_started(self, status: int, headers: Any) -> None:
+    def response_started(self, status: int, headers: Any, held_bytes: int) -> None:
         self.status = status
         self.responded = True
         self.response_headers = headers
+        self.held_bytes += held_bytes
 
     def fail(self, exc: BaseException) -> None:
         """``exc`` escaped the app through obsml's frame: the request failed."""
@@ -258,19 +265,43 @@ class Capture:
         writer = self.capturer.pipeline.writer
         if writer.submit(self):
             return
+        if self._follows_a_body_let_in_alone() and writer.submit(self, force=True):
+            return
         record_drop("span", writer.refusal)
         for tee in (self.request_body, self.response_body):
-            tee.chunks = []
             if tee.stream is not None and tee.stream.queued:  # else the writer never opened a file
                 abort_stream(writer, tee.stream)
+        self._release()
+
+    def _follows_a_body_let_in_alone(self) -> bool:
+        # A body chunk over the queue's bound went in alone (the writer admits one into an empty
+        # queue); without its span it would be discarded, so the span follows it in. There is at
+        # most one such chunk in the queue at a time, so at most one forced span per chunk too.
+        for tee in (self.request_body, self.response_body):
+            if tee.stream is not None and tee.stream.alone and tee.stream.lost is None:
+                return True
+        return False
 
     @property
     def nbytes(self) -> int:
-        """Body bytes this job holds in memory (streamed bytes were counted as they left)."""
-        return self.request_body.in_memory + self.response_body.in_memory
+        """Bytes this job holds in memory: headers, inline bodies (streamed bytes were counted as they left)."""
+        return self.held_bytes + self.request_body.in_memory + self.response_body.in_memory
 
     def run(self) -> None:
-        self.capturer.emit(self)
+        try:
+            self.capturer.emit(self)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        # A capture and its body tees refer to each other, so only the cyclic garbage collector
+        # frees them, maybe much later: let go at once of what is heavy (the scope or environ with
+        # its headers, the inline bodies, the exception with its frames). ``nbytes`` is unchanged.
+        self.info = None
+        self.request_headers = self.response_headers = ()
+        self.exception = self.exceptions = None
+        self.request_body.chunks = []
+        self.response_body.chunks = []
 
 
 class BodyTee:

@@ -17,13 +17,14 @@ if TYPE_CHECKING:
 class PayloadStream:
     """A body on its way to ``payloads/``. Chunks travel through the writer queue in order."""
 
-    __slots__ = ("capturer", "error", "hasher", "lost", "queued", "relative", "target", "tee")
+    __slots__ = ("alone", "capturer", "error", "hasher", "lost", "queued", "relative", "target", "tee")
 
     def __init__(self, tee: BodyTee) -> None:
         self.tee = tee
         self.capturer = tee.capture.capturer
         self.lost: DropReason | None = None  # set on the request path when a chunk could not be queued
         self.queued = False  # a chunk reached the writer (which then holds a file to discard)
+        self.alone = False  # a chunk over the queue's bound for bodies went in alone (its span must follow)
         # The rest belongs to the writer thread, which fills it in at the first chunk.
         self.relative: str | None = None
         self.error: DropReason | None = None  # the store refused a write
@@ -34,8 +35,11 @@ class PayloadStream:
         if self.lost is not None:
             return
         writer = self.capturer.pipeline.writer
-        if writer.submit(_Chunk(self, data)):
+        bound = self.capturer.queue_body_bytes
+        if writer.submit(_Chunk(self, data), max_bytes=bound):
             self.queued = True
+            if len(data) > bound:
+                self.alone = True
         else:
             self.lost = writer.refusal
 

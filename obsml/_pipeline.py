@@ -14,7 +14,7 @@ from typing import Any
 from opentelemetry import trace
 
 from ._attributes import span_attributes
-from ._capture import Capture, Describe, sampling_threshold
+from ._capture import HEADER_OVERHEAD, Capture, Describe, sampling_threshold
 from ._metrics import register_metrics
 from ._payloads import PayloadStream
 from ._redact import RedactionPolicy
@@ -128,6 +128,9 @@ class Capturer:
         self.redaction = RedactionPolicy(settings.redact_headers, settings.correlation_headers)
         self.inline_limit = settings.inline_limit
         self.max_capture = settings.max_capture
+        # Body chunks may fill four fifths of the queue: the rest is kept for spans (their headers
+        # and inline bodies), so that the span of a body lost to a full queue can still say so.
+        self.queue_body_bytes = max(1, settings.queue_max_bytes * 4 // 5)
         self.sample_all = settings.sample_rate >= 1.0
         self.sample_threshold = sampling_threshold(settings.sample_rate)
         self.correlation_headers = settings.correlation_headers
@@ -164,15 +167,20 @@ class Capturer:
             self._otel_configured = not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
         return self._otel_configured
 
-    def start(self, headers: Any, info: Any) -> Capture:
-        """Begin capturing a request whose raw ``(name, value)`` header pairs are ``headers``."""
+    def start(self, headers: Any, info: Any, held_bytes: int) -> Capture:
+        """Begin capturing a request whose raw ``(name, value)`` header pairs are ``headers``.
+
+        ``held_bytes`` is what else of the request the capture keeps (its target); the headers'
+        own bytes are added here, in the one scan, so the queue bound counts them too.
+        """
         found: list[bytes | None] = [None] * self.slot_count
         slots = self.header_slots
         for name, value in headers:
+            held_bytes += len(name) + len(value) + HEADER_OVERHEAD
             slot = slots.get(name)
             if slot is not None and found[slot] is None:
                 found[slot] = value
-        return Capture(self, found, headers, info)
+        return Capture(self, found, headers, info, held_bytes)
 
     def emit(self, capture: Capture) -> None:
         """Writer side: turn a finished capture into a span."""

@@ -38,6 +38,19 @@ _MAY_HOLD_A_KEY = re.compile("%|" + "|".join(sorted(map(re.escape, REDACTED_QUER
 
 # Keep a span well under the SDK's default limit of 128 attributes.
 MAX_HEADERS_RECORDED = 64
+# A header is recorded up to these bounds (a client can send megabytes), cut with a marker
+# that says how much was there: each value to this many characters (gunicorn's default limit
+# for a whole header line is 8190), each name to this many values, names to this length.
+MAX_HEADER_VALUE_LENGTH = 8192
+MAX_HEADER_VALUES = 16
+MAX_HEADER_NAME_LENGTH = 256
+
+
+def header_text(raw_value: bytes) -> str:
+    """A header value as recorded: whole, or cut at the bound with a marker giving its true size."""
+    if len(raw_value) <= MAX_HEADER_VALUE_LENGTH:
+        return raw_value.decode("latin-1")
+    return f"{raw_value[:MAX_HEADER_VALUE_LENGTH].decode('latin-1')}[obsml: truncated, {len(raw_value)} bytes]"
 
 
 def rejected(value: bytes) -> str:
@@ -51,27 +64,46 @@ class RedactionPolicy:
         self.correlation_headers = frozenset(h.lower() for h in correlation_headers)
 
     def header_attributes(self, prefix: str, pairs: Iterable[tuple[bytes, bytes]]) -> Attributes:
-        """``http.{request,response}.header.<name>`` attributes, credentials replaced."""
+        """``http.{request,response}.header.<name>`` attributes, credentials replaced, sizes capped."""
         values: dict[str, list[str]] = {}
         redacted: set[str] = set()
+        truncated: set[str] = set()
+        beyond: dict[str, list[int]] = {}  # name: [values over MAX_HEADER_VALUES, their bytes]
+        long_names = 0
         for raw_name, raw_value in pairs:
+            if len(raw_name) > MAX_HEADER_NAME_LENGTH:
+                long_names += 1
+                continue
             name = raw_name.decode("latin-1").lower()
-            if name in self.headers:
+            recorded = values.setdefault(name, [])
+            if len(recorded) == MAX_HEADER_VALUES:
+                counts = beyond.setdefault(name, [0, 0])
+                counts[0] += 1
+                counts[1] += len(raw_value)
+            elif name in self.headers:
                 redacted.add(name)
-                value = REDACTED
+                recorded.append(REDACTED)
             elif name in self.correlation_headers and not recordable_correlation_value(raw_value):
-                value = rejected(raw_value)  # may be hostile: never stored (README)
+                recorded.append(rejected(raw_value))  # may be hostile: never stored (README)
             else:
-                value = raw_value.decode("latin-1")
-            values.setdefault(name, []).append(value)
+                if len(raw_value) > MAX_HEADER_VALUE_LENGTH:
+                    truncated.add(name)
+                recorded.append(header_text(raw_value))
+        for name, (count, size) in beyond.items():
+            values[name].append(f"[obsml: {count} more values, {size} bytes]")
+            truncated.add(name)
         attributes: Attributes = {}
         for index, (name, header_values) in enumerate(sorted(values.items())):
             if index == MAX_HEADERS_RECORDED:
-                attributes[f"obsml.{prefix}.headers_not_recorded"] = len(values) - MAX_HEADERS_RECORDED
                 break
             attributes[f"http.{prefix}.header.{name}"] = header_values
+        not_recorded = max(0, len(values) - MAX_HEADERS_RECORDED) + long_names
+        if not_recorded:
+            attributes[f"obsml.{prefix}.headers_not_recorded"] = not_recorded
         if redacted:
             attributes[f"obsml.{prefix}.headers_redacted"] = sorted(redacted)
+        if truncated:
+            attributes[f"obsml.{prefix}.headers_truncated"] = sorted(truncated)
         return attributes
 
     @staticmethod

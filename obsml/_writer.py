@@ -98,17 +98,24 @@ class Writer:
         self._closed = False
         self._stop: _Stop | None = None
 
-    def submit(self, job: Job, force: bool = False) -> bool:
+    def submit(self, job: Job, force: bool = False, max_bytes: int = 0) -> bool:
         """Queue ``job``; False when the queue is full or the writer closed (see :attr:`refusal`).
 
-        ``force`` is for tiny end-of-item markers: they pass the bounds, not a close.
+        ``force`` is for tiny end-of-item markers: they pass the bounds, not a close. ``max_bytes``
+        is a lower byte bound for this job (body chunks leave room for spans).
         """
         if not self._running:
             self._start()
         nbytes = job.nbytes
         with self._lock:
             if self._closed or (
-                not force and (self._items >= self._max_items or self._bytes + nbytes > self._max_bytes)
+                not force
+                and (
+                    self._items >= self._max_items
+                    # An item over its whole byte bound (a body sent as one chunk bigger than it) goes
+                    # in alone, into a queue holding no other bytes: slicing it would hold no less.
+                    or (self._bytes + nbytes > (max_bytes or self._max_bytes) and self._bytes > 0)
+                )
             ):
                 return False
             self._items += 1

@@ -11,7 +11,7 @@ import asyncio
 from typing import Any
 
 from ._attributes import server_from_host, set_port
-from ._capture import Capture, header_value
+from ._capture import HEADER_OVERHEAD, Capture, header_value
 from ._exceptions import ObsmlError
 from ._frameworks import asgi_route, hook_asgi_app, hook_scope
 from ._pipeline import Capturer
@@ -72,7 +72,8 @@ class ObsmlMiddleware:
                 # A copy for the app: the server's own scope and extensions stay as they were.
                 extensions = {k: v for k, v in extensions.items() if k not in _UNSEEN_BODY_EXTENSIONS}
                 scope = {**scope, "extensions": extensions}
-            capture = self.capturer.start(scope["headers"], scope)
+            target_bytes = len(scope.get("path", "")) + len(scope.get("query_string", b""))
+            capture = self.capturer.start(scope["headers"], scope, target_bytes)
         except Exception:
             report_internal_error("starting a capture", "span")
             await self.app(scope, receive, send)
@@ -151,14 +152,16 @@ class _CaptureResponder:
                     self.capture.completed = True
             elif message["type"] == "http.response.start":
                 headers = list(message.get("headers", ()))
-                for name, _ in headers:
+                held_bytes, own_id = 0, False
+                for name, value in headers:
+                    held_bytes += len(name) + len(value) + HEADER_OVERHEAD
                     if name.lower() == _CORRELATION_HEADER:  # the app set its own: leave it
-                        break
-                else:
+                        own_id = True
+                if not own_id:
                     headers.append((_CORRELATION_HEADER, self.capture.correlation_bytes))
                     # A copy: the app's message may be a constant it sends again for the next request.
                     message = {**message, "headers": headers}
-                self.capture.response_started(message["status"], headers)
+                self.capture.response_started(message["status"], headers, held_bytes)
             elif message["type"] in _UNSEEN_BODY_EXTENSIONS:  # sent anyway, though not offered
                 self.capture.response_body.unseen = message["type"]
                 if not message.get("more_body", False):

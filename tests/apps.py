@@ -37,6 +37,16 @@ async def digest(request: Request) -> Response:
     return JSONResponse({"sha256": hasher.hexdigest(), "size": size})
 
 
+def pattern(size: int) -> bytes:
+    """``size`` bytes that are not all alike (so a hash tells a shifted or cut copy from the original)."""
+    return (bytes(range(256)) * (size // 256 + 1))[:size]
+
+
+async def sized(request: Request) -> Response:
+    """A body of the size asked for, sent as one ASGI message (a normal non-streaming response)."""
+    return Response(pattern(int(request.path_params["size"])), media_type="application/octet-stream")
+
+
 async def whoami(request: Request) -> Response:
     """What obsml.current_request() tells the app's own code about the request being served."""
     ids = obsml.current_request()
@@ -113,6 +123,7 @@ def make_app(**options: Any) -> Starlette:
     routes = [
         Route("/echo", echo, methods=["POST"]),
         Route("/whoami", whoami),
+        Route("/bytes/{size:int}", sized),
         Route("/digest", digest, methods=["POST"]),
         Route("/stream", stream),
         Route("/endless", endless),

@@ -278,6 +278,22 @@ def test_credentials_in_headers_never_reach_the_store(store: Path, caplog: pytes
     assert [r for r in caplog.records if "CANARY" in r.getMessage() and not r.name.startswith(client_side)] == []
 
 
+def test_long_and_repeated_headers_are_recorded_cut_with_a_marker_and_their_true_size(store: Path) -> None:
+    headers = [("x-big", "b" * 20_000), ("user-agent", "u" * 9000), ("x-" + "n" * 300, "a long name")]
+    headers += [("x-many", f"v{index}") for index in range(20)] + [("x-correlation-id", "caps")]
+    # uvicorn (h11) takes 16 KiB of headers by default; a server may take more.
+    with running_server(make_app(store=str(store), **OPTIONS), h11_max_incomplete_event_size=1 << 20) as url:
+        assert httpx.get(f"{url}/whoami", headers=headers).status_code == 200
+    attributes = span_by_correlation_id(store, "caps")["attributes"]
+    assert attributes["http.request.header.x-big"] == ["b" * 8192 + "[obsml: truncated, 20000 bytes]"]
+    assert attributes["user_agent.original"] == "u" * 8192 + "[obsml: truncated, 9000 bytes]"
+    many = [f"v{index}" for index in range(16)] + ["[obsml: 4 more values, 12 bytes]"]
+    assert attributes["http.request.header.x-many"] == many
+    assert attributes["obsml.request.headers_truncated"] == ["user-agent", "x-big", "x-many"]
+    assert attributes["obsml.request.headers_not_recorded"] == 1  # the long name, never a key
+    assert not [key for key in attributes if "nnn" in key]
+
+
 def test_websocket_connections_pass_through_untouched(server: str, store: Path) -> None:
     with connect(server.replace("http", "ws") + "/ws") as websocket:
         websocket.send("hello")

@@ -1,36 +1,116 @@
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import httpx
-from apps import make_app
-from conftest import free_socket, read_spans, running_server, span_by_correlation_id
+import pytest
+from apps import make_app, pattern
+from conftest import body_bytes, free_socket, read_spans, running_gunicorn, running_server, span_by_correlation_id
 
 import obsml
+from obsml import ObsmlWSGIMiddleware
 
 OPTIONS = {"service": "credit", "model": "best_model", "version": "10"}
 
 
+class Stall:
+    """A job that holds the writer (and ``nbytes`` of its queue) until released."""
+
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes = nbytes
+        self.release = threading.Event()
+
+    def run(self) -> None:
+        self.release.wait(30)
+
+
+@contextmanager
+def stalled_writer(nbytes: int = 1, **options: Any) -> Iterator[Stall]:
+    """The writer of these settings busy; its queue holds ``nbytes`` (with none, an item over the bound goes in)."""
+    from obsml._pipeline import pipeline_for
+
+    stall = Stall(nbytes)
+    assert pipeline_for(obsml.Settings.load(**options)).writer.submit(stall)
+    try:
+        yield stall
+    finally:
+        stall.release.set()
+
+
+def wait_for_a_drop() -> None:
+    """A capture ends just after the client has its response: wait for the drop to be counted
+    before the stalled writer is released (an empty queue would take the item in alone)."""
+    deadline = time.monotonic() + 10
+    while not obsml.stats()["dropped"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def test_a_full_queue_drops_the_span_counts_it_and_leaves_the_request_alone(store: Path) -> None:
     body = b"b" * 5000  # held inline: 10 KB for request and response, over the 1 KB queue bound
-    with running_server(make_app(store=str(store), queue_max_bytes=1000, **OPTIONS)) as url:
+    options = {"store": str(store), "queue_max_bytes": 1000, **OPTIONS}
+    with running_server(make_app(**options)) as url, stalled_writer(**options):
         response = httpx.post(f"{url}/echo", content=body)
+        wait_for_a_drop()
     assert response.content == body
     obsml.flush()
     assert read_spans(store) == []
     assert obsml.stats()["dropped"] == {"queue_full": {"span": 1}}
 
 
+@contextmanager
+def serving(server: str, options: dict[str, Any]) -> Iterator[str]:
+    """uvicorn with the test app, or the standard library's WSGI server with obsml over a tiny app."""
+    if server == "uvicorn":
+        with running_server(make_app(**options), h11_max_incomplete_event_size=1 << 20) as url:
+            yield url
+        return
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = make_server("127.0.0.1", 0, ObsmlWSGIMiddleware(app, **options), handler_class=QuietHandler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_port}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(10)
+
+
+@pytest.mark.parametrize("server", ["uvicorn", "wsgiref"])
+def test_request_headers_count_against_the_queue_bound(store: Path, server: str) -> None:
+    options = {"store": str(store), "queue_max_bytes": 50_000, **OPTIONS}
+    with serving(server, options) as url, stalled_writer(**options):
+        httpx.get(f"{url}/whoami", headers={"x-correlation-id": "small"})
+        httpx.get(f"{url}/whoami", headers={"x-correlation-id": "big", "x-big": "h" * 60_000})
+        wait_for_a_drop()
+    obsml.flush()
+    assert [span["attributes"]["obsml.correlation_id"] for span in read_spans(store)] == ["small"]
+    assert obsml.stats()["dropped"] == {"queue_full": {"span": 1}}
+
+
 def test_a_payload_that_cannot_be_queued_is_marked_lost_in_its_span(store: Path) -> None:
     body = b"p" * 5000
-    app = make_app(store=str(store), queue_max_bytes=3000, inline_limit=100, **OPTIONS)
-    with running_server(app) as url:
+    options = {"store": str(store), "queue_max_bytes": 3000, "inline_limit": 100, **OPTIONS}
+    with running_server(make_app(**options)) as url, stalled_writer(**options):
         assert httpx.post(f"{url}/echo", content=body, headers={"x-correlation-id": "lost"}).content == body
     attributes = span_by_correlation_id(store, "lost")["attributes"]
     assert attributes["obsml.request.body.lost"] == attributes["obsml.response.body.lost"] == "queue_full"
@@ -131,31 +211,57 @@ def test_memory_stays_bounded_by_the_queue_whatever_the_body_size(store: Path) -
 
 
 def test_the_queue_bound_holds_while_spans_are_dropped_for_a_stalled_writer(store: Path) -> None:
-    import threading
-
     from obsml._pipeline import pipeline_for
 
     options = {"store": str(store), "queue_max_items": 20, "inline_limit": 1000, **OPTIONS}
     writer = pipeline_for(obsml.Settings.load(**options)).writer
-    release = threading.Event()
-
-    class Stall:
-        nbytes = 0
-
-        def run(self) -> None:
-            release.wait(30)
-
-    assert writer.submit(Stall())
     body = b"s" * 3000  # offloaded: each request queues chunks, then its span
-    with running_server(make_app(**options)) as url, httpx.Client(base_url=url) as client:
-        try:
-            for n in range(60):
-                assert client.post("/echo", content=body, headers={"x-correlation-id": f"stall-{n}"}).content == body
-            # Dropped spans must not leave unbounded work behind them in the queue.
-            assert writer.pending() <= 20 + 2 * 20
-        finally:
-            release.set()
+    with running_server(make_app(**options)) as url, stalled_writer(**options), httpx.Client(base_url=url) as client:
+        for n in range(60):
+            assert client.post("/echo", content=body, headers={"x-correlation-id": f"stall-{n}"}).content == body
+        # Dropped spans must not leave unbounded work behind them in the queue.
+        assert writer.pending() <= 20 + 2 * 20
     assert obsml.flush(10)
     stats = obsml.stats()
     assert stats["dropped"]["queue_full"]["span"] >= 50
     assert not list(store.rglob(".*.tmp"))  # every payload file opened for a dropped span was discarded
+
+
+BIG = 70_000_000  # one chunk over the 64 MiB queue bound, under the 100 MiB capture limit
+
+
+def assert_captured_whole(span: dict[str, Any], expected: bytes) -> None:
+    attributes = span["attributes"]
+    assert "obsml.response.body.lost" not in attributes
+    assert attributes["obsml.response.body.size"] == len(expected)
+    assert attributes["obsml.response.body.sha256"] == hashlib.sha256(expected).hexdigest()
+    assert hashlib.sha256(body_bytes(span, "response")).hexdigest() == attributes["obsml.response.body.sha256"]
+
+
+def test_a_response_sent_as_one_chunk_over_the_queue_bound_is_captured_whole_under_uvicorn(store: Path) -> None:
+    with running_server(make_app(store=str(store), **OPTIONS)) as url:
+        response = httpx.get(f"{url}/bytes/{BIG}", headers={"x-correlation-id": "big"}, timeout=60)
+    assert response.content == pattern(BIG)
+    assert_captured_whole(span_by_correlation_id(store, "big"), response.content)
+    assert obsml.stats()["dropped"] == {}
+
+
+def test_a_response_sent_as_one_chunk_over_the_queue_bound_is_captured_whole_under_gunicorn_gthread(
+    store: Path,
+) -> None:
+    options = ("--worker-class", "gthread", "--threads", "2")
+    with running_gunicorn("wsgi_apps:flask_app", store, *options) as server:
+        response = httpx.get(f"{server.url}/bytes/{BIG}", headers={"x-correlation-id": "big"}, timeout=60)
+        assert server.stop() == 0
+    assert response.content == pattern(BIG)
+    [span] = read_spans(store)
+    assert_captured_whole(span, response.content)
+
+
+def test_the_span_of_a_body_let_in_alone_follows_it_even_while_the_body_fills_the_queue(store: Path) -> None:
+    options = {"store": str(store), "queue_max_bytes": 1 << 20, **OPTIONS}
+    with running_server(make_app(**options)) as url, stalled_writer(nbytes=0, **options):
+        # The writer is busy: the 2 MB chunk waits in the queue, over its bound, when the span comes.
+        response = httpx.get(f"{url}/bytes/2000000", headers={"x-correlation-id": "alone"})
+    assert_captured_whole(span_by_correlation_id(store, "alone"), response.content)
+    assert obsml.stats()["dropped"] == {}

@@ -6,6 +6,7 @@ import hashlib
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -240,3 +241,29 @@ def test_a_flask_view_can_ask_which_request_it_is_serving(flask_server: Served) 
         response = client.get("/whoami", headers={"x-correlation-id": "who-2"})
     span = span_by_correlation_id(store, "who-2")
     assert response.json() == {"correlation_id": "who-2", "trace_id": span["trace_id"], "span_id": span["span_id"]}
+
+
+def test_an_app_that_fails_before_responding_gives_one_span_also_once_garbage_is_collected(store: Path) -> None:
+    import gc
+    from wsgiref.util import setup_testing_defaults
+
+    import obsml
+    from obsml import ObsmlWSGIMiddleware
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        raise ValueError("failed before responding")
+
+    def server_environ() -> dict[str, Any]:  # the standard library's minimal environ, dropped after the call
+        environ: dict[str, Any] = {"HTTP_X_CORRELATION_ID": "fail-once"}
+        setup_testing_defaults(environ)
+        return environ
+
+    try:  # not pytest.raises: it would keep the exception, and with it what the test is about
+        ObsmlWSGIMiddleware(app, store=str(store))(server_environ(), lambda *args: None)
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("the app's exception did not reach the server")
+    obsml.flush()
+    gc.collect()  # the exception's frames held the response object: its finalizer ran only now
+    assert span_by_correlation_id(store, "fail-once")["status"]["code"] == "ERROR"

@@ -53,6 +53,12 @@ def digest() -> dict[str, Any]:
     return {"sha256": hasher.hexdigest(), "size": size}
 
 
+@flask_app.get("/bytes/<int:size>")
+def sized(size: int) -> Response:
+    """A body of the size asked for (as apps.pattern makes it), returned whole: the server gets one chunk."""
+    return Response((bytes(range(256)) * (size // 256 + 1))[:size], content_type="application/octet-stream")
+
+
 @flask_app.get("/whoami")
 def whoami() -> dict[str, Any]:
     ids = obsml.current_request()
