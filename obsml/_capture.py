@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from opentelemetry import context as otel_context
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
 
+from ._objects import utc_folders
 from ._payloads import PayloadStream, abort_stream, extension_for
 from ._stats import count, record_drop, report_internal_error
-from ._store import utc_folders
 
 if TYPE_CHECKING:
     from ._pipeline import Capturer

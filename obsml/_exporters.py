@@ -20,10 +20,11 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter, SpanExportResult
 
 from ._exceptions import PluginImportError
+from ._objects import describe_error, failure_reason, utc_folders
 from ._registry import install_hint
 from ._settings import Settings
 from ._stats import count, logger, record_drop
-from ._store import Store, describe_error, failure_reason, utc_folders
+from ._store import Store
 
 _BATCH_MAX_SPANS = 1000
 # A part file is also written once its lines pass this size, so that a batch of large spans

@@ -16,11 +16,12 @@ from opentelemetry import trace
 from ._attributes import span_attributes
 from ._capture import HEADER_OVERHEAD, Capture, Describe, sampling_threshold
 from ._metrics import register_metrics
+from ._objects import failure_reason
 from ._payloads import PayloadStream
 from ._redact import RedactionPolicy
 from ._settings import Settings
 from ._stats import count, logger, record_drop
-from ._store import Store, failure_reason
+from ._store import Store
 from ._tracing import Tracing
 from ._writer import Writer
 
