@@ -30,7 +30,6 @@ MAX_EXCEPTION_EVENTS = 32  # per request: an app recording in a loop must not gr
 HEADER_OVERHEAD = 150
 
 
-
 class CaptureSettings(BodyLimits, Protocol):
     """What a capture needs of its middleware: the ``Capturer`` (in ``_pipeline``), compiled once.
 

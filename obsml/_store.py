@@ -26,14 +26,13 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from ._delivery import Delivery
 from ._exceptions import ConfigError
 from ._objects import AtomicTarget, StoreWriteError, count_written, describe_error, utc_folders
 from ._secrets import scrub
-from ._spool import Spool, default_spool_dir
 from ._stats import count, note_error
 
 if TYPE_CHECKING:
+    from ._delivery import Delivery
     from ._settings import Settings
     from ._sinks import SinkOpener
 
@@ -111,6 +110,9 @@ class Store:
         self._start_delivery(settings, lambda: FsspecSink(type(fs)(*fs.storage_args, **fs.storage_options), root))
 
     def _start_delivery(self, settings: Settings, open_sink: SinkOpener) -> None:
+        from ._delivery import Delivery  # only a remote store needs the spool and its thread
+        from ._spool import Spool, default_spool_dir
+
         base = Path(settings.spool_dir).expanduser() if settings.spool_dir else default_spool_dir()
         # One spool per destination; the key never reveals the URL.
         key = f"{self.scheme}-{sha256(settings.store.encode()).hexdigest()[:16]}"
