@@ -7,24 +7,29 @@ redaction all happen here, before anything reaches an exporter or the store.
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from hashlib import sha256
 from typing import TYPE_CHECKING
 
-from ._capture import BodyTee, header_value
+from ._payloads import BodyTee, header_value
 from ._redact import header_text
 
 if TYPE_CHECKING:
     from ._capture import Capture
+    from ._redact import RedactionPolicy
     from ._types import Attributes
 
 
-def span_attributes(capture: Capture) -> tuple[str, Attributes]:
-    capturer = capture.capturer
-    redaction = capturer.redaction
-    attributes = capturer.describe(capture.info, capturer)
+def span_attributes(
+    capture: Capture, attributes: Attributes, base_attributes: Mapping[str, str], redaction: RedactionPolicy
+) -> tuple[str, Attributes]:
+    """The span's name and attributes, from what the adapter ``described`` (``attributes``, filled in).
+
+    Pure: the capture's payloads were committed or aborted before (``Capturer.emit``).
+    """
     if capture.route is not None:
         attributes["http.route"] = capture.route
-    attributes.update(capturer.base_attributes)
+    attributes.update(base_attributes)
     attributes["obsml.correlation_id"] = capture.correlation_id
     attributes["obsml.correlation_id.source"] = capture.correlation_header or "generated"
     if capture.correlation_rejected is not None:
@@ -121,9 +126,8 @@ def _body(attributes: Attributes, tee: BodyTee, unread: int = 0) -> None:
             attributes[prefix] = base64.b64encode(data).decode("ascii")
             attributes[f"{prefix}.encoding"] = "base64"
         return
-    lost = tee.capture.capturer.pipeline.finish_stream(stream, commit=True)
-    if lost is None and stream.relative is not None:
-        attributes[f"{prefix}.uri"] = tee.capture.capturer.pipeline.store.uri(stream.relative)
+    if stream.uri is not None:
+        attributes[f"{prefix}.uri"] = stream.uri
         attributes[f"{prefix}.sha256"] = stream.hasher.hexdigest()
     else:
-        attributes[f"{prefix}.lost"] = lost or "queue_full"
+        attributes[f"{prefix}.lost"] = stream.failure or "queue_full"

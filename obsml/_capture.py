@@ -8,44 +8,52 @@ background writer, when the finished Capture is run there as a job.
 
 from __future__ import annotations
 
-import re
 import time
-from collections.abc import Callable, Iterable
 from contextvars import ContextVar, Token
-from hashlib import sha256
 from random import getrandbits
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from opentelemetry import context as otel_context
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
 
-from ._payloads import PayloadStream, abort_stream, extension_for
+from ._ids import FIRST_CORRELATION_ID, VALID_TRACEPARENT, correlation_keep
+from ._payloads import BodyLimits, BodyTee
+from ._payloads import header_value as header_value  # the adapters' header lookup
 from ._stats import count, record_drop, report_internal_error
-from ._store import utc_folders
-
-if TYPE_CHECKING:
-    from ._pipeline import Capturer
-    from ._types import Attributes
 
 CURRENT_CAPTURE: ContextVar[Capture | None] = ContextVar("obsml_current_capture", default=None)
 
-# A correlation id: 1-128 of these characters, not only dots. A repeated header may reach the
-# app joined with commas (RFC 9110 section 5.3; gunicorn joins them): its first element is the
-# id. A comma is never part of an id, so this cannot cut one.
-_ID = rb"(?!\.+[ \t]*(?:,|\Z))[A-Za-z0-9._:-]{1,128}"
-_FIRST_CORRELATION_ID = re.compile(rb"[ \t]*(" + _ID + rb")[ \t]*(?:,|\Z)")
-_CORRELATION_ID_LIST = re.compile(rb"[ \t]*" + _ID + rb"[ \t]*(?:,[ \t]*" + _ID + rb"[ \t]*)*")
-# W3C Trace Context (traceparent, and its versioning rules): version 00 has exactly these four
-# fields, a later version may add more after a "-", and version ff is invalid (checked below).
-_VALID_TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
-_SAMPLE_SPACE = 1 << 64
 MAX_EXCEPTION_EVENTS = 32  # per request: an app recording in a loop must not grow a span without bound
 # What CPython spends on a header beyond its characters (two bytes objects and a tuple, or a
 # dict entry), counted with them so that many tiny headers weigh what they hold.
 HEADER_OVERHEAD = 150
 
-Describe = Callable[[Any, "Capturer"], "Attributes"]
+
+class CaptureSettings(BodyLimits, Protocol):
+    """What a capture needs of its middleware: the ``Capturer`` (in ``_pipeline``), compiled once.
+
+    A protocol, so that the capture core imports nothing above it.
+    """
+
+    @property
+    def correlation_headers(self) -> tuple[str, ...]: ...
+    @property
+    def traceparent_slot(self) -> int: ...
+    @property
+    def tracestate_slot(self) -> int: ...
+    @property
+    def content_type_slot(self) -> int: ...
+    @property
+    def content_length_slot(self) -> int: ...
+    @property
+    def sample_all(self) -> bool: ...
+    @property
+    def sample_threshold(self) -> int: ...
+    @property
+    def max_capture(self) -> int: ...
+    def otel_configured(self) -> bool: ...
+    def emit(self, capture: Capture) -> None: ...
 
 
 class RequestIds(NamedTuple):
@@ -95,15 +103,6 @@ def record_exception(exc: BaseException) -> bool:
     return True
 
 
-def correlation_keep(correlation_id: str, threshold: int) -> bool:
-    """The sampling rule: keep when the first 8 bytes of sha256(id), big-endian, fall under the rate."""
-    return int.from_bytes(sha256(correlation_id.encode()).digest()[:8], "big") < threshold
-
-
-def sampling_threshold(rate: float) -> int:
-    return min(_SAMPLE_SPACE, int(rate * _SAMPLE_SPACE))
-
-
 class Capture:
     """What one request did. Filled on the request path, turned into a span on the writer."""
 
@@ -140,7 +139,7 @@ class Capture:
     )
 
     def __init__(
-        self, capturer: Capturer, found: list[bytes | None], headers: Any, info: Any, held_bytes: int
+        self, capturer: CaptureSettings, found: list[bytes | None], headers: Any, info: Any, held_bytes: int
     ) -> None:
         self.start_ns = time.time_ns()
         self.start_perf = time.perf_counter_ns()
@@ -167,7 +166,7 @@ class Capture:
         self.tracestate = found[capturer.tracestate_slot]
         self.declared_length = found[capturer.content_length_slot]  # parsed on the writer
         traceparent = found[capturer.traceparent_slot]
-        match = _VALID_TRACEPARENT.fullmatch(traceparent) if traceparent is not None else None
+        match = VALID_TRACEPARENT.fullmatch(traceparent) if traceparent is not None else None
         if (
             match is not None
             and match[1] != b"ff"
@@ -186,7 +185,7 @@ class Capture:
             value = found[slot]
             if value is None:
                 continue
-            found_id = _FIRST_CORRELATION_ID.match(value)
+            found_id = FIRST_CORRELATION_ID.match(value)
             if found_id is not None:
                 self.correlation_bytes = found_id[1]
                 self.correlation_id = self.correlation_bytes.decode("ascii")
@@ -262,7 +261,7 @@ class Capture:
         if not (self.sampled or self.failed or self.exceptions):
             count("requests_sampled_out")
             return
-        writer = self.capturer.pipeline.writer
+        writer = self.capturer.writer
         if writer.submit(self):
             return
         if self._follows_a_body_let_in_alone() and writer.submit(self, force=True):
@@ -270,7 +269,7 @@ class Capture:
         record_drop("span", writer.refusal)
         for tee in (self.request_body, self.response_body):
             if tee.stream is not None and tee.stream.queued:  # else the writer never opened a file
-                abort_stream(writer, tee.stream)
+                tee.stream.abort_later()
         self._release()
 
     def _follows_a_body_let_in_alone(self) -> bool:
@@ -302,83 +301,3 @@ class Capture:
         self.exception = self.exceptions = None
         self.request_body.chunks = []
         self.response_body.chunks = []
-
-
-class BodyTee:
-    """The copy of one body: chunks in memory up to the inline limit, then streamed to the writer."""
-
-    __slots__ = (
-        "capture", "chunks", "content_type", "direction", "first_perf", "held", "limit", "size", "stream", "unseen"
-    )
-
-    def __init__(self, capture: Capture, direction: str, content_type: bytes | None, limit: int) -> None:
-        self.capture = capture
-        self.direction = direction
-        self.content_type = content_type
-        self.limit = limit
-        self.chunks: list[bytes] = []
-        self.size = 0  # the true size, also past the capture limit
-        self.held = 0  # bytes kept (in memory or streamed)
-        self.first_perf = 0
-        self.stream: PayloadStream | None = None
-        self.unseen: str | None = None  # the message type that sent body bytes past obsml, if any
-
-    @property
-    def in_memory(self) -> int:
-        return 0 if self.stream is not None else self.held
-
-    @property
-    def truncated(self) -> bool:
-        return self.held < self.size
-
-    def feed(self, chunk: bytes) -> None:
-        size = len(chunk)
-        if not size:
-            return
-        if not self.size:
-            self.first_perf = time.perf_counter_ns()
-        self.size += size
-        room = self.limit - self.held
-        if room <= 0:
-            return
-        if size > room:
-            chunk, size = chunk[:room], room
-        self.held += size
-        if self.stream is not None:
-            self.stream.send(chunk)
-        else:
-            self.chunks.append(chunk)
-            if self.held > self.capture.capturer.inline_limit:
-                self._offload()
-
-    def _offload(self) -> None:
-        self.stream = PayloadStream(self)
-        for chunk in self.chunks:
-            self.stream.send(chunk)
-        self.chunks = []
-
-    def payload_path(self) -> str:
-        """Where this body goes in the store (computed on the writer, off the request path)."""
-        capture = self.capture
-        return (
-            f"payloads/{utc_folders(capture.start_ns)}/{capture.trace_id:032x}-{capture.span_id:016x}-{self.direction}"
-            f".{extension_for(self.media_type())}"
-        )
-
-    def media_type(self) -> bytes | None:
-        if self.direction == "request":
-            return self.content_type
-        return header_value(self.capture.response_headers, b"content-type")
-
-
-def recordable_correlation_value(value: bytes) -> bool:
-    """Whether a correlation header's value is ids only (one, or a comma list), safe to store as is."""
-    return _CORRELATION_ID_LIST.fullmatch(value) is not None
-
-
-def header_value(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    """The first value of header ``name`` (lower-case) in raw pairs."""
-    for key, value in headers:
-        if key.lower() == name:
-            return value
-    return None

@@ -1,47 +1,191 @@
-"""Bodies over the inline limit on their way to ``payloads/`` in the store.
+"""A body's one home: its copy on the request path, and its way to ``payloads/`` in the store.
 
-On the request path a :class:`PayloadStream` only queues chunks; everything else (the file
-name, the hash, the writes) happens on the background writer, chunk jobs in order.
+On the request path a :class:`BodyTee` keeps a body's chunks in memory up to the inline
+limit; past it, a :class:`PayloadStream` only queues them. Everything else (the file name, the
+hash, the writes, the commit) happens on the background writer, chunk jobs in order. The
+writer finishes (commits or aborts) a stream before its span's attributes are built, so that
+building them touches no file.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import time
+from collections.abc import Iterable
+from hashlib import sha256
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ._objects import failure_reason, utc_folders
+from ._stats import logger, record_drop
 
 if TYPE_CHECKING:
-    from ._capture import BodyTee
     from ._stats import DropReason
+    from ._store import Store
     from ._writer import Writer
+
+
+class BodyLimits(Protocol):
+    """What a body needs of its middleware (the ``Capturer``, compiled once)."""
+
+    @property
+    def inline_limit(self) -> int: ...
+    @property
+    def queue_body_bytes(self) -> int: ...
+    @property
+    def writer(self) -> Writer: ...
+    @property
+    def store(self) -> Store: ...
+
+
+class BodyOwner(Protocol):
+    """What a body needs of its request (the ``Capture``): where its payload is named and sent."""
+
+    @property
+    def capturer(self) -> BodyLimits: ...
+    @property
+    def start_ns(self) -> int: ...
+    @property
+    def trace_id(self) -> int: ...
+    @property
+    def span_id(self) -> int: ...
+    @property
+    def response_headers(self) -> Any: ...
+
+
+class BodyTee:
+    """The copy of one body: chunks in memory up to the inline limit, then streamed to the writer."""
+
+    __slots__ = (
+        "capture", "chunks", "content_type", "direction", "first_perf", "held", "limit", "size", "stream", "unseen"
+    )
+
+    def __init__(self, capture: BodyOwner, direction: str, content_type: bytes | None, limit: int) -> None:
+        self.capture = capture
+        self.direction = direction
+        self.content_type = content_type
+        self.limit = limit
+        self.chunks: list[bytes] = []
+        self.size = 0  # the true size, also past the capture limit
+        self.held = 0  # bytes kept (in memory or streamed)
+        self.first_perf = 0
+        self.stream: PayloadStream | None = None
+        self.unseen: str | None = None  # the message type that sent body bytes past obsml, if any
+
+    @property
+    def in_memory(self) -> int:
+        return 0 if self.stream is not None else self.held
+
+    @property
+    def truncated(self) -> bool:
+        return self.held < self.size
+
+    def feed(self, chunk: bytes) -> None:
+        size = len(chunk)
+        if not size:
+            return
+        if not self.size:
+            self.first_perf = time.perf_counter_ns()
+        self.size += size
+        room = self.limit - self.held
+        if room <= 0:
+            return
+        if size > room:
+            chunk, size = chunk[:room], room
+        self.held += size
+        if self.stream is not None:
+            self.stream.send(chunk)
+        else:
+            self.chunks.append(chunk)
+            if self.held > self.capture.capturer.inline_limit:
+                self._offload()
+
+    def _offload(self) -> None:
+        capturer = self.capture.capturer
+        self.stream = PayloadStream(self, capturer.writer, capturer.store, capturer.queue_body_bytes)
+        for chunk in self.chunks:
+            self.stream.send(chunk)
+        self.chunks = []
+
+    def media_type(self) -> bytes | None:
+        if self.direction == "request":
+            return self.content_type
+        return header_value(self.capture.response_headers, b"content-type")
 
 
 class PayloadStream:
     """A body on its way to ``payloads/``. Chunks travel through the writer queue in order."""
 
-    __slots__ = ("alone", "capturer", "error", "hasher", "lost", "queued", "relative", "target", "tee")
+    __slots__ = (
+        "alone", "bound", "error", "failure", "hasher", "lost", "queued", "relative", "store", "target", "tee",
+        "uri", "writer",
+    )
 
-    def __init__(self, tee: BodyTee) -> None:
+    def __init__(self, tee: BodyTee, writer: Writer, store: Store, bound: int) -> None:
         self.tee = tee
-        self.capturer = tee.capture.capturer
+        self.writer = writer
+        self.store = store
+        self.bound = bound  # the queue's byte bound for body chunks
         self.lost: DropReason | None = None  # set on the request path when a chunk could not be queued
         self.queued = False  # a chunk reached the writer (which then holds a file to discard)
         self.alone = False  # a chunk over the queue's bound for bodies went in alone (its span must follow)
         # The rest belongs to the writer thread, which fills it in at the first chunk.
         self.relative: str | None = None
         self.error: DropReason | None = None  # the store refused a write
-        self.target: Any = None
+        self.target: Any = None  # the store's AtomicTarget
         self.hasher: Any = None
+        # Once finished: where the whole payload is, or why it was lost.
+        self.uri: str | None = None
+        self.failure: DropReason | None = None
 
     def send(self, data: bytes) -> None:
         if self.lost is not None:
             return
-        writer = self.capturer.pipeline.writer
-        bound = self.capturer.queue_body_bytes
-        if writer.submit(_Chunk(self, data), max_bytes=bound):
+        if self.writer.submit(_Chunk(self, data), max_bytes=self.bound):
             self.queued = True
-            if len(data) > bound:
+            if len(data) > self.bound:
                 self.alone = True
         else:
-            self.lost = writer.refusal
+            self.lost = self.writer.refusal
+
+    def abort_later(self) -> None:
+        """Tell the writer to discard this stream, whose span was dropped (forced: it is tiny)."""
+        self.writer.submit(_Abort(self), force=True)
+
+    # Writer side.
+
+    def write(self, data: bytes) -> None:
+        """Open on the first chunk, hash and write as chunks arrive."""
+        if self.error is not None:
+            return
+        try:
+            if self.relative is None:
+                self.relative = payload_path(self.tee)
+                self.hasher = sha256()
+                self.target = self.store.open_atomic(self.relative)
+            self.target.write(data)
+        except Exception as exc:
+            # Counted (and logged once a minute) when its span is built.
+            self.error = failure_reason(exc)
+            logger.debug("obsml could not write a payload to the store", exc_info=True)
+            return
+        self.hasher.update(data)
+
+    def finish(self, commit: bool) -> None:
+        """Commit the payload (setting :attr:`uri`), or abort it; :attr:`failure` says why it was lost."""
+        reason = self.lost or self.error
+        target, self.target = self.target, None
+        try:
+            if target is not None:
+                if commit and reason is None:
+                    target.commit()
+                else:
+                    target.abort()
+        except Exception as exc:
+            reason = reason or failure_reason(exc)
+        if reason is not None and commit:
+            record_drop("payload", reason)
+        self.failure = reason
+        if commit and reason is None and self.relative is not None:
+            self.uri = self.store.uri(self.relative)
 
 
 class _Chunk:
@@ -53,12 +197,7 @@ class _Chunk:
         self.nbytes = len(data)
 
     def run(self) -> None:
-        self.stream.capturer.pipeline.write_chunk(self.stream, self.data)
-
-
-def abort_stream(writer: Writer, stream: PayloadStream) -> None:
-    """Tell the writer to discard a stream whose span was dropped (forced: it is tiny)."""
-    writer.submit(_Abort(stream), force=True)
+        self.stream.write(self.data)
 
 
 class _Abort:
@@ -69,7 +208,16 @@ class _Abort:
         self.stream = stream
 
     def run(self) -> None:
-        self.stream.capturer.pipeline.finish_stream(self.stream, commit=False)
+        self.stream.finish(commit=False)
+
+
+def payload_path(tee: BodyTee) -> str:
+    """Where a body goes in the store (computed on the writer, off the request path)."""
+    capture = tee.capture
+    return (
+        f"payloads/{utc_folders(capture.start_ns)}/{capture.trace_id:032x}-{capture.span_id:016x}-{tee.direction}"
+        f".{extension_for(tee.media_type())}"
+    )
 
 
 _EXTENSIONS = {
@@ -96,3 +244,11 @@ def extension_for(content_type: bytes | None) -> str:
     if media.endswith("+json"):
         return "json"
     return _EXTENSIONS.get(media, "bin")
+
+
+def header_value(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The first value of header ``name`` (lower-case) in raw pairs."""
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return None

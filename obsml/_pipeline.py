@@ -8,20 +8,21 @@ from __future__ import annotations
 
 import threading
 import time
-from hashlib import sha256
+from collections.abc import Callable
 from typing import Any
 
 from opentelemetry import trace
 
 from ._attributes import span_attributes
-from ._capture import HEADER_OVERHEAD, Capture, Describe, sampling_threshold
+from ._capture import HEADER_OVERHEAD, Capture
+from ._ids import sampling_threshold
 from ._metrics import register_metrics
-from ._payloads import PayloadStream
 from ._redact import RedactionPolicy
 from ._settings import Settings
-from ._stats import count, logger, record_drop
-from ._store import Store, failure_reason
+from ._stats import count
+from ._store import Store
 from ._tracing import Tracing
+from ._types import Attributes
 from ._writer import Writer
 
 
@@ -54,39 +55,6 @@ class Pipeline:
             return not delivery.spool.records
         return delivery.wait_empty(max(0.0, deadline - time.monotonic()))
 
-    def write_chunk(self, stream: PayloadStream, data: bytes) -> None:
-        """Writer side of a payload: open on first chunk, hash and write as chunks arrive."""
-        if stream.error is not None:
-            return
-        try:
-            if stream.relative is None:
-                stream.relative = stream.tee.payload_path()
-                stream.hasher = sha256()
-                stream.target = self.store.open_atomic(stream.relative)
-            stream.target.write(data)
-        except Exception as exc:
-            # Counted (and logged once a minute) when its span is built.
-            stream.error = failure_reason(exc)
-            logger.debug("obsml could not write a payload to the store", exc_info=True)
-            return
-        stream.hasher.update(data)
-
-    def finish_stream(self, stream: PayloadStream, commit: bool) -> str | None:
-        """Commit a payload and return why it was lost, or None when it is whole in the store."""
-        reason = stream.lost or stream.error
-        target, stream.target = stream.target, None
-        try:
-            if target is not None:
-                if commit and reason is None:
-                    target.commit()
-                else:
-                    target.abort()
-        except Exception as exc:
-            reason = reason or failure_reason(exc)
-        if reason is not None and commit:
-            record_drop("payload", reason)
-        return reason
-
 
 _PIPELINES: dict[tuple[Any, ...], Pipeline] = {}
 _PIPELINES_LOCK = threading.Lock()
@@ -117,6 +85,9 @@ def flush(timeout: float | None = None) -> bool:
     return all(results)
 
 
+Describe = Callable[[Any, "Capturer"], Attributes]
+
+
 class Capturer:
     """Everything compiled once per middleware: header lookup, sampling, limits, redaction."""
 
@@ -124,6 +95,9 @@ class Capturer:
         self.settings = settings
         self.enabled = settings.enabled
         self.pipeline = pipeline_for(settings)
+        # What the request's jobs use: bodies stream to the store through the writer.
+        self.writer = self.pipeline.writer
+        self.store = self.pipeline.store
         self.describe = describe
         self.redaction = RedactionPolicy(settings.redact_headers, settings.correlation_headers)
         self.inline_limit = settings.inline_limit
@@ -185,12 +159,13 @@ class Capturer:
     def emit(self, capture: Capture) -> None:
         """Writer side: turn a finished capture into a span."""
         count("requests_captured")
-        try:
-            name, attributes = span_attributes(capture)
-        finally:  # a body still open here (attributes failed midway) must not stay a temp file
-            for tee in (capture.request_body, capture.response_body):
-                if tee.stream is not None and tee.stream.target is not None:
-                    self.pipeline.finish_stream(tee.stream, commit=False)
+        # Payloads are committed (or aborted) first: building the attributes then touches no file.
+        # A response body counts only once the response started, and a body sent past obsml never.
+        for tee, commit in ((capture.request_body, True), (capture.response_body, capture.responded)):
+            if tee.stream is not None:
+                tee.stream.finish(commit=commit and tee.unseen is None)
+        described = self.describe(capture.info, self)
+        name, attributes = span_attributes(capture, described, self.base_attributes, self.redaction)
         self.pipeline.tracing.emit(capture, name, attributes)
 
     def flush(self) -> bool:

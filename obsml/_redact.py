@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable
 from urllib.parse import unquote_plus
 
-from ._capture import recordable_correlation_value
+from ._ids import recordable_correlation_value
 from ._types import Attributes
 
 REDACTED = "[REDACTED]"

@@ -19,22 +19,22 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from datetime import datetime, timezone
 from hashlib import sha256
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from ._exceptions import ConfigError
+from ._objects import AtomicTarget, StoreWriteError, count_written, describe_error, utc_folders
 from ._secrets import scrub
-from ._stats import DropReason, count, note_error
+from ._stats import count, note_error
 
 if TYPE_CHECKING:
+    from ._delivery import Delivery
     from ._settings import Settings
     from ._sinks import SinkOpener
-    from ._spool import Delivery
 
 
 # Temporary names carry the host and pid of their writer, so a later start can tell a dead
@@ -45,11 +45,6 @@ _SWEEP_DAYS = 7  # the date folders swept at start: a crash's leftovers sit in t
 _SPAN_RESERVE_MAX = 64 << 20  # bodies leave min(this, 5% of the disk) free, for the spans that name them
 # Remote stores commit spans to the spool at least this often: what a SIGKILL can lose (issue 11).
 REMOTE_COMMIT_S = 0.25
-
-
-def utc_folders(ns: int, hourly: bool = False) -> str:
-    """The date partition of a time in the store layout: ``yyyy/mm/dd`` (``/hh`` when hourly), UTC."""
-    return datetime.fromtimestamp(ns / 1e9, timezone.utc).strftime("%Y/%m/%d/%H" if hourly else "%Y/%m/%d")
 
 
 def _store_hint(scheme: str, exc: Exception) -> str:
@@ -66,34 +61,6 @@ def _store_hint(scheme: str, exc: Exception) -> str:
             f"registering {scheme!r} in the entry-point group 'obsml.sinks')"
         )
     return f"{type(exc).__name__}: {scrub(str(exc))}"
-
-
-class StoreWriteError(Exception):
-    """An object could not be written; ``reason`` is the drop reason it is counted under."""
-
-    def __init__(self, reason: DropReason) -> None:
-        super().__init__(reason)
-        self.reason: DropReason = reason
-
-
-class AtomicTarget(Protocol):
-    def write(self, data: bytes) -> None: ...
-    def commit(self) -> None: ...
-    def abort(self) -> None: ...
-
-
-def failure_reason(exc: BaseException) -> DropReason:
-    """The drop reason of a failed store write: a :class:`StoreWriteError`'s own, else ``store_error``."""
-    return exc.reason if isinstance(exc, StoreWriteError) else "store_error"
-
-
-def count_written(relative: str) -> None:
-    count("trace_files_written" if relative.startswith("traces/") else "payloads_written")
-
-
-def describe_error(exc: BaseException) -> str:
-    """An exception's type and message for a log line (the obsml logger scrubs credentials)."""
-    return f"{type(exc).__name__}: {exc}"[:300]
 
 
 @contextmanager
@@ -143,7 +110,8 @@ class Store:
         self._start_delivery(settings, lambda: FsspecSink(type(fs)(*fs.storage_args, **fs.storage_options), root))
 
     def _start_delivery(self, settings: Settings, open_sink: SinkOpener) -> None:
-        from ._spool import Delivery, Spool, default_spool_dir
+        from ._delivery import Delivery  # only a remote store needs the spool and its thread
+        from ._spool import Spool, default_spool_dir
 
         base = Path(settings.spool_dir).expanduser() if settings.spool_dir else default_spool_dir()
         # One spool per destination; the key never reveals the URL.

@@ -54,13 +54,14 @@ class Ticker(Protocol):
 class _Flush:
     nbytes = 0
 
-    def __init__(self, ticker: Ticker) -> None:
-        self.ticker = ticker
+    def __init__(self, tickers: tuple[Ticker, ...]) -> None:
+        self.tickers = tickers
         self.done = threading.Event()
 
     def run(self) -> None:
         try:
-            self.ticker.tick(force=True)
+            for ticker in self.tickers:
+                ticker.tick(force=True)
         finally:
             self.done.set()
 
@@ -70,12 +71,15 @@ class _Stop(_Flush):
 
 
 class Writer:
-    """Runs jobs in submission order on a daemon thread; ``ticker`` batches their output."""
+    """Runs jobs in submission order on a daemon thread; the ``tickers`` batch their output.
+
+    Each ticker is ticked at every ``interval`` and, with ``force``, on a flush and at the close.
+    """
 
     def __init__(
-        self, ticker: Ticker, *, max_items: int, max_bytes: int, interval: float, exit_timeout: float
+        self, *tickers: Ticker, max_items: int, max_bytes: int, interval: float, exit_timeout: float
     ) -> None:
-        self._ticker = ticker
+        self._tickers = tickers
         self._max_items = max_items
         self._max_bytes = max_bytes
         self._wake_items = max(1, min(1000, max_items // 4))
@@ -141,7 +145,7 @@ class Writer:
         After the close, nothing more will be written: it answers at once, True when the
         close wrote out everything submitted before it.
         """
-        marker = _Flush(self._ticker)
+        marker = _Flush(self._tickers)
         if not self._running or not self.submit(marker, force=True):
             return self._stop is None or self._stop.done.is_set()
         return marker.done.wait(timeout)
@@ -158,7 +162,7 @@ class Writer:
             self._closed = True  # from here on, submit refuses
             if not self._running:
                 return
-            marker = self._stop = _Stop(self._ticker)
+            marker = self._stop = _Stop(self._tickers)
             self._items += 1
             self._jobs.append(marker)
         self._wake.set()
@@ -204,10 +208,11 @@ class Writer:
                 if isinstance(job, _Stop):
                     return
             if time.monotonic() >= next_tick:
-                try:
-                    self._ticker.tick(force=False)
-                except Exception:
-                    report_internal_error("the background writer", "batch")
+                for ticker in self._tickers:
+                    try:
+                        ticker.tick(force=False)
+                    except Exception:
+                        report_internal_error("the background writer", "batch")
                 next_tick = time.monotonic() + self._interval
 
 

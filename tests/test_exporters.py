@@ -8,7 +8,7 @@ from apps import make_app
 from conftest import read_spans, running_server
 
 import obsml
-from obsml._exporters import _BATCH_MAX_BYTES
+from obsml._parts import MAX_BYTES
 from obsml._pipeline import pipeline_for
 
 OPTIONS = {"service": "credit", "model": "best_model", "version": "10"}
@@ -27,6 +27,6 @@ def test_a_part_file_is_written_once_its_spans_pass_8_mib_without_waiting_for_th
         parts = sorted(store.glob("traces/*/*/*/*/*.jsonl"))
         assert parts, "no part file before the interval, though the batch passed 8 MiB"
         largest_line = max(len(line) for part in parts for line in part.read_bytes().split(b"\n"))
-        assert all(part.stat().st_size < _BATCH_MAX_BYTES + largest_line + 1 for part in parts)
+        assert all(part.stat().st_size < MAX_BYTES + largest_line + 1 for part in parts)
     ids = sorted(span["attributes"]["obsml.correlation_id"] for span in read_spans(store))
     assert ids == sorted(f"line-{index}" for index in range(100))  # the rest at shutdown, each once

@@ -20,7 +20,8 @@ from conftest import read_spans, running_server, span_by_correlation_id
 
 import obsml
 from obsml import _stats
-from obsml._store import _HOST, Store, utc_folders
+from obsml._objects import utc_folders
+from obsml._store import _HOST, Store
 
 OPTIONS = {"service": "credit", "model": "best_model", "version": "10", "flush_interval": 0.05}
 BIG = bytes(range(256)) * 300  # 75 KiB: offloaded to payloads/

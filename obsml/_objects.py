@@ -1,0 +1,46 @@
+"""Objects in the store, below both places that write them (``_store`` on the local disk,
+``_spool`` for a remote sink): the atomic-object interface, how a failed write is counted,
+and the date folders of the store layout.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Protocol
+
+from ._stats import DropReason, count
+
+
+class StoreWriteError(Exception):
+    """An object could not be written; ``reason`` is the drop reason it is counted under."""
+
+    def __init__(self, reason: DropReason) -> None:
+        super().__init__(reason)
+        self.reason: DropReason = reason
+
+
+class AtomicTarget(Protocol):
+    """An object being written: whole in the store after :meth:`commit`, gone after :meth:`abort`."""
+
+    def write(self, data: bytes) -> None: ...
+    def commit(self) -> None: ...
+    def abort(self) -> None: ...
+
+
+def failure_reason(exc: BaseException) -> DropReason:
+    """The drop reason of a failed store write: a :class:`StoreWriteError`'s own, else ``store_error``."""
+    return exc.reason if isinstance(exc, StoreWriteError) else "store_error"
+
+
+def count_written(relative: str) -> None:
+    count("trace_files_written" if relative.startswith("traces/") else "payloads_written")
+
+
+def describe_error(exc: BaseException) -> str:
+    """An exception's type and message for a log line (the obsml logger scrubs credentials)."""
+    return f"{type(exc).__name__}: {exc}"[:300]
+
+
+def utc_folders(ns: int, hourly: bool = False) -> str:
+    """The date partition of a time in the store layout: ``yyyy/mm/dd`` (``/hh`` when hourly), UTC."""
+    return datetime.fromtimestamp(ns / 1e9, timezone.utc).strftime("%Y/%m/%d/%H" if hourly else "%Y/%m/%d")
