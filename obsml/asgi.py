@@ -17,7 +17,7 @@ from ._frameworks import asgi_route, hook_asgi_app, hook_scope
 from ._pipeline import Capturer
 from ._redact import RedactionPolicy
 from ._settings import Settings
-from ._stats import logger, report_internal_error, set_strict
+from ._stats import enable_strict, guarded, logger, report_internal_error
 from ._types import ASGIApp, Attributes, Message, Receive, Scope, Send
 
 _CORRELATION_HEADER = b"x-correlation-id"
@@ -41,7 +41,8 @@ class ObsmlMiddleware:
         self._hook_first_scope = False
         try:
             settings = Settings.load(**options)
-            set_strict(settings.strict)
+            if settings.strict:
+                enable_strict()
             self.capturer = Capturer(settings, describe_scope)
             self._hook_first_scope = hook_asgi_app(app)
         except ObsmlError as exc:
@@ -227,10 +228,8 @@ class _Lifespan:
                 return
 
     def flush(self) -> None:
-        try:
+        with guarded("the shutdown flush"):
             self.capturer.flush()
-        except Exception:
-            report_internal_error("the shutdown flush")
 
 
 def describe_scope(scope: Scope, capturer: Capturer) -> Attributes:

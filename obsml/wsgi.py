@@ -19,7 +19,7 @@ from ._frameworks import hook_wsgi_app, wsgi_route
 from ._pipeline import Capturer
 from ._redact import RedactionPolicy
 from ._settings import Settings
-from ._stats import report_internal_error, set_strict
+from ._stats import enable_strict, report_internal_error
 from ._types import Attributes
 from ._writer import flush_on_sigterm
 
@@ -50,7 +50,8 @@ class ObsmlWSGIMiddleware:
     def __init__(self, app: WSGIApp, **options: Any) -> None:
         self.app = app
         settings = Settings.load(**options)
-        set_strict(settings.strict)
+        if settings.strict:
+            enable_strict()
         self.capturer = Capturer(settings, describe_environ)
         if settings.flush_on_sigterm:
             flush_on_sigterm()
