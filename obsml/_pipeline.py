@@ -125,7 +125,7 @@ class Capturer:
         self.enabled = settings.enabled
         self.pipeline = pipeline_for(settings)
         self.describe = describe
-        self.redaction = RedactionPolicy(settings.redact_headers, settings.correlation_headers)
+        self.redaction = RedactionPolicy(settings.redact_headers, settings.correlation_headers, settings.redact_query)
         self.inline_limit = settings.inline_limit
         self.max_capture = settings.max_capture
         # Body chunks may fill four fifths of the queue: the rest is kept for spans (their headers

@@ -15,7 +15,6 @@ from ._capture import HEADER_OVERHEAD, Capture, header_value
 from ._exceptions import ObsmlError
 from ._frameworks import asgi_route, hook_asgi_app, hook_scope
 from ._pipeline import Capturer
-from ._redact import RedactionPolicy
 from ._settings import Settings
 from ._stats import enable_strict, guarded, logger, report_internal_error
 from ._types import ASGIApp, Attributes, Message, Receive, Scope, Send
@@ -243,7 +242,7 @@ def describe_scope(scope: Scope, capturer: Capturer) -> Attributes:
     }
     query = scope.get("query_string", b"")
     if query:
-        attributes["url.query"] = RedactionPolicy.query(query.decode("latin-1"))
+        attributes["url.query"] = capturer.redaction.query(query.decode("latin-1"))
     client = scope.get("client")
     if client:
         attributes["client.address"] = client[0]

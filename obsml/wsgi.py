@@ -17,7 +17,6 @@ from ._attributes import server_from_host, set_port
 from ._capture import HEADER_OVERHEAD, Capture
 from ._frameworks import hook_wsgi_app, wsgi_route
 from ._pipeline import Capturer
-from ._redact import RedactionPolicy
 from ._settings import Settings
 from ._stats import enable_strict, report_internal_error
 from ._types import Attributes
@@ -335,7 +334,7 @@ def describe_environ(environ: Environ, capturer: Capturer) -> Attributes:
         attributes["network.protocol.version"] = protocol[5:]
     query = environ.get("QUERY_STRING")
     if query:
-        attributes["url.query"] = RedactionPolicy.query(_text(query))
+        attributes["url.query"] = capturer.redaction.query(_text(query))
     client = environ.get("REMOTE_ADDR")
     if client:
         attributes["client.address"] = client
