@@ -11,15 +11,16 @@ import asyncio
 from typing import Any
 
 from ._attributes import server_from_host, set_port
-from ._capture import HEADER_OVERHEAD, Capture, header_value
+from ._capture import Capture, header_value
 from ._exceptions import ObsmlError
 from ._frameworks import asgi_route, hook_asgi_app, hook_scope
+from ._headers import CORRELATION_HEADER, echo_correlation_id
 from ._pipeline import Capturer
 from ._settings import Settings
 from ._stats import enable_strict, guarded, logger, report_internal_error
 from ._types import ASGIApp, Attributes, Message, Receive, Scope, Send
 
-_CORRELATION_HEADER = b"x-correlation-id"
+_CORRELATION_HEADER = CORRELATION_HEADER.encode("latin-1")
 # Server extensions that send a response body past the middleware (a file by path or by
 # descriptor). Hidden from the app, so files stream through obsml as plain body messages.
 _PATHSEND, _ZEROCOPYSEND = "http.response.pathsend", "http.response.zerocopysend"
@@ -151,15 +152,10 @@ class _CaptureResponder:
                 if not message.get("more_body", False):
                     self.capture.completed = True
             elif message["type"] == "http.response.start":
-                headers = list(message.get("headers", ()))
-                held_bytes, own_id = 0, False
-                for name, value in headers:
-                    held_bytes += len(name) + len(value) + HEADER_OVERHEAD
-                    if name.lower() == _CORRELATION_HEADER:  # the app set its own: leave it
-                        own_id = True
-                if not own_id:
-                    headers.append((_CORRELATION_HEADER, self.capture.correlation_bytes))
-                    # A copy: the app's message may be a constant it sends again for the next request.
+                headers, held_bytes, echoed = echo_correlation_id(
+                    message.get("headers", ()), _CORRELATION_HEADER, self.capture.correlation_bytes
+                )
+                if echoed:  # a copy: the app's message may be a constant it sends again for the next request
                     message = {**message, "headers": headers}
                 self.capture.response_started(message["status"], headers, held_bytes)
             elif message["type"] in _UNSEEN_BODY_EXTENSIONS:  # sent anyway, though not offered
