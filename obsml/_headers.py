@@ -61,8 +61,9 @@ class HeaderSlots:
             slot = by_name.get(name)
             if slot is not None and found[slot] is None:
                 found[slot] = value
-        for slot, first in self._aliases:
-            found[slot] = found[first]
+        if self._aliases:
+            for slot, first in self._aliases:
+                found[slot] = found[first]
         return found, held_bytes
 
     def scan_environ(self, environ: Mapping[str, Any]) -> tuple[list[bytes | None], int]:
@@ -90,10 +91,12 @@ def echo_correlation_id(
     ``(name, value)`` appended unless the app set that header itself; the bytes they hold; and
     whether it was appended. ``name`` is lower-case, as ``str`` (WSGI) or ``bytes`` (ASGI)."""
     sent = list(headers)
-    held_bytes, own = 0, False
+    held_bytes, own, name_length = 0, False, len(name)
     for key, text in sent:
-        held_bytes += len(key) + len(text) + HEADER_OVERHEAD
-        if key.lower() == name:  # the app set its own: leave it
+        key_length = len(key)
+        held_bytes += key_length + len(text) + HEADER_OVERHEAD
+        # The app set its own: leave it. The length first: lower() makes a new object per header.
+        if key_length == name_length and key.lower() == name:
             own = True
     if not own:
         sent.append((name, value))

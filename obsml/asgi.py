@@ -131,11 +131,12 @@ class _CaptureResponder:
     async def receive_with_capture(self) -> Message:
         message = await self.receive()
         try:
-            if message["type"] == "http.request":
+            kind = message["type"]
+            if kind == "http.request":
                 self.capture.request_body.feed(message.get("body", b""))
                 if not message.get("more_body", False):
                     self.capture.request_ended = True
-            elif message["type"] == "http.disconnect":
+            elif kind == "http.disconnect":
                 self.capture.request_ended = True
                 # After a complete response the server reports a disconnect too (ASGI spec); that
                 # one is the normal end of the exchange, not a client going away.
@@ -147,19 +148,20 @@ class _CaptureResponder:
 
     async def send_with_capture(self, message: Message) -> None:
         try:
-            if message["type"] == "http.response.body":
+            kind = message["type"]
+            if kind == "http.response.body":
                 self.capture.response_body.feed(message.get("body", b""))
                 if not message.get("more_body", False):
                     self.capture.completed = True
-            elif message["type"] == "http.response.start":
+            elif kind == "http.response.start":
                 headers, held_bytes, echoed = echo_correlation_id(
                     message.get("headers", ()), _CORRELATION_HEADER, self.capture.correlation_bytes
                 )
                 if echoed:  # a copy: the app's message may be a constant it sends again for the next request
                     message = {**message, "headers": headers}
                 self.capture.response_started(message["status"], headers, held_bytes)
-            elif message["type"] in _UNSEEN_BODY_EXTENSIONS:  # sent anyway, though not offered
-                self.capture.response_body.unseen = message["type"]
+            elif kind in _UNSEEN_BODY_EXTENSIONS:  # sent anyway, though not offered
+                self.capture.response_body.unseen = kind
                 if not message.get("more_body", False):
                     self.capture.completed = True
         except Exception:
