@@ -28,7 +28,7 @@ import sys
 from typing import Any
 
 from ._capture import CURRENT_CAPTURE
-from ._stats import guarded, report_internal_error
+from ._stats import guarded
 from ._types import Scope
 
 
@@ -110,10 +110,8 @@ def _hook_flask(app: Any) -> None:
 
 
 def _flask_exception(sender: object, exception: BaseException, **_: object) -> None:
-    try:
+    with guarded("hearing a Flask exception"):
         _record_failure(exception)
-    except Exception:
-        report_internal_error("hearing a Flask exception")
 
 
 # Django
@@ -138,10 +136,8 @@ def _django_exception(sender: object, request: Any = None, **_: object) -> None:
     exc = sys.exc_info()[1]
     if exc is None:
         return
-    try:
+    with guarded("hearing a Django exception"):
         _record_failure(exc, _django_route(request))
-    except Exception:
-        report_internal_error("hearing a Django exception")
 
 
 class _DjangoRoute:
@@ -156,10 +152,8 @@ class _DjangoRoute:
         match = self.resolve(request)  # Resolver404 and the rest go on unchanged
         capture = CURRENT_CAPTURE.get()
         if capture is not None:
-            try:
+            with guarded("reading a Django route"):
                 capture.route = _django_route(request)
-            except Exception:
-                report_internal_error("reading a Django route")
         return match
 
 
@@ -190,11 +184,9 @@ class _LitestarHook:
         self.http_exception = http_exception
 
     async def __call__(self, exc: Exception, scope: Scope) -> None:
-        try:
+        with guarded("hearing a Litestar exception"):
             if not isinstance(exc, self.http_exception) or exc.status_code >= 500:  # type: ignore[attr-defined]
                 _record_failure(exc)
-        except Exception:
-            report_internal_error("hearing a Litestar exception")
 
 
 # Falcon
@@ -225,12 +217,10 @@ def _falcon_route(req: Any) -> str | None:
 def _note_falcon_route(req: Any) -> None:
     capture = CURRENT_CAPTURE.get()
     if capture is not None:
-        try:
+        with guarded("reading a Falcon route"):
             route = _falcon_route(req)
             if route is not None:
                 capture.route = route
-        except Exception:
-            report_internal_error("reading a Falcon route")
 
 
 class _FalconRoute:
@@ -258,12 +248,10 @@ class _FalconReporter:
         self.http_status = http_status
 
     def __call__(self, req: Any, error: Exception, params: dict[str, Any], handled: bool) -> None:
-        try:
+        with guarded("hearing a Falcon exception"):
             if not isinstance(error, self.http_status) and (
                 not isinstance(error, self.http_error) or error.status_code >= 500  # type: ignore[attr-defined]
             ):
                 _record_failure(error, _falcon_route(req))
-        except Exception:
-            report_internal_error("hearing a Falcon exception")
         if self.previous is not None:
             self.previous(req, error, params, handled)

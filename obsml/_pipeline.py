@@ -14,7 +14,8 @@ from typing import Any
 from opentelemetry import trace
 
 from ._attributes import span_attributes
-from ._capture import HEADER_OVERHEAD, Capture
+from ._capture import Capture
+from ._headers import HeaderSlots
 from ._ids import sampling_threshold
 from ._metrics import register_metrics
 from ._redact import RedactionPolicy
@@ -99,7 +100,7 @@ class Capturer:
         self.writer = self.pipeline.writer
         self.store = self.pipeline.store
         self.describe = describe
-        self.redaction = RedactionPolicy(settings.redact_headers, settings.correlation_headers)
+        self.redaction = RedactionPolicy(settings.redact_headers, settings.correlation_headers, settings.redact_query)
         self.inline_limit = settings.inline_limit
         self.max_capture = settings.max_capture
         # Body chunks may fill four fifths of the queue: the rest is kept for spans (their headers
@@ -108,17 +109,10 @@ class Capturer:
         self.sample_all = settings.sample_rate >= 1.0
         self.sample_threshold = sampling_threshold(settings.sample_rate)
         self.correlation_headers = settings.correlation_headers
-        # The request headers the request path reads, by slot; the first occurrence of a name wins.
-        self.header_names = (
-            *settings.correlation_headers, "traceparent", "tracestate", "content-type", "content-length"
-        )
-        self.slot_count = len(self.header_names)
-        self.traceparent_slot, self.tracestate_slot, self.content_type_slot, self.content_length_slot = range(
-            self.slot_count - 4, self.slot_count
-        )
-        self.header_slots: dict[bytes, int] = {}
-        for slot, name in enumerate(self.header_names):
-            self.header_slots.setdefault(name.encode("latin-1"), slot)
+        # The request headers the request path reads, each in its slot (one scanner for both adapters).
+        self.header_slots = slots = HeaderSlots(settings.correlation_headers)
+        self.traceparent_slot, self.tracestate_slot = slots.traceparent, slots.tracestate
+        self.content_type_slot, self.content_length_slot = slots.content_type, slots.content_length
         self._otel_configured = False
         self._otel_next_check = 0.0
         self.base_attributes = {
@@ -147,13 +141,7 @@ class Capturer:
         ``held_bytes`` is what else of the request the capture keeps (its target); the headers'
         own bytes are added here, in the one scan, so the queue bound counts them too.
         """
-        found: list[bytes | None] = [None] * self.slot_count
-        slots = self.header_slots
-        for name, value in headers:
-            held_bytes += len(name) + len(value) + HEADER_OVERHEAD
-            slot = slots.get(name)
-            if slot is not None and found[slot] is None:
-                found[slot] = value
+        found, held_bytes = self.header_slots.scan_pairs(headers, held_bytes)
         return Capture(self, found, headers, info, held_bytes)
 
     def emit(self, capture: Capture) -> None:

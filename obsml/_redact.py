@@ -1,8 +1,10 @@
 """Redaction of credentials before anything is stored or exported.
 
-The policy is compiled once per middleware. It runs on the background writer, where raw
-header pairs are first decoded; a redacted value is replaced by :data:`REDACTED` and the
-span lists which headers were redacted, so the absence is visible, never silent.
+One policy per middleware holds the header names and query keys whose values are credentials
+(the built-in ones plus ``OBSML_REDACT_HEADERS`` and ``OBSML_REDACT_QUERY``), compiled once. It
+runs on the background writer, where raw header pairs are first decoded; a redacted value is
+replaced by :data:`REDACTED` and the span lists which headers were redacted, so the absence is
+visible, never silent.
 """
 
 from __future__ import annotations
@@ -12,9 +14,8 @@ from collections.abc import Iterable
 from urllib.parse import unquote_plus
 
 from ._ids import recordable_correlation_value
+from ._secrets import REDACTED
 from ._types import Attributes
-
-REDACTED = "[REDACTED]"
 
 DEFAULT_REDACTED_HEADERS = (
     "api-key",  # Azure OpenAI's and Azure ML online endpoints' key
@@ -32,9 +33,6 @@ REDACTED_QUERY_KEYS = frozenset({
     "access_token", "api_key", "awsaccesskeyid", "code", "sig", "signature", "token", "x-amz-credential",
     "x-amz-signature", "x-goog-signature",
 })
-# A query can hold a key of REDACTED_QUERY_KEYS only if it has one literally (in any case) or has
-# a percent-escape: the cheap test before parsing. Keys with '+' (a space) are never among them.
-_MAY_HOLD_A_KEY = re.compile("%|" + "|".join(sorted(map(re.escape, REDACTED_QUERY_KEYS))))
 
 # Keep a span well under the SDK's default limit of 128 attributes.
 MAX_HEADERS_RECORDED = 64
@@ -59,9 +57,20 @@ def rejected(value: bytes) -> str:
 
 
 class RedactionPolicy:
-    def __init__(self, extra_headers: Iterable[str], correlation_headers: Iterable[str] = ()) -> None:
+    """What is redacted: header values by name, query values by key (built-ins plus the extras)."""
+
+    def __init__(
+        self,
+        extra_headers: Iterable[str],
+        correlation_headers: Iterable[str] = (),
+        extra_query_keys: Iterable[str] = (),
+    ) -> None:
         self.headers = frozenset(h.lower() for h in (*DEFAULT_REDACTED_HEADERS, *extra_headers))
         self.correlation_headers = frozenset(h.lower() for h in correlation_headers)
+        self.query_keys = frozenset(k.lower() for k in (*REDACTED_QUERY_KEYS, *extra_query_keys))
+        # A query can hold one of the keys only if it has one literally (in any case) or has a
+        # percent-escape: the cheap test before parsing. Keys with '+' (a space) are never among them.
+        self._may_hold_a_key = re.compile("%|" + "|".join(sorted(map(re.escape, self.query_keys))))
 
     def header_attributes(self, prefix: str, pairs: Iterable[tuple[bytes, bytes]]) -> Attributes:
         """``http.{request,response}.header.<name>`` attributes, credentials replaced, sizes capped."""
@@ -106,20 +115,20 @@ class RedactionPolicy:
             attributes[f"obsml.{prefix}.headers_truncated"] = sorted(truncated)
         return attributes
 
-    @staticmethod
-    def query(raw_query: str) -> str:
+    def query(self, raw_query: str) -> str:
         """The query string with credential values replaced; every other byte kept as it came.
 
         Keys are compared decoded (``%73ig`` is ``sig``) and in any case; only the values of
         matching keys are rewritten, so an unrelated query is never re-encoded.
         """
-        if not _MAY_HOLD_A_KEY.search(raw_query.lower()):
+        if not self._may_hold_a_key.search(raw_query.lower()):
             return raw_query
+        keys = self.query_keys
         fields = raw_query.split("&")
         changed = False
         for index, field in enumerate(fields):
             key, equals, _ = field.partition("=")
-            if equals and unquote_plus(key).lower() in REDACTED_QUERY_KEYS:
+            if equals and unquote_plus(key).lower() in keys:
                 fields[index] = f"{key}={REDACTED}"
                 changed = True
         return "&".join(fields) if changed else raw_query

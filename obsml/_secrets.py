@@ -12,6 +12,7 @@ import os
 import re
 from urllib.parse import unquote
 
+# The one marker of a removed credential: in log lines here, in span attributes (obsml/_redact.py).
 REDACTED = "[REDACTED]"
 
 # key=value pairs whose values are credentials, in connection strings and URLs.

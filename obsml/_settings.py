@@ -19,6 +19,7 @@ ENV_PREFIX = "OBSML_"
 # A name that may become part of a storage path: no separators, no "..", no control characters.
 SAFE_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
 HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token
+QUERY_KEY = re.compile(r"[A-Za-z0-9._~-]+")  # RFC 3986 unreserved: a key as compared, percent-decoded
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +37,7 @@ class Settings:
     enabled: bool = True
     correlation_headers: tuple[str, ...] = ("x-correlation-id", "x-request-id")
     redact_headers: tuple[str, ...] = ()
+    redact_query: tuple[str, ...] = ()
     queue_max_items: int = 10_000
     queue_max_bytes: int = 64 * 1024 * 1024
     flush_interval: float = 1.0
@@ -172,6 +174,10 @@ _PARSERS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "redact_headers": (
         _names(HEADER_NAME, lower=True, allow_empty=True),
         "a comma-separated list of HTTP header names",
+    ),
+    "redact_query": (
+        _names(QUERY_KEY, lower=True, allow_empty=True),
+        "a comma-separated list of query keys (A-Z a-z 0-9 . _ ~ -)",
     ),
     "queue_max_items": (_integer(1), "an integer >= 1"),
     "queue_max_bytes": (_integer(1), "an integer number of bytes >= 1"),

@@ -12,13 +12,14 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from types import TracebackType
 from typing import Literal
 
 from ._secrets import install_log_scrubbing
+from ._throttle import LogThrottle
 
 logger = logging.getLogger("obsml")
 install_log_scrubbing(logger)
@@ -53,9 +54,6 @@ Counter = Literal[
     "temp_files_removed",  # temporary files of dead processes swept from a local store at start
 ]
 
-_LOG_INTERVAL_S = 60.0
-
-
 class _Stats:
     def __init__(self) -> None:
         self._counts: dict[str, int] = {}
@@ -66,7 +64,8 @@ class _Stats:
         # Also in a forked child: a lock held by a parent's thread at the fork, or the parent's
         # timer thread, must not be inherited (gunicorn --preload forks a master with threads).
         self._lock = threading.Lock()
-        self._last_logged: dict[str, float] = {}
+        # One throttle for the lines of every drop reason and of internal errors ("error:<what>").
+        self.log_throttle = LogThrottle()
         self._unlogged: dict[str, dict[str, int]] = {}  # reason -> kind -> drops since its last line
         self._first_error: dict[str, str] = {}  # reason -> the first error (or detail) since its last line
         self._timer: threading.Timer | None = None
@@ -90,7 +89,7 @@ class _Stats:
             if detail:
                 self._first_error.setdefault(reason, detail)
             if reason in _EXIT_REASONS:  # nothing reads the counters afterwards: log each now
-                self._last_logged.pop(reason, None)
+                self.log_throttle.forget(reason)
             line = self._take_line(reason, now)
             if line is None and self._timer is None:
                 self._arm_timer(now)
@@ -99,10 +98,9 @@ class _Stats:
 
     def _take_line(self, reason: str, now: float) -> tuple[str, ...] | None:
         """The log line of ``reason``'s unlogged drops, if one is due (call under the lock)."""
-        last = self._last_logged.get(reason)
-        if reason not in self._unlogged or (last is not None and now - last < _LOG_INTERVAL_S):
+        last = self.log_throttle.last(reason)
+        if reason not in self._unlogged or not self.log_throttle.due(reason, now):
             return None
-        self._last_logged[reason] = now
         kinds = self._unlogged.pop(reason)
         counts = ", ".join(f"{n} {kind}(s)" for kind, n in kinds.items())
         error = self._first_error.pop(reason, "")
@@ -110,7 +108,7 @@ class _Stats:
         return "obsml dropped %s%s: %s%s", counts, since, reason, f" ({error})" if error else ""
 
     def _arm_timer(self, now: float) -> None:
-        due = min(self._last_logged.get(reason, now) + _LOG_INTERVAL_S for reason in self._unlogged)
+        due = min(self.log_throttle.next_due(reason, now) for reason in self._unlogged)
         timer = threading.Timer(max(0.0, due - now), self.log_unlogged)
         timer.daemon = True
         try:
@@ -125,21 +123,12 @@ class _Stats:
         with self._lock:
             self._timer = None
             if force:
-                self._last_logged.clear()
+                self.log_throttle.forget()
             lines = [line for reason in list(self._unlogged) if (line := self._take_line(reason, now))]
             if self._unlogged:
                 self._arm_timer(now)
         for line in lines:
             logger.warning(*line)
-
-    def _due(self, key: str) -> bool:
-        now = time.monotonic()
-        with self._lock:
-            last = self._last_logged.get(key)
-            if last is not None and now - last < _LOG_INTERVAL_S:
-                return False
-            self._last_logged[key] = now
-            return True
 
     def snapshot(self) -> dict[str, object]:
         with self._lock:
@@ -166,28 +155,57 @@ atexit.register(STATS.log_unlogged, force=True)
 _strict = False
 
 
-def set_strict(value: bool) -> None:
-    """Under strict mode (tests), obsml's internal errors are raised instead of counted."""
+def enable_strict() -> None:
+    """Strict mode (tests): obsml's internal errors are raised instead of counted, in the whole
+    process and for good.
+
+    One process setting, not one per middleware: internal errors also arise where no middleware
+    is at hand (the writer thread, spool delivery, framework hooks shared by every middleware).
+    It is only ever turned on, so a middleware created later without ``strict`` cannot turn it
+    off for the ones that asked for it.
+    """
     global _strict
-    _strict = value
+    _strict = True
 
 
 def report_internal_error(what: str, kind: str = "item") -> None:
     """Account for an exception obsml caught in its own code; call from an ``except`` block."""
     if _strict:
         raise
+    _count_internal_error(what, kind, sys.exc_info()[1])
+
+
+def _count_internal_error(what: str, kind: str, exc: BaseException | None) -> None:
     STATS.record_drop(kind, "internal_error")
-    if STATS._due(f"error:{what}"):
-        logger.exception("obsml internal error in %s; the request was not affected", what)
+    if STATS.log_throttle.due(f"error:{what}", time.monotonic()):
+        logger.error("obsml internal error in %s; the request was not affected", what, exc_info=exc)
 
 
-@contextmanager
-def guarded(what: str, kind: str = "item") -> Iterator[None]:
-    """Run obsml's own work so that its failure is counted and logged, never raised (Exception only)."""
-    try:
-        yield
-    except Exception:
-        report_internal_error(what, kind)
+class guarded:  # named as the statement reads: ``with guarded("what"):``
+    """``with guarded("reading a route"):`` runs obsml's own work so that its failure is counted and
+    logged, never raised (``Exception`` only; raised in strict mode), and the caller goes on.
+
+    A class rather than a generator, so it is cheap enough for per-request hooks. The adapters'
+    per-message paths keep a plain ``try``/``except`` calling :func:`report_internal_error`, which
+    costs nothing until it catches.
+    """
+
+    __slots__ = ("kind", "what")
+
+    def __init__(self, what: str, kind: str = "item") -> None:
+        self.what = what
+        self.kind = kind
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> bool:
+        if not isinstance(exc, Exception) or _strict:
+            return False
+        _count_internal_error(self.what, self.kind, exc)
+        return True
 
 
 def stats() -> dict[str, object]:

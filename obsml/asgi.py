@@ -11,16 +11,16 @@ import asyncio
 from typing import Any
 
 from ._attributes import server_from_host, set_port
-from ._capture import HEADER_OVERHEAD, Capture, header_value
+from ._capture import Capture, header_value
 from ._exceptions import ObsmlError
 from ._frameworks import asgi_route, hook_asgi_app, hook_scope
+from ._headers import CORRELATION_HEADER, echo_correlation_id
 from ._pipeline import Capturer
-from ._redact import RedactionPolicy
 from ._settings import Settings
-from ._stats import logger, report_internal_error, set_strict
+from ._stats import enable_strict, guarded, logger, report_internal_error
 from ._types import ASGIApp, Attributes, Message, Receive, Scope, Send
 
-_CORRELATION_HEADER = b"x-correlation-id"
+_CORRELATION_HEADER = CORRELATION_HEADER.encode("latin-1")
 # Server extensions that send a response body past the middleware (a file by path or by
 # descriptor). Hidden from the app, so files stream through obsml as plain body messages.
 _PATHSEND, _ZEROCOPYSEND = "http.response.pathsend", "http.response.zerocopysend"
@@ -41,7 +41,8 @@ class ObsmlMiddleware:
         self._hook_first_scope = False
         try:
             settings = Settings.load(**options)
-            set_strict(settings.strict)
+            if settings.strict:
+                enable_strict()
             self.capturer = Capturer(settings, describe_scope)
             self._hook_first_scope = hook_asgi_app(app)
         except ObsmlError as exc:
@@ -130,11 +131,12 @@ class _CaptureResponder:
     async def receive_with_capture(self) -> Message:
         message = await self.receive()
         try:
-            if message["type"] == "http.request":
+            kind = message["type"]
+            if kind == "http.request":
                 self.capture.request_body.feed(message.get("body", b""))
                 if not message.get("more_body", False):
                     self.capture.request_ended = True
-            elif message["type"] == "http.disconnect":
+            elif kind == "http.disconnect":
                 self.capture.request_ended = True
                 # After a complete response the server reports a disconnect too (ASGI spec); that
                 # one is the normal end of the exchange, not a client going away.
@@ -146,24 +148,20 @@ class _CaptureResponder:
 
     async def send_with_capture(self, message: Message) -> None:
         try:
-            if message["type"] == "http.response.body":
+            kind = message["type"]
+            if kind == "http.response.body":
                 self.capture.response_body.feed(message.get("body", b""))
                 if not message.get("more_body", False):
                     self.capture.completed = True
-            elif message["type"] == "http.response.start":
-                headers = list(message.get("headers", ()))
-                held_bytes, own_id = 0, False
-                for name, value in headers:
-                    held_bytes += len(name) + len(value) + HEADER_OVERHEAD
-                    if name.lower() == _CORRELATION_HEADER:  # the app set its own: leave it
-                        own_id = True
-                if not own_id:
-                    headers.append((_CORRELATION_HEADER, self.capture.correlation_bytes))
-                    # A copy: the app's message may be a constant it sends again for the next request.
+            elif kind == "http.response.start":
+                headers, held_bytes, echoed = echo_correlation_id(
+                    message.get("headers", ()), _CORRELATION_HEADER, self.capture.correlation_bytes
+                )
+                if echoed:  # a copy: the app's message may be a constant it sends again for the next request
                     message = {**message, "headers": headers}
                 self.capture.response_started(message["status"], headers, held_bytes)
-            elif message["type"] in _UNSEEN_BODY_EXTENSIONS:  # sent anyway, though not offered
-                self.capture.response_body.unseen = message["type"]
+            elif kind in _UNSEEN_BODY_EXTENSIONS:  # sent anyway, though not offered
+                self.capture.response_body.unseen = kind
                 if not message.get("more_body", False):
                     self.capture.completed = True
         except Exception:
@@ -227,10 +225,8 @@ class _Lifespan:
                 return
 
     def flush(self) -> None:
-        try:
+        with guarded("the shutdown flush"):
             self.capturer.flush()
-        except Exception:
-            report_internal_error("the shutdown flush")
 
 
 def describe_scope(scope: Scope, capturer: Capturer) -> Attributes:
@@ -244,7 +240,7 @@ def describe_scope(scope: Scope, capturer: Capturer) -> Attributes:
     }
     query = scope.get("query_string", b"")
     if query:
-        attributes["url.query"] = RedactionPolicy.query(query.decode("latin-1"))
+        attributes["url.query"] = capturer.redaction.query(query.decode("latin-1"))
     client = scope.get("client")
     if client:
         attributes["client.address"] = client[0]

@@ -9,35 +9,19 @@ capture ends when the server calls ``close()``: only then is the exchange over.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Iterator
-from types import TracebackType
-from typing import Any, Protocol
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from ._attributes import server_from_host, set_port
-from ._capture import HEADER_OVERHEAD, Capture
+from ._capture import Capture
 from ._frameworks import hook_wsgi_app, wsgi_route
+from ._headers import CORRELATION_HEADER, echo_correlation_id
 from ._pipeline import Capturer
-from ._redact import RedactionPolicy
 from ._settings import Settings
-from ._stats import report_internal_error, set_strict
-from ._types import Attributes
+from ._stats import enable_strict, report_internal_error
+from ._types import Attributes, Environ, ExcInfo, StartResponse, Write, WSGIApp
 from ._writer import flush_on_sigterm
-
-Environ = dict[str, Any]
-ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None] | tuple[None, None, None]
-Write = Callable[[bytes], object]
-
-
-class StartResponse(Protocol):
-    def __call__(
-        self, status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = ..., /
-    ) -> Write: ...
-
-
-WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
-
-_CORRELATION_HEADER = "x-correlation-id"
-_is_str = str.__instancecheck__
+from ._wsgi_io import EnvironHeaders, InputTee, Latin1Pairs
 
 
 class ObsmlWSGIMiddleware:
@@ -50,37 +34,25 @@ class ObsmlWSGIMiddleware:
     def __init__(self, app: WSGIApp, **options: Any) -> None:
         self.app = app
         settings = Settings.load(**options)
-        set_strict(settings.strict)
+        if settings.strict:
+            enable_strict()
         self.capturer = Capturer(settings, describe_environ)
         if settings.flush_on_sigterm:
             flush_on_sigterm()
         hook_wsgi_app(app)
-        # The environ keys of the headers the request path reads, with their slots.
-        self._environ_slots = [(_environ_key(name), slot) for slot, name in enumerate(self.capturer.header_names)]
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         if not self.capturer.enabled:
             return self.app(environ, start_response)
         try:
-            found: list[bytes | None] = [None] * self.capturer.slot_count
-            for key, slot in self._environ_slots:
-                value = environ.get(key)
-                if value is not None and found[slot] is None:
-                    found[slot] = value.encode("latin-1")
-            # What the capture keeps alive of the environ, headers and target alike (one pass in C).
-            held_bytes = sum(map(len, filter(_is_str, environ.values()))) + len(environ) * HEADER_OVERHEAD
-            capture = Capture(self.capturer, found, _EnvironHeaders(environ), environ, held_bytes)
-            environ["wsgi.input"] = _InputTee(environ["wsgi.input"], capture)
+            capturer = self.capturer
+            found, held_bytes = capturer.header_slots.scan_environ(environ)
+            capture = Capture(capturer, found, EnvironHeaders(environ), environ, held_bytes)
+            environ["wsgi.input"] = InputTee(environ["wsgi.input"], capture)
         except Exception:
             report_internal_error("starting a capture", "span")
             return self.app(environ, start_response)
         return _CaptureResponse(capture, start_response).call(self.app, environ)
-
-
-def _environ_key(header: str) -> str:
-    """Where PEP 3333 puts a request header: ``HTTP_X_REQUEST_ID``, but ``CONTENT_TYPE`` bare."""
-    key = header.upper().replace("-", "_")
-    return key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{key}"
 
 
 class _CaptureResponse:
@@ -127,14 +99,8 @@ class _CaptureResponse:
         self, status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
     ) -> Write:
         try:
-            held_bytes, own_id = 0, False
-            for name, value in headers:
-                held_bytes += len(name) + len(value) + HEADER_OVERHEAD
-                if name.lower() == _CORRELATION_HEADER:  # the app set its own: leave it
-                    own_id = True
-            if not own_id:
-                headers = [*headers, (_CORRELATION_HEADER, self.capture.correlation_id)]
-            self.capture.response_started(int(status[:3]), _Latin1Pairs(headers), held_bytes)
+            headers, held_bytes, _ = echo_correlation_id(headers, CORRELATION_HEADER, self.capture.correlation_id)
+            self.capture.response_started(int(status[:3]), Latin1Pairs(headers), held_bytes)
             if self.capture.route is None:
                 self.capture.route = wsgi_route(self.capture.info)
         except Exception:
@@ -214,107 +180,6 @@ class _CaptureResponse:
             report_internal_error("finishing a capture", "span")
 
 
-class _InputTee:
-    """``wsgi.input`` for the app: every byte it reads is also fed to the capture."""
-
-    __slots__ = ("capture", "stream", "stream_readinto")
-
-    def __init__(self, stream: Any, capture: Capture) -> None:
-        self.stream = stream
-        self.stream_readinto = getattr(stream, "readinto", None)
-        self.capture = capture
-
-    def read(self, *args: Any) -> bytes:
-        data: bytes = self.stream.read(*args)
-        self._feed(data)
-        # As a file's read() (PEP 3333): everything, or less than asked for, means the end.
-        asked = -1 if not args or args[0] is None else args[0]
-        if asked < 0 or len(data) < asked:
-            self.capture.request_ended = True
-        return data
-
-    def readline(self, *args: Any) -> bytes:
-        line: bytes = self.stream.readline(*args)
-        self._feed(line)
-        if not line and not (args and args[0] == 0):
-            self.capture.request_ended = True
-        return line
-
-    def readinto(self, buffer: Any) -> int:
-        # Not in PEP 3333, but werkzeug's LimitedStream (Flask) reads through it when present.
-        if self.stream_readinto is None:  # a server's stream with read() only
-            data = self.read(len(buffer))
-            buffer[: len(data)] = data
-            return len(data)
-        size: int = self.stream_readinto(buffer) or 0
-        if size:
-            self._feed(bytes(memoryview(buffer)[:size]))
-        elif len(buffer):
-            self.capture.request_ended = True
-        return size
-
-    def readlines(self, *args: Any) -> list[bytes]:
-        lines: list[bytes] = self.stream.readlines(*args)
-        for line in lines:
-            self._feed(line)
-        if not args or args[0] is None or args[0] <= 0:
-            self.capture.request_ended = True
-        return lines
-
-    def __iter__(self) -> Iterator[bytes]:
-        for line in self.stream:
-            self._feed(line)
-            yield line
-        self.capture.request_ended = True
-
-    def __getattr__(self, name: str) -> Any:
-        # Anything beyond PEP 3333's four methods (a server's extras) goes to the real stream.
-        return getattr(self.stream, name)
-
-    def _feed(self, data: bytes) -> None:
-        if data:
-            try:
-                self.capture.request_body.feed(data)
-            except Exception:
-                report_internal_error("capturing a request body")
-
-
-class _EnvironHeaders:
-    """The request headers of an environ as raw pairs, decoded only when the writer reads them."""
-
-    __slots__ = ("environ",)
-
-    def __init__(self, environ: Environ) -> None:
-        self.environ = environ
-
-    def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
-        for key, value in self.environ.items():
-            if not isinstance(value, str):
-                continue
-            if key.startswith("HTTP_"):
-                name = key[5:]
-            elif key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-                if not value:
-                    continue
-                name = key
-            else:
-                continue
-            yield name.lower().replace("_", "-").encode("latin-1"), value.encode("latin-1")
-
-
-class _Latin1Pairs:
-    """WSGI's ``str`` header pairs as the raw pairs the core reads, encoded only when read."""
-
-    __slots__ = ("pairs",)
-
-    def __init__(self, pairs: list[tuple[str, str]]) -> None:
-        self.pairs = pairs
-
-    def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
-        for name, value in self.pairs:
-            yield name.encode("latin-1"), value.encode("latin-1")
-
-
 def describe_environ(environ: Environ, capturer: Capturer) -> Attributes:
     """HTTP attributes of a WSGI environ (OpenTelemetry semantic conventions); runs on the writer.
 
@@ -334,7 +199,7 @@ def describe_environ(environ: Environ, capturer: Capturer) -> Attributes:
         attributes["network.protocol.version"] = protocol[5:]
     query = environ.get("QUERY_STRING")
     if query:
-        attributes["url.query"] = RedactionPolicy.query(_text(query))
+        attributes["url.query"] = capturer.redaction.query(_text(query))
     client = environ.get("REMOTE_ADDR")
     if client:
         attributes["client.address"] = client

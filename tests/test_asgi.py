@@ -278,6 +278,17 @@ def test_credentials_in_headers_never_reach_the_store(store: Path, caplog: pytes
     assert [r for r in caplog.records if "CANARY" in r.getMessage() and not r.name.startswith(client_side)] == []
 
 
+def test_query_keys_named_in_redact_query_lose_their_values_as_the_built_in_ones_do(store: Path) -> None:
+    app = make_app(store=str(store), redact_query="Team_Secret, x-sas", **OPTIONS)
+    query = "team_secret=CANARY-1&%74EAM_secret=CANARY-2&x-sas=CANARY-3&sig=CANARY-4&team=a&limit=3"
+    with running_server(app) as url:
+        httpx.get(f"{url}/whoami?{query}", headers={"x-correlation-id": "redact-query"})
+    attributes = span_by_correlation_id(store, "redact-query")["attributes"]
+    assert attributes["url.query"] == (
+        "team_secret=[REDACTED]&%74EAM_secret=[REDACTED]&x-sas=[REDACTED]&sig=[REDACTED]&team=a&limit=3"
+    )
+
+
 def test_long_and_repeated_headers_are_recorded_cut_with_a_marker_and_their_true_size(store: Path) -> None:
     headers = [("x-big", "b" * 20_000), ("user-agent", "u" * 9000), ("x-" + "n" * 300, "a long name")]
     headers += [("x-many", f"v{index}") for index in range(20)] + [("x-correlation-id", "caps")]

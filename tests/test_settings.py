@@ -22,6 +22,11 @@ def test_keyword_arguments_win_over_the_environment_which_wins_over_defaults() -
     assert Settings.load({}).inline_limit == 65536
 
 
+def test_redact_query_is_a_comma_list_of_keys_compared_in_lower_case() -> None:
+    assert Settings.load({"OBSML_REDACT_QUERY": " Team_Secret , x-sas,"}).redact_query == ("team_secret", "x-sas")
+    assert Settings.load({}, redact_query=["SAS"]).redact_query == ("sas",)
+
+
 @pytest.mark.parametrize(
     ("env", "options", "message"),
     [
@@ -38,6 +43,7 @@ def test_keyword_arguments_win_over_the_environment_which_wins_over_defaults() -
         pytest.param({}, {"version": ".."}, "version='..' is not valid", id="version-dots"),
         pytest.param({"OBSML_CORRELATION_HEADERS": ""}, {}, "one or more HTTP header names", id="no-headers"),
         pytest.param({"OBSML_REDACT_HEADERS": "x-bad header"}, {}, "OBSML_REDACT_HEADERS", id="header-space"),
+        pytest.param({"OBSML_REDACT_QUERY": "sig,a=b"}, {}, "OBSML_REDACT_QUERY='sig,a=b'", id="query-key"),
         pytest.param({}, {"inline_limt": 5}, "unknown obsml setting(s) inline_limt", id="typo"),
         pytest.param({"OBSML_EXPORTERS": "Jsonl"}, {}, "OBSML_EXPORTERS='Jsonl' is not valid", id="exporter-case"),
     ],

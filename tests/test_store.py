@@ -19,8 +19,8 @@ from apps import make_app
 from conftest import read_spans, running_server, span_by_correlation_id
 
 import obsml
-from obsml import _stats
 from obsml._objects import utc_folders
+from obsml._stats import STATS
 from obsml._store import _HOST, Store
 
 OPTIONS = {"service": "credit", "model": "best_model", "version": "10", "flush_interval": 0.05}
@@ -127,7 +127,7 @@ def test_temporary_files_of_dead_processes_are_swept_at_start_and_a_live_ones_ke
 def test_drop_lines_give_the_counts_by_kind_since_the_last_line_and_the_os_error(
     store: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(_stats, "_LOG_INTERVAL_S", 0.2)  # the rest of the minute, shortened
+    monkeypatch.setattr(STATS.log_throttle, "interval", 0.2)  # the rest of the minute, shortened
     store.mkdir(parents=True)
     (store / "traces").write_text("a file where a folder should be")
     (store / "payloads").write_text("the same for payloads")

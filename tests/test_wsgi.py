@@ -96,6 +96,16 @@ def test_flask_routes_name_the_span_and_requests_are_described(flask_server: Ser
     assert "CANARY" not in str(span)
 
 
+def test_query_keys_named_in_obsml_redact_query_lose_their_values_under_gunicorn(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    with running_gunicorn("wsgi_apps:flask_app", store, env={"OBSML_REDACT_QUERY": "team_secret,X-Sas"}) as server, \
+            fresh_client(server) as client:
+        client.get("/scores/7?x-sas=CANARY-1&%74eam_secret=CANARY-2&sig=CANARY-3&team=a",
+                   headers={"x-correlation-id": "redact-query"})
+        attributes = span_by_correlation_id(store, "redact-query")["attributes"]
+    assert attributes["url.query"] == "x-sas=[REDACTED]&%74eam_secret=[REDACTED]&sig=[REDACTED]&team=a"
+
+
 def test_a_generator_response_streams_chunk_by_chunk_and_is_captured_whole(
     flask_server: Served, tmp_path: Path
 ) -> None:
