@@ -8,6 +8,7 @@ writer reads them, off the request path.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -90,10 +91,15 @@ class EnvironHeaders:
         self.environ = environ
 
     def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
+        process_environment = os.environ
         for key, value in self.environ.items():
             if not isinstance(value, str):
                 continue
             if key.startswith("HTTP_"):
+                if process_environment.get(key) == value:
+                    # granian copies the process environment into every environ: an HTTP_PROXY
+                    # with its password is the operator's, not a header the client sent.
+                    continue
                 name = key[5:]
             elif key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
                 if not value:

@@ -7,6 +7,7 @@ uWSGI clears and refills one environ dict per core for the next request, waitres
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 import time
 from collections.abc import Iterator
@@ -22,6 +23,8 @@ from servers import BIN, RunningCommand, free_port, running_command, store_env
 
 pytestmark = pytest.mark.slow
 
+# In every server's process environment: granian copies it into each request's environ.
+PROCESS_SECRET = "http://operator:CANARY-process-env-5e1f@proxy.internal:3128"
 APP = "wsgi_apps:plain_app"  # a bare PEP 3333 callable (echoes the body) wrapped in obsml
 COMMANDS = {
     # --die-on-term: without it uWSGI's master takes SIGTERM as "reload", not "stop".
@@ -49,7 +52,10 @@ def started(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
                 store = tmp_path_factory.mktemp(name) / "store"
                 port = free_port()
                 server = stack.enter_context(
-                    running_command(COMMANDS[name](port), port, store.parent / "server.log", store_env(store))
+                    running_command(
+                        COMMANDS[name](port), port, store.parent / "server.log",
+                        store_env(store, HTTP_PROXY=PROCESS_SECRET),
+                    )
                 )
                 running[name] = server, store
             return running[name]
@@ -152,3 +158,13 @@ def test_the_server_is_named_by_the_host_header_and_ports_are_integers(
     assert direct["client.address"] == "127.0.0.1"
     # granian's environ has no REMOTE_PORT: then there is no client.port, never a wrong one.
     assert isinstance(direct.get("client.port"), int) is client_port
+
+
+@pytest.mark.parametrize("name", ["granian-wsgi", "waitress"])
+def test_the_process_environment_never_becomes_a_request_header(started: Any, name: str) -> None:
+    server, store = started(name)
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        client.get("/", headers={"x-correlation-id": "environment", "x-sent": "by-the-client"})
+    span = span_by_correlation_id(store, "environment")
+    assert span["attributes"]["http.request.header.x-sent"] == ["by-the-client"]
+    assert "CANARY-process-env" not in json.dumps(span)
