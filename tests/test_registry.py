@@ -122,33 +122,33 @@ def test_an_exporter_factory_is_handed_a_store_that_offloads_long_values(
 
 
 @pytest.mark.parametrize(
-    ("plugin_source", "error", "message"),
+    ("name", "plugin_source", "error", "message"),
     [
         pytest.param(
-            "import a_dependency_that_is_not_installed\n", PluginImportError,
-            r"sink 'brokensink' .*from brokensink-plugin\) is installed but needs a module that is not: "
+            "nodep", "import a_dependency_that_is_not_installed\n", PluginImportError,
+            r"sink 'nodep' .*from nodep-plugin\) is installed but needs a module that is not: "
             r"a_dependency_that_is_not_installed",
             id="dependency-missing",
         ),
         pytest.param(
-            "raise RuntimeError('half-installed')\n", PluginImportError,
-            r"sink 'brokensink' .* is installed but its import failed: RuntimeError: half-installed",
+            "halfsink", "raise RuntimeError('half-installed')\n", PluginImportError,
+            r"sink 'halfsink' .* is installed but its import failed: RuntimeError: half-installed",
             id="import-fails",
         ),
         pytest.param(
-            "make_sink = 'not a factory'\n", PluginError,
-            r"sink 'brokensink': entry point brokensink_plugin:make_sink \(from brokensink-plugin\) is not callable",
+            "notcallable", "make_sink = 'not a factory'\n", PluginError,
+            r"sink 'notcallable': entry point notcallable_plugin:make_sink \(from notcallable-plugin\) is not callable",
             id="not-callable",
         ),
     ],
 )
 def test_a_sink_plugin_that_cannot_be_used_fails_start_up_with_its_name(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, plugin_source: str, error: type[Exception], message: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, plugin_source: str, error: type[Exception], message: str
 ) -> None:
-    install_plugin(tmp_path, monkeypatch, "brokensink", plugin_source, group="obsml.sinks", factory="make_sink")
+    install_plugin(tmp_path, monkeypatch, name, plugin_source, group="obsml.sinks", factory="make_sink")
     monkeypatch.setenv("OBSML_SPOOL_DIR", str(tmp_path / "spool"))
     with pytest.raises(error, match=message):
-        ObsmlMiddleware(app, store="brokensink://box")
+        ObsmlMiddleware(app, store=f"{name}://box")
 
 
 def test_a_sink_plugin_whose_package_is_gone_fails_start_up_saying_what_to_install(
