@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .__version__ import __version__
 from ._capture import RequestIds, current_request, record_exception
+from ._contracts import ObjectStore
 from ._exceptions import ConfigError, ObsmlError, PluginError, PluginImportError
 from ._pipeline import flush
 from ._settings import Settings
@@ -20,6 +21,7 @@ from .wsgi import ObsmlWSGIMiddleware
 __all__ = [
     "ConfigError",
     "ObjectData",
+    "ObjectStore",
     "ObsmlError",
     "ObsmlMiddleware",
     "ObsmlWSGIMiddleware",

@@ -3,19 +3,18 @@
 The example app runs as a separate process with ``OBSML_STORE`` set, exactly as a user would
 run it: the FastAPI app under uvicorn, or (``--wsgi``) the Flask app under gunicorn with two
 forked workers. A :class:`Server` says which command to run and which signal stops it without
-losing spans. The demo waits for ``/health``, sends a fixed mix of requests with httpx, stops
-the server, then reads the new part files under ``traces/`` back through the store's fsspec
-filesystem and prints a summary next to what it sent, with the spans each process wrote.
+losing spans. The demo waits for ``/health``, sends the traffic of ``examples/demo_traffic.py``
+(found in the working directory, as the servers find the example apps), stops the server, then
+reads the new part files under ``traces/`` back through the store's reader (``_reader``) and
+prints the example's summary next to what it sent, with the spans each process wrote.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
-import json
-import math
+import importlib.util
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -25,14 +24,11 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
-from ._exceptions import ConfigError
+from ._exceptions import ObsmlError
+from ._reader import Span, StoreReader
 from ._settings import Settings
-from ._store import Store
-
-if TYPE_CHECKING:
-    import httpx
 
 DEFAULT_STORE = "./obsml-data"
 DEFAULT_REQUESTS = 40
@@ -40,27 +36,6 @@ MIN_REQUESTS = 5
 
 STARTUP_TIMEOUT_S = 30.0
 SHUTDOWN_TIMEOUT_S = 15.0
-REQUEST_TIMEOUT_S = 15.0
-LARGE_ROWS = 1500  # rows in a "large" request: about 160 KB of JSON in, 80 KB out
-STREAM_ROWS = 20
-SEED = 17
-
-
-@dataclasses.dataclass
-class Sent:
-    """One request the demo sent and what came back."""
-
-    kind: str  # small, large, bad, stream, bad-stream
-    path: str
-    expect: int
-    correlation_id: str | None = None
-    status: int = 0
-    echoed_id: str | None = None
-    request_bytes: int = 0
-    response_bytes: int = 0
-    events: int = 0
-    client_ttfb_ms: float | None = None
-    error: str | None = None
 
 
 class DemoError(Exception):
@@ -105,14 +80,9 @@ def run_demo(app: str | None, store: str, requests: int, out: IO[str] | None = N
         return 1
 
 
-def _say(out: IO[str], text: str) -> None:
-    print(text, file=out, flush=True)
-
-
 def _run(server: Server, app: str, store_url: str, requests: int, out: IO[str]) -> int:
     cwd = os.getcwd()
-    if app.startswith("examples.") and not os.path.isfile(os.path.join(cwd, "examples", "__init__.py")):
-        raise DemoError(f"no examples package in {cwd}: run `obsml demo` from the repository root")
+    traffic = _load_traffic(cwd)
     httpx = _import_demo_dependency("httpx")
     _import_demo_dependency(server.module)
     if store_url.startswith("memory:"):
@@ -121,38 +91,55 @@ def _run(server: Server, app: str, store_url: str, requests: int, out: IO[str]) 
         store_url = os.path.abspath(store_url)
     try:
         settings = Settings.load(store=store_url)
-        store = Store(settings)
-    except ConfigError as exc:
+        reader = StoreReader.open(settings.store)
+    except ObsmlError as exc:
         raise DemoError(str(exc)) from None
-    before = _listing(store)
+    before = {*reader.files("traces"), *reader.files("payloads")}
 
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - kept open for the server's lifetime
         prefix="obsml-demo-server-", suffix=".log", delete=False
     )
-    _say(out, f"obsml demo: starting {app} under {server.label} on {base}")
-    _say(out, f"  store {_shown(store, '')}  (server log {log.name})")
+    say = traffic.say
+    say(out, f"obsml demo: starting {app} under {server.label} on {base}")
+    say(out, f"  store {reader.shown()}  (server log {log.name})")
     with log, _serve(server, app, port, cwd, store_url, log) as process:
         started = time.monotonic()
         _wait_until_up(httpx, process, base, log.name)
-        _say(out, f"  server up in {time.monotonic() - started:.1f} s; sending {requests} requests ...")
+        say(out, f"  server up in {time.monotonic() - started:.1f} s; sending {requests} requests ...")
         started = time.monotonic()
-        sent = _send_traffic(httpx, base, requests)
+        sent = traffic.send_traffic(httpx, base, requests)
         elapsed = time.monotonic() - started
-        _say(out, f"  sent {_describe_sent(sent)} in {elapsed:.1f} s")
-        for line in _client_problems(sent):
-            _say(out, f"  ! {line}")
-        _say(out, f"  stopping the server with {server.stop_signal.name} ({server.stop_note}) ...")
+        say(out, f"  sent {traffic.describe_sent(sent)} in {elapsed:.1f} s")
+        for line in traffic.client_problems(sent):
+            say(out, f"  ! {line}")
+        say(out, f"  stopping the server with {server.stop_signal.name} ({server.stop_note}) ...")
         code = _stop(process, server.stop_signal)
-        _say(out, f"  server exited with code {code}")
+        say(out, f"  server exited with code {code}")
 
-    spans, by_pid, new_traces, new_payloads = _read_back(store, before)
-    _say(out, "")
-    return _summarise(out, store, sent, settings.inline_limit, spans, by_pid, new_traces, new_payloads, log.name)
+    spans, by_pid, new_traces, new_payloads = _read_back(reader, before)
+    say(out, "")
+    summary = traffic.summarise(
+        out, reader, sent, settings.inline_limit, spans, by_pid, new_traces, new_payloads, log.name
+    )
+    return int(summary)
 
 
 # --- preparation ---------------------------------------------------------------------------------
+
+
+def _load_traffic(cwd: str) -> Any:
+    """``examples/demo_traffic.py`` of the working directory: the examples are not installed."""
+    path = os.path.join(cwd, "examples", "demo_traffic.py")
+    if not os.path.isfile(path):
+        raise DemoError(f"no examples package in {cwd}: run `obsml demo` from the repository root")
+    spec = importlib.util.spec_from_file_location("obsml_demo_traffic", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks itself up there
+    spec.loader.exec_module(module)
+    return module
 
 
 def _import_demo_dependency(name: str) -> Any:
@@ -166,17 +153,6 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _listing(store: Store) -> set[str]:
-    files: set[str] = set()
-    for folder in ("traces", "payloads"):
-        try:
-            found = store.fs.find(store.path(folder))
-        except FileNotFoundError:
-            continue
-        files.update(str(path) for path in found if not str(path).rsplit("/", 1)[-1].startswith("."))
-    return files
 
 
 # --- the server ----------------------------------------------------------------------------------
@@ -246,252 +222,17 @@ def _tail(path: str, lines: int = 20) -> str:
         return "(no server log)"
 
 
-# --- the traffic ---------------------------------------------------------------------------------
-
-
-def _applicant(rng: random.Random) -> dict[str, Any]:
-    return {
-        "income": round(rng.lognormvariate(math.log(55.0), 0.5), 1),
-        "debt_ratio": round(rng.betavariate(2.0, 5.0), 3),
-        "age": rng.randint(18, 79),
-        "credit_lines": rng.randint(0, 10),
-        "late_payments": rng.choice((0, 0, 0, 0, 1, 1, 2, 3)),
-        "loan_amount": round(max(1.0, rng.gauss(20.0, 10.0)), 1),
-    }
-
-
-def _plan(requests: int) -> list[str]:
-    large = max(1, round(requests * 0.05))
-    bad = max(1, round(requests * 0.10))
-    stream = max(1, round(requests * 0.10))
-    bad_stream = 1 if bad >= 3 else 0
-    small = requests - large - bad - stream
-    plan = ["small"] * small + ["large"] * large + ["bad"] * (bad - bad_stream)
-    plan += ["bad-stream"] * bad_stream + ["stream"] * stream
-    random.Random(SEED).shuffle(plan)
-    return plan
-
-
-def _send_traffic(httpx: Any, base: str, requests: int) -> list[Sent]:
-    rng = random.Random(SEED)
-    sent: list[Sent] = []
-    loan = 17
-    seen: Counter[str] = Counter()
-    with httpx.Client(base_url=base, timeout=REQUEST_TIMEOUT_S) as client:
-        for kind in _plan(requests):
-            headers = {"content-type": "application/json"}
-            correlation_id = None
-            seen[kind] += 1
-            if kind == "large" or seen[kind] % 2 == 1:
-                correlation_id = f"loan-2024-{loan:05d}"
-                loan += 1
-                headers["x-correlation-id"] = correlation_id
-            if kind == "large":
-                rows = [_applicant(rng) for _ in range(LARGE_ROWS)]
-            elif kind in ("stream", "bad-stream"):
-                rows = [_applicant(rng) for _ in range(STREAM_ROWS)]
-            else:
-                rows = [_applicant(rng) for _ in range(rng.randint(1, 5))]
-            if kind.startswith("bad"):
-                broken = rows[rng.randrange(len(rows))]
-                if rng.random() < 0.5:
-                    broken["income"] = "n/a"  # a non-numeric feature
-                else:
-                    del broken["debt_ratio"]  # a missing feature
-                # uvicorn closes the connection after an exception escaped the app, without saying
-                # so in the 500 it sent: a keep-alive client would then reuse a dead connection.
-                headers["connection"] = "close"
-            path = "/score/stream" if kind.endswith("stream") else "/score"
-            body = json.dumps({"rows": rows}).encode()
-            expect = 500 if kind.startswith("bad") else 200
-            record = Sent(kind, path, expect, correlation_id, request_bytes=len(body))
-            try:
-                if kind == "stream":
-                    _stream(client, record, body, headers)
-                else:
-                    response = client.post(path, content=body, headers=headers)
-                    record.status = response.status_code
-                    record.echoed_id = response.headers.get("x-correlation-id")
-                    record.response_bytes = len(response.content)
-            except httpx.HTTPError as exc:
-                record.error = f"{type(exc).__name__}: {exc}"
-            sent.append(record)
-    return sent
-
-
-def _stream(client: httpx.Client, record: Sent, body: bytes, headers: dict[str, str]) -> None:
-    started = time.perf_counter()
-    with client.stream("POST", record.path, content=body, headers=headers) as response:
-        record.status = response.status_code
-        record.echoed_id = response.headers.get("x-correlation-id")
-        if not response.headers.get("content-type", "").startswith("text/event-stream"):
-            record.error = f"content-type {response.headers.get('content-type')!r}, not text/event-stream"
-        for chunk in response.iter_bytes():  # read as it arrives: the events come one by one
-            if record.client_ttfb_ms is None and chunk:
-                record.client_ttfb_ms = (time.perf_counter() - started) * 1000
-            record.response_bytes += len(chunk)
-            record.events += chunk.count(b"data: ")
-    if record.events != STREAM_ROWS and record.error is None:
-        record.error = f"{record.events} events for {STREAM_ROWS} rows"
-
-
-def _describe_sent(sent: list[Sent]) -> str:
-    kinds = Counter(record.kind for record in sent)
-    with_id = sum(1 for record in sent if record.correlation_id)
-    large_kb = max((r.request_bytes for r in sent if r.kind == "large"), default=0) // 1024
-    parts = [
-        f"{kinds['small']} small /score",
-        f"{kinds['large']} large /score (~{large_kb} KB)",
-        f"{kinds['stream']} streaming /score/stream",
-        f"{kinds['bad'] + kinds['bad-stream']} with a bad row (500 expected)",
-    ]
-    return f"{len(sent)} requests ({', '.join(parts)}; {with_id} with x-correlation-id)"
-
-
-def _client_problems(sent: list[Sent]) -> Iterator[str]:
-    for record in sent:
-        if record.error:
-            yield f"{record.kind} {record.path}: {record.error}"
-        elif record.status != record.expect:
-            yield f"{record.kind} {record.path}: status {record.status}, expected {record.expect}"
-    # A 500 from an exception is written by Starlette's error middleware, outside add_middleware's
-    # obsml: it has no x-correlation-id (the span still has the id; see the README).
-    missing = [r for r in sent if r.error is None and r.echoed_id is None and r.status < 500]
-    if missing:
-        by_status = sorted(Counter(r.status for r in missing).items())
-        statuses = ", ".join(f"{status} x{n}" for status, n in by_status)
-        yield f"{len(missing)} response(s) came back without an x-correlation-id header (status {statuses})"
-    wrong = [r for r in sent if r.correlation_id and r.echoed_id and r.echoed_id != r.correlation_id]
-    if wrong:
-        yield f"{len(wrong)} response(s) echoed a different x-correlation-id than was sent"
-
-
 # --- reading back --------------------------------------------------------------------------------
 
 
-def _read_back(store: Store, before: set[str]) -> tuple[list[dict[str, Any]], Counter[str], list[str], list[str]]:
+def _read_back(reader: StoreReader, before: set[str]) -> tuple[list[Span], Counter[str], list[str], list[str]]:
     """New spans, how many each process wrote (part files are ``<pid>-<hex>-<seq>.jsonl``), new files."""
-    new = sorted(_listing(store) - before)
-    traces = [path for path in new if path.endswith(".jsonl") and "/traces/" in f"/{_relative(store, path)}"]
-    payloads = [path for path in new if _relative(store, path).startswith("payloads/")]
-    spans: list[dict[str, Any]] = []
+    traces = [path for path in reader.part_files() if path not in before]
+    payloads = [path for path in reader.files("payloads") if path not in before]
+    spans: list[Span] = []
     by_pid: Counter[str] = Counter()
     for path in traces:
-        lines = [line for line in store.fs.cat_file(path).split(b"\n") if line.strip()]  # not splitlines()
-        spans.extend(json.loads(line) for line in lines)
-        by_pid[path.rsplit("/", 1)[-1].split("-", 1)[0]] += len(lines)
+        found = reader.read_part(path)
+        spans.extend(found)
+        by_pid[path.rsplit("/", 1)[-1].split("-", 1)[0]] += len(found)
     return spans, by_pid, traces, payloads
-
-
-def _relative(store: Store, path: str) -> str:
-    root = store.root.rstrip("/") + "/"
-    return path[len(root) :] if path.startswith(root) else path
-
-
-def _shown(store: Store, relative: str) -> str:
-    """Where an object of the store is, as a user would type it: a plain path for a local store."""
-    path = store.path(relative) if relative else store.root
-    protocol = store.fs.protocol if isinstance(store.fs.protocol, str) else store.fs.protocol[0]
-    return path if protocol in ("file", "local") else str(store.fs.unstrip_protocol(path))
-
-
-def _percentile(values: list[float], percent: float) -> float:
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(percent / 100 * len(ordered)) - 1)]
-
-
-def _ms(values: list[float]) -> str:
-    if not values:
-        return "-"
-    return f"p50 {_percentile(values, 50):.1f} ms, p95 {_percentile(values, 95):.1f} ms  (n={len(values)})"
-
-
-def _summarise(
-    out: IO[str],
-    store: Store,
-    sent: list[Sent],
-    inline_limit: int,
-    spans: list[dict[str, Any]],
-    by_pid: Counter[str],
-    traces: list[str],
-    payloads: list[str],
-    log_name: str,
-) -> int:
-    def attrs(span: dict[str, Any]) -> dict[str, Any]:
-        value = span.get("attributes")
-        return value if isinstance(value, dict) else {}
-
-    def failed(span: dict[str, Any]) -> bool:
-        status = attrs(span).get("http.response.status_code")
-        return (isinstance(status, int) and status >= 500) or span.get("status", {}).get("code") == "ERROR"
-
-    by_name = Counter(str(span.get("name")) for span in spans)
-    failures = [span for span in spans if failed(span)]
-    uris = [k for span in spans for k in attrs(span) if k.startswith("obsml.") and k.endswith(".body.uri")]
-    offloaded_spans = sum(1 for span in spans if any(k.endswith(".body.uri") for k in attrs(span)))
-    disconnected = sum(1 for span in spans if attrs(span).get("obsml.client.disconnected") is True)
-    lost = sum(1 for span in spans for key in attrs(span) if key.endswith(".body.lost"))
-    from_header = sum(1 for s in spans if attrs(s).get("obsml.correlation_id.source") == "x-correlation-id")
-    latency: dict[str, list[float]] = {}
-    for span in spans:
-        if isinstance(span.get("duration_ms"), (int, float)):
-            latency.setdefault(str(span.get("name")), []).append(float(span["duration_ms"]))
-    name_width = max((len(name) for name in latency), default=0)
-    ttfb = [
-        float(attrs(span)["obsml.response.time_to_first_byte_ms"])
-        for span in spans
-        if attrs(span).get("http.route") == "/score/stream" and not failed(span)
-        and isinstance(attrs(span).get("obsml.response.time_to_first_byte_ms"), (int, float))
-    ]  # fmt: skip
-    client_ttfb = [r.client_ttfb_ms for r in sent if r.client_ttfb_ms is not None]
-
-    bad_sent = sum(1 for r in sent if r.kind.startswith("bad"))
-    big_sent = sum(1 for r in sent if r.request_bytes > inline_limit) + sum(
-        1 for r in sent if r.response_bytes > inline_limit and r.kind != "stream"
-    )
-    expected_spans = len(sent) + 1  # and the /health call that found the server up
-
-    names = ", ".join(f"{name} {n}" for name, n in sorted(by_name.items()))
-    rows = [
-        ("requests captured", f"{len(spans)}  ({names or 'none'}; {len(sent)} sent + 1 health check)"),
-        ("failures", f"{len(failures)}  (status >= 500 or ERROR; {bad_sent} bad-input requests sent)"),
-        ("correlation ids", f"{from_header} from x-correlation-id, {len(spans) - from_header} generated"),
-        ("server processes", f"{len(by_pid)}  ({', '.join(f'pid {p}: {n} spans' for p, n in sorted(by_pid.items()))})"),
-        (
-            "offloaded bodies",
-            f"{len(uris)} in {offloaded_spans} requests, {len(payloads)} new files under payloads/"
-            f"  ({big_sent} bodies over {inline_limit // 1024} KB sent or received)",
-        ),
-        *(
-            ("latency" if i == 0 else "", f"{name:<{name_width}}  {_ms(values)}")
-            for i, (name, values) in enumerate(sorted(latency.items()))
-        ),
-        ("streaming TTFB", f"{_ms(ttfb)}; client saw {_ms(client_ttfb)}" if ttfb or client_ttfb else "-"),
-    ]
-    _say(out, f"What obsml captured ({len(traces)} new trace file(s) in {_shown(store, '')}):")
-    width = max(len(label) for label, _ in rows)
-    for label, value in rows:
-        _say(out, f"  {label:<{width}}  {value}")
-    for folder, files in (("traces", traces), ("payloads", payloads)):
-        folders = sorted({_relative(store, path).rsplit("/", 1)[0] for path in files})
-        for relative in folders:
-            _say(out, f"  {folder + ':':<{width}}  {_shown(store, relative)}/")
-    _say(out, f"  {'server log:':<{width}}  {log_name}")
-
-    notes = []
-    if len(spans) != expected_spans:
-        notes.append(f"{len(spans)} spans for {expected_spans} requests")
-    if len(failures) != bad_sent:
-        notes.append(f"{len(failures)} failed spans for {bad_sent} bad-input requests")
-    if len(uris) != big_sent or len(payloads) != big_sent:
-        notes.append(f"{len(uris)} body URIs and {len(payloads)} payload files for {big_sent} large bodies")
-    if disconnected:
-        notes.append(f"{disconnected} span(s) say obsml.client.disconnected, but every client read its whole response")
-    if lost:
-        notes.append(f"{lost} bodies lost on the way to the store (obsml.*.body.lost)")
-    for note in notes:
-        _say(out, f"  ! {note}")
-    if not spans:
-        print(f"obsml demo: error: no spans were written to the store; see {log_name}", file=sys.stderr)
-        return 1
-    return 0

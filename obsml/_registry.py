@@ -42,20 +42,26 @@ def import_target(target: str) -> Any:
     return getattr(module, attribute) if attribute else module
 
 
+def exporter_target(name: str) -> str:
+    """The ``module:attribute`` registered for exporter ``name``; :class:`PluginImportError` if none is."""
+    target = _BUILTIN_EXPORTERS.get(name)
+    if target is not None:
+        return target
+    found = [ep for ep in entry_points(group=EXPORTER_GROUP) if ep.name == name]
+    if not found:
+        known = sorted({*_BUILTIN_EXPORTERS, *(ep.name for ep in entry_points(group=EXPORTER_GROUP))})
+        hint = _INSTALL_HINTS.get(
+            name, f"install a package that registers it in the entry-point group {EXPORTER_GROUP!r}"
+        )
+        raise PluginImportError(
+            f"OBSML_EXPORTERS: unknown exporter {name!r} (available: {', '.join(known)}); to use it, {hint}"
+        )
+    return str(found[0].value)
+
+
 def load_exporter(name: str) -> Callable[..., Any]:
     """The factory registered for exporter ``name``; raises :class:`PluginImportError` if unusable."""
-    target = _BUILTIN_EXPORTERS.get(name)
-    if target is None:
-        found = [ep for ep in entry_points(group=EXPORTER_GROUP) if ep.name == name]
-        if not found:
-            known = sorted({*_BUILTIN_EXPORTERS, *(ep.name for ep in entry_points(group=EXPORTER_GROUP))})
-            hint = _INSTALL_HINTS.get(
-                name, f"install a package that registers it in the entry-point group {EXPORTER_GROUP!r}"
-            )
-            raise PluginImportError(
-                f"OBSML_EXPORTERS: unknown exporter {name!r} (available: {', '.join(known)}); to use it, {hint}"
-            )
-        target = found[0].value
+    target = exporter_target(name)
     try:
         factory = import_target(target)
     except Exception as exc:  # a plugin's own import may fail with anything

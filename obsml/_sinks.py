@@ -2,8 +2,10 @@
 
 A sink plugin registers a factory under its URL scheme in the entry-point group
 ``obsml.sinks``: ``factory(url, settings=...)`` returns a :class:`Sink`. Only the scheme of
-the configured store is looked up. A plugin that fails to import or to start is isolated: it
-is reported once with its name, and the objects wait in the spool while obsml retries it.
+the configured store is looked up, and its factory is imported at start-up: a plugin that is
+not installed, fails to import or is not callable fails start-up with its name. A sink that
+fails at run time (its factory or ``put`` raising, the service down) is isolated: it is
+reported once with its name, and the objects wait in the spool while obsml retries it.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ._exceptions import PluginImportError
+from ._exceptions import PluginError, PluginImportError
 from ._registry import import_target
+from ._secrets import scrub
 
 if TYPE_CHECKING:
     from ._settings import Settings
@@ -84,24 +87,59 @@ def scheme_of_protocol(protocol: str | tuple[str, ...]) -> str:
     return protocol if isinstance(protocol, str) else protocol[0]
 
 
+# Sink plugins we know of but do not ship: what to install for their scheme.
+_SINK_HINTS = {
+    "sqlite": "pip install obsml-sqlite-sink (the example package in examples/custom_sink_plugin)",
+}
+
+
 def sink_plugin(scheme: str) -> Any | None:
-    """The entry point registered for ``scheme`` in ``obsml.sinks``, or None (not imported yet)."""
+    """The entry point registered for ``scheme`` in ``obsml.sinks``, or None (not imported yet).
+
+    A scheme known to be a plugin's (``_SINK_HINTS``) that nothing registers raises
+    :class:`PluginImportError` with what to install, instead of reaching fsspec.
+    """
     for entry_point in entry_points(group=SINK_GROUP):
         if entry_point.name == scheme:
             return entry_point
+    if scheme in _SINK_HINTS:
+        raise PluginImportError(f"OBSML_STORE: the {scheme}:// sink plugin is not installed: {_SINK_HINTS[scheme]}")
     return None
 
 
+def _load_sink_factory(entry_point: Any) -> Callable[..., Any]:
+    """Import the plugin's factory at start-up: a plugin that cannot be used fails it, with its name."""
+    name, target = entry_point.name, entry_point.value
+    package = entry_point.dist.name if entry_point.dist is not None else target.partition(":")[0]
+    try:
+        factory = import_target(target)
+    except ModuleNotFoundError as exc:
+        module = target.partition(":")[0]
+        if exc.name and (module == exc.name or module.startswith(f"{exc.name}.")):
+            raise PluginImportError(
+                f"OBSML_STORE: sink {name!r} is registered by {package}, but its module {module} is not "
+                f"installed: reinstall it (pip install {package})"
+            ) from exc
+        raise PluginImportError(
+            f"OBSML_STORE: sink {name!r} ({target}, from {package}) is installed but needs a module that is "
+            f"not: {exc.name} (install it, or reinstall {package} with its dependencies)"
+        ) from exc
+    except Exception as exc:  # a plugin's own import may fail with anything
+        raise PluginImportError(
+            f"OBSML_STORE: sink {name!r} ({target}, from {package}) is installed but its import failed: "
+            f"{type(exc).__name__}: {scrub(str(exc))}"
+        ) from exc
+    if not callable(factory):
+        raise PluginError(f"OBSML_STORE: sink {name!r}: entry point {target} (from {package}) is not callable")
+    return factory  # type: ignore[no-any-return]
+
+
 def plugin_opener(entry_point: Any, url: str, settings: Settings) -> SinkOpener:
-    """Opens the plugin's sink on the delivery thread: its failures never reach the app."""
+    """Resolves the plugin's factory now; the opener calls it on the delivery thread, where a sink
+    that cannot start (its service unreachable) is isolated and retried, never reaching the app."""
+    factory = _load_sink_factory(entry_point)
 
     def open_sink() -> Sink:
-        try:
-            factory = import_target(entry_point.value)
-        except Exception as exc:
-            raise PluginImportError(
-                f"sink {entry_point.name!r} ({entry_point.value}) failed to import: {type(exc).__name__}"
-            ) from exc
         sink = factory(url, settings=settings)
         if not isinstance(sink, Sink):
             raise TypeError(f"sink {entry_point.name!r}: its factory returned {type(sink).__name__}, not a Sink")

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from ._contracts import Offloaded
 from ._exceptions import ConfigError
 from ._objects import AtomicTarget, StoreWriteError, count_written, describe_error, utc_folders
 from ._secrets import scrub
@@ -205,6 +206,12 @@ class Store:
     def span_reserve(stat: os.statvfs_result) -> int:
         """Bytes a body must leave free on the local disk: room for the spans that name bodies."""
         return min(_SPAN_RESERVE_MAX, stat.f_blocks * stat.f_frsize // 20)
+
+    def offload(self, folder: str, name: str, data: bytes, *, time_ns: int) -> Offloaded:
+        """:meth:`obsml.ObjectStore.offload`: a plugin's long value, in the date folders bodies use."""
+        relative = f"{folder}/{utc_folders(time_ns)}/{name}"
+        self.write_atomic(relative, data)
+        return Offloaded(self.uri(relative), len(data), sha256(data).hexdigest())
 
 
 def _alive(pid: int) -> bool:

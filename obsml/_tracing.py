@@ -27,7 +27,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status,
 
 from .__version__ import __version__
 from ._exceptions import PluginError
-from ._registry import load_exporter
+from ._registry import exporter_target, load_exporter
 from ._settings import Settings
 from ._stats import count, record_drop
 from ._store import Store
@@ -189,6 +189,11 @@ class Tracing:
                 raise  # already says what is wrong and what to do
             except Exception as exc:
                 raise PluginError(f"exporter {name!r} failed to start: {type(exc).__name__}: {exc}") from exc
+            if not isinstance(exporter, SpanExporter):
+                raise PluginError(
+                    f"exporter {name!r} ({exporter_target(name)}): its factory returned {type(exporter).__name__}, "
+                    "not an OpenTelemetry SpanExporter"
+                )
             if getattr(exporter, "obsml_inline", False):
                 self._inline.append(_InlineExport(exporter))
             else:

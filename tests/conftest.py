@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 import os
 import socket
 import sys
@@ -20,6 +19,7 @@ from servers import RunningCommand, free_port, running_command, store_env
 
 import obsml
 from obsml._pipeline import _PIPELINES, _PIPELINES_LOCK
+from obsml._reader import StoreReader
 from obsml._stats import STATS
 
 # obsml's own errors are raised, not counted, everywhere in the tests (also in subprocesses).
@@ -55,13 +55,7 @@ def store(tmp_path: Path) -> Path:
 
 def read_spans(store: Path) -> list[dict[str, Any]]:
     """Every span in the store's part files, in start order."""
-    spans = [
-        json.loads(line)
-        for part in sorted(store.glob("traces/*/*/*/*/*.jsonl"))
-        for line in part.read_bytes().split(b"\n")  # not splitlines(): U+2028 may sit inside a string
-        if line
-    ]
-    return sorted(spans, key=lambda span: span["start_time"])
+    return StoreReader.open(str(store)).spans()
 
 
 def span_by_correlation_id(store: Path, correlation_id: str) -> dict[str, Any]:

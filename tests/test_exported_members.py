@@ -8,6 +8,7 @@ def test_the_public_api_is_exactly_what_the_package_exports() -> None:
     assert obsml.__all__ == [
         "ConfigError",
         "ObjectData",
+        "ObjectStore",
         "ObsmlError",
         "ObsmlMiddleware",
         "ObsmlWSGIMiddleware",

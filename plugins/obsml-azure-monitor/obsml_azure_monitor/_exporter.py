@@ -39,7 +39,7 @@ class _ResourceHolder:
 class AzureMonitorSpanExporter(SpanExporter):
     """obsml's spans as Application Insights request and exception items (see the plugin's README)."""
 
-    def __init__(self, *, config: PluginConfig, settings: obsml.Settings, store: Any) -> None:
+    def __init__(self, *, config: PluginConfig, settings: obsml.Settings, store: obsml.ObjectStore) -> None:
         self.settings = settings
         self.limits = Limits(store, settings.service, settings.sample_rate)
         storage: dict[str, Any] = {}
@@ -154,7 +154,7 @@ def _describe(exc: Exception, connection_string: str) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
-def azure_monitor_exporter(*, settings: obsml.Settings, store: Any) -> SpanExporter:
+def azure_monitor_exporter(*, settings: obsml.Settings, store: obsml.ObjectStore) -> SpanExporter:
     """The factory obsml calls for ``OBSML_EXPORTERS=…,azure_monitor``.
 
     Configured by ``APPLICATIONINSIGHTS_CONNECTION_STRING`` (required),

@@ -10,8 +10,8 @@ The limits, as azure-monitor-opentelemetry-exporter 1.0.0b58 applies them (witho
 - a request's ``url``: ``[:2048]``; its ``name`` (the operation name): ``[:1024]``.
 
 The ingestion service documents the same numbers. A value over its limit is written whole to the
-obsml store (``azure_monitor/<yyyy>/<mm>/<dd>/<trace>-<span>-<key>.<ext>``, through the spool for
-a remote store) and replaced by its head and a marker, with ``<key>.uri``, ``<key>.size`` (bytes)
+obsml store by its ``offload`` (``azure_monitor/<yyyy>/<mm>/<dd>/<trace>-<span>-<key>.<ext>``,
+through the spool for a remote store) and replaced by its head and a marker, with ``<key>.uri``, ``<key>.size`` (bytes)
 and ``<key>.sha256`` beside it; ``obsml.azure_monitor.cut`` lists the keys so handled. A key over
 150 characters is shortened deterministically (a prefix and a hash) and
 ``obsml.azure_monitor.keys`` maps the short keys back. Lengths are checked in UTF-16 code units
@@ -29,10 +29,10 @@ import json
 import re
 import time
 from collections.abc import Sequence
-from datetime import datetime, timezone
 from hashlib import sha256
 from typing import Any
 
+import obsml
 from opentelemetry.sdk._logs import ReadableLogRecord
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
@@ -49,6 +49,7 @@ NAME_LIMIT = 1024
 PROPERTY_HEAD = 8000  # at most this much of a cut property value is kept, then the marker
 MESSAGE_HEAD = 32000
 
+FOLDER = "azure_monitor"  # long values go to <store>/azure_monitor/<yyyy>/<mm>/<dd>/ (obsml.ObjectStore.offload)
 CUT_ATTRIBUTE = "obsml.azure_monitor.cut"
 KEYS_ATTRIBUTE = "obsml.azure_monitor.keys"
 URL_ATTRIBUTE = "obsml.azure_monitor.url"
@@ -115,39 +116,15 @@ def file_name(key: str) -> str:
     return safe
 
 
-def day_folders(ns: int) -> str:
-    return datetime.fromtimestamp(ns / 1e9, timezone.utc).strftime("%Y/%m/%d")
-
-
 def _sequence_text(value: Sequence[Any]) -> str:
     return json.dumps(list(value), ensure_ascii=False, default=str)
-
-
-class Offloader:
-    """Writes whole values to the obsml store; None when the store refused (logged, at most once a minute)."""
-
-    def __init__(self, store: Any) -> None:
-        self.store = store
-
-    def write(self, relative: str, data: bytes) -> tuple[str, int, str] | None:
-        try:
-            self.store.write_atomic(relative, data)
-            uri = str(self.store.uri(relative))
-        except Exception as exc:
-            reason = getattr(exc, "reason", type(exc).__name__)
-            warn_now_and_then(
-                f"store:{reason}", "obsml-azure-monitor could not write a long value to the obsml store (%s); "
-                "it is sent cut and marked", reason,
-            )
-            return None
-        return uri, len(data), sha256(data).hexdigest()
 
 
 class _Item:
     """The attributes of one telemetry item as they will be sent, what was cut and which keys were shortened."""
 
-    def __init__(self, offloader: Offloader, folder_ns: int, stem: str, original: Any) -> None:
-        self.offloader = offloader
+    def __init__(self, store: obsml.ObjectStore, folder_ns: int, stem: str, original: Any) -> None:
+        self.store = store
         self.folder_ns = folder_ns
         self.stem = stem
         self.original = original  # the attributes before, to avoid reference keys that already exist
@@ -191,16 +168,18 @@ class _Item:
         """Write ``data`` (the whole of ``text``) to the store, set the references and return (and,
         when ``assign``, set) the head of ``text`` with a marker."""
         prefix = prefix or self.reference_prefix(key)
-        relative = f"azure_monitor/{day_folders(self.folder_ns)}/{self.stem}-{file_name(key)}.{extension}"
-        written = self.offloader.write(relative, data)
-        if written is not None:
-            uri, size, digest = written
-            found = dict(zip(("uri", "size", "sha256"), (uri, size, digest), strict=True))
-            for suffix in references:
-                self.set(f"{prefix}.{suffix}", found[suffix])
-            where = f"the whole {what} is at {prefix}.uri"
-        else:
+        try:
+            written = self.store.offload(FOLDER, f"{self.stem}-{file_name(key)}.{extension}", data,
+                                         time_ns=self.folder_ns)
+        except Exception as exc:  # the store refused: the value is sent cut and marked
+            reason = getattr(exc, "reason", type(exc).__name__)
+            warn_now_and_then(f"store:{reason}", "obsml-azure-monitor could not write a long value to the obsml "
+                              "store (%s); it is sent cut and marked", reason)
             where = f"the store refused the whole {what}"
+        else:
+            for suffix in references:
+                self.set(f"{prefix}.{suffix}", getattr(written, suffix))
+            where = f"the whole {what} is at {prefix}.uri"
         marker = f" …[cut by obsml-azure-monitor: {len(text)} characters in all; {where}]"
         cut = head(text, min(keep, limit - units(marker))) + marker
         if assign:
@@ -240,8 +219,8 @@ def request_url(attributes: Any) -> str:
 class Limits:
     """Rebuilds spans and log records so that the exporter cuts nothing; never mutates its input."""
 
-    def __init__(self, store: Any, service: str, sample_rate: float = 1.0) -> None:
-        self.offloader = Offloader(store)
+    def __init__(self, store: obsml.ObjectStore, service: str, sample_rate: float = 1.0) -> None:
+        self.store = store
         self.sample_rate = sample_rate
         self._service = Resource({"service.name": service})
         self._resources: tuple[Resource | None, Resource] | None = None
@@ -261,7 +240,7 @@ class Limits:
         span_id = f"{context.span_id:016x}" if context else "0" * 16
         start = span.start_time or time.time_ns()
         attributes = dict(span.attributes or {})
-        item = _Item(self.offloader, start, f"{trace_id}-{span_id}", attributes)
+        item = _Item(self.store, start, f"{trace_id}-{span_id}", attributes)
         handled = set()
         for key in BODY_KEYS:
             value = attributes.get(key)
@@ -328,7 +307,7 @@ class Limits:
         context = span.context
         stem = f"{context.trace_id:032x}-{context.span_id:016x}-event{index}" if context else f"event{index}"
         attributes = dict(event.attributes or {})
-        item = _Item(self.offloader, span.start_time or event.timestamp, stem, attributes)
+        item = _Item(self.store, span.start_time or event.timestamp, stem, attributes)
         exception = event.name == "exception"
         for key, value in attributes.items():
             if exception and key in ("exception.message", "exception.stacktrace"):
@@ -358,7 +337,7 @@ class Limits:
         trace_id = f"{log_record.trace_id or 0:032x}"
         span_id = f"{log_record.span_id or 0:016x}"
         when = log_record.timestamp or log_record.observed_timestamp or time.time_ns()
-        item = _Item(self.offloader, when, f"{trace_id}-{span_id}-log{when}-{next(_log_counter)}", attributes)
+        item = _Item(self.store, when, f"{trace_id}-{span_id}-log{when}-{next(_log_counter)}", attributes)
         if long_body:
             assert isinstance(body, str)
             body = item.offload("message", body, body.encode("utf-8", "surrogatepass"), MESSAGE_LIMIT, MESSAGE_HEAD,

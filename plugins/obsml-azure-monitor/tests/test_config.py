@@ -54,6 +54,9 @@ class RefusingStore:
     def uri(self, relative: str) -> str:
         raise AssertionError("never asked")
 
+    def offload(self, folder: str, name: str, data: bytes, *, time_ns: int) -> object:
+        raise OSError("no space left on device")
+
 
 def test_export_never_raises_and_log_capture_can_be_off(
     monkeypatch: pytest.MonkeyPatch, ingestion: Ingestion, tmp_path: Path

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import obsml
 import pytest
 from opentelemetry._logs import LogRecord
 from opentelemetry.sdk._logs import ReadableLogRecord
@@ -30,22 +31,24 @@ from obsml_azure_monitor._limits import (
 TRACE, SPAN = 0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331
 
 
-class FakeStore:
-    """The part of obsml's Store the plugin uses: write_atomic and uri."""
+def store_in(root: Path) -> obsml.ObjectStore:
+    """obsml's own local store, as obsml hands it to the exporter's factory."""
+    from obsml._store import Store
 
-    def __init__(self, root: Path, refuse: bool = False) -> None:
-        self.root = root
-        self.refuse = refuse
+    return Store(obsml.Settings.load(store=str(root)))
+
+
+class RefusingStore:
+    """A store that refuses every object, as a read-only or full disk does."""
 
     def write_atomic(self, relative: str, data: bytes) -> None:
-        if self.refuse:
-            raise OSError("read-only file system")
-        path = self.root / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
+        raise OSError("read-only file system")
 
     def uri(self, relative: str) -> str:
-        return f"file://{self.root / relative}"
+        raise AssertionError("never asked")
+
+    def offload(self, folder: str, name: str, data: bytes, *, time_ns: int) -> Any:
+        raise OSError("read-only file system")
 
 
 def make_span(attributes: dict[str, Any], events: tuple[Event, ...] = (), name: str = "POST /score") -> ReadableSpan:
@@ -78,7 +81,7 @@ def test_utf16_lengths() -> None:
 def test_a_long_property_is_referenced_and_its_key_listed(tmp_path: Path) -> None:
     value = "é" * 9000
     span = make_span({"obsml.note": value, "obsml.small": "s", "http.request.header.x": ("v" * 9000,)})
-    out = Limits(FakeStore(tmp_path), "credit").span(span)
+    out = Limits(store_in(tmp_path), "credit").span(span)
     attributes = dict(out.attributes or {})
     assert attributes["obsml.small"] == "s"
     assert units(attributes["obsml.note"]) <= 8192
@@ -98,7 +101,7 @@ def test_a_long_property_is_referenced_and_its_key_listed(tmp_path: Path) -> Non
 def test_a_long_key_is_shortened_and_mapped_back(tmp_path: Path) -> None:
     key = "obsml." + "k" * 200
     span = make_span({key: "v", "obsml.list": ["a" * 5000] * 2})
-    out = dict(Limits(FakeStore(tmp_path), "credit").span(span).attributes or {})
+    out = dict(Limits(store_in(tmp_path), "credit").span(span).attributes or {})
     short = short_key(key)
     assert len(short) <= 150 and out[short] == "v"
     assert json.loads(out[KEYS_ATTRIBUTE]) == {short: key}
@@ -114,7 +117,7 @@ def test_a_base64_body_is_stored_as_its_bytes(tmp_path: Path) -> None:
         "obsml.request.body": encoded, "obsml.request.body.encoding": "base64",
         "obsml.request.body.size": len(body), "obsml.request.body.sha256": hashlib.sha256(body).hexdigest(),
     })
-    out = dict(Limits(FakeStore(tmp_path), "credit").span(span).attributes or {})
+    out = dict(Limits(store_in(tmp_path), "credit").span(span).attributes or {})
     assert read(out["obsml.request.body.uri"]) == body
     assert out["obsml.request.body.uri"].endswith(".bin")
     assert out["obsml.request.body.sha256"] == hashlib.sha256(body).hexdigest()
@@ -125,7 +128,7 @@ def test_a_long_url_is_kept_whole_in_a_dimension(tmp_path: Path) -> None:
     query = "q=" + "x" * 3000
     span = make_span({"http.request.method": "GET", "url.scheme": "http", "server.address": "h", "server.port": 80,
                       "url.path": "/score", "url.query": query, "http.route": "/score"})
-    out = dict(Limits(FakeStore(tmp_path), "credit").span(span).attributes or {})
+    out = dict(Limits(store_in(tmp_path), "credit").span(span).attributes or {})
     assert out[URL_ATTRIBUTE] == f"http://h:80/score?{query}"
     assert json.loads(out[CUT_ATTRIBUTE]) == ["url"]
 
@@ -135,7 +138,7 @@ def test_an_exception_event_gets_the_requests_ids_and_its_long_message_reference
     event = Event("exception", {"exception.type": "ValueError", "exception.message": message,
                                 "exception.stacktrace": "short", "exception.escaped": "True"}, 5)
     span = make_span({"obsml.correlation_id": "c1", "obsml.model.version": "10"}, (event,))
-    (out,) = Limits(FakeStore(tmp_path), "credit").span(span).events
+    (out,) = Limits(store_in(tmp_path), "credit").span(span).events
     attributes = dict(out.attributes or {})
     assert attributes["obsml.correlation_id"] == "c1" and attributes["obsml.model.version"] == "10"
     assert len(attributes["exception.message"]) <= 32768
@@ -146,7 +149,7 @@ def test_an_exception_event_gets_the_requests_ids_and_its_long_message_reference
 
 def test_when_the_store_refuses_the_value_is_still_cut_and_marked(tmp_path: Path, caplog: pytest.LogCaptureFixture
                                                                  ) -> None:
-    out = dict(Limits(FakeStore(tmp_path, refuse=True), "credit").span(make_span({"obsml.note": "n" * 9000}))
+    out = dict(Limits(RefusingStore(), "credit").span(make_span({"obsml.note": "n" * 9000}))
                .attributes or {})
     assert out["obsml.note"].endswith("the store refused the whole value]")
     assert "obsml.note.uri" not in out
@@ -154,7 +157,7 @@ def test_when_the_store_refuses_the_value_is_still_cut_and_marked(tmp_path: Path
 
 
 def test_a_log_record_within_limits_is_passed_as_it_is(tmp_path: Path) -> None:
-    limits = Limits(FakeStore(tmp_path), "credit")
+    limits = Limits(store_in(tmp_path), "credit")
     record = ReadableLogRecord(LogRecord(body="short", attributes={"a": "b"}), Resource({}))
     assert limits.log(record) is record
     long_record = ReadableLogRecord(LogRecord(body="b" * 40_000, attributes={"input": "i" * 9000}), Resource({}))
@@ -170,10 +173,10 @@ def test_a_log_record_within_limits_is_passed_as_it_is(tmp_path: Path) -> None:
 def test_sampled_requests_carry_their_sample_rate_and_failures_do_not(tmp_path: Path) -> None:
     from opentelemetry.trace import Status, StatusCode
 
-    limits = Limits(FakeStore(tmp_path), "credit", sample_rate=0.25)
+    limits = Limits(store_in(tmp_path), "credit", sample_rate=0.25)
     ok = make_span({"obsml.correlation_id": "a"})
     assert dict(limits.span(ok).attributes or {})["_MS.sampleRate"] == 25.0
     failed = ReadableSpan("POST /score", SpanContext(TRACE, SPAN, False, TraceFlags(1)), attributes={"a": "b"},
                           kind=SpanKind.SERVER, status=Status(StatusCode.ERROR), start_time=1, end_time=2)
     assert "_MS.sampleRate" not in dict(limits.span(failed).attributes or {})
-    assert "_MS.sampleRate" not in dict(Limits(FakeStore(tmp_path), "credit").span(ok).attributes or {})
+    assert "_MS.sampleRate" not in dict(Limits(store_in(tmp_path), "credit").span(ok).attributes or {})
