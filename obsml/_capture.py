@@ -25,9 +25,6 @@ CURRENT_CAPTURE: ContextVar[Capture | None] = ContextVar("obsml_current_capture"
 
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 MAX_EXCEPTION_EVENTS = 32  # per request: an app recording in a loop must not grow a span without bound
-# What CPython spends on a header beyond its characters (two bytes objects and a tuple, or a
-# dict entry), counted with them so that many tiny headers weigh what they hold.
-HEADER_OVERHEAD = 150
 
 
 class CaptureSettings(BodyLimits, Protocol):

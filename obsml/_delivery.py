@@ -20,6 +20,7 @@ from ._objects import count_written
 from ._secrets import scrub
 from ._spool import ADOPT_EVERY_S, CorruptRecord, Spool, read_record
 from ._stats import count, logger, record_drop, report_internal_error
+from ._throttle import LogThrottle
 
 if TYPE_CHECKING:
     from ._sinks import Sink, SinkOpener
@@ -28,7 +29,6 @@ _BACKOFF_FIRST_S = 0.5
 _BACKOFF_MAX_S = 30.0
 _REJECT_AFTER = 8  # refusals in a row of the oldest record, while one of the next few goes through
 _LOOK_AHEAD = 4
-_LOG_EVERY_S = 60.0
 
 
 class _Window:
@@ -70,7 +70,7 @@ class Delivery:
         self._head_failures = 0
         self._retry_at = 0.0
         self._next_adopt = 0.0
-        self._last_logged = 0.0
+        self._log_throttle = LogThrottle()
 
     def after_fork(self) -> None:
         self.spool.after_fork()
@@ -210,8 +210,9 @@ class Delivery:
         delay *= random.uniform(0.5, 1.0)  # jitter: many workers must not retry in step
         self._retry_at = time.monotonic() + delay
         now = time.monotonic()
-        if now - self._last_logged >= _LOG_EVERY_S or self._failures == 1:
-            self._last_logged = now
+        if self._failures == 1:  # a new outage is logged at once
+            self._log_throttle.forget()
+        if self._log_throttle.due("failed", now):
             logger.warning(
                 "obsml: the %s store failed (%s); %d object(s) wait in the spool, retrying in %.1f s",
                 self.name, _describe(exc), len(self.spool.records), delay,
