@@ -30,7 +30,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Protocol
 
-from ._stats import STATS, DropReason, report_internal_error
+from ._stats import STATS, DropReason, guarded, report_internal_error
 
 _POLL_S = 0.05  # the longest a captured item waits for the writer when nothing wakes it
 # Before multiprocessing's own finalizers (a Pool's is 15, a Queue's 10), so that a logging
@@ -88,6 +88,8 @@ class Writer:
         self.exit_timeout = exit_timeout
         # Run at exit after the writer's own close, with the time left of exit_timeout.
         self.exit_hooks: list[Callable[[float], None]] = []
+        # Run at exit before the close: items not yet submitted that must still be written.
+        self.closing_hooks: list[Callable[[], None]] = []
         self._atexit_registered = False
         self._reset()
         _WRITERS.add(self)
@@ -185,6 +187,9 @@ class Writer:
 
     def _exit(self) -> None:
         deadline = time.monotonic() + self.exit_timeout
+        for closing in self.closing_hooks:
+            with guarded("finishing requests at exit"):
+                closing()
         self.close(self.exit_timeout)
         for hook in self.exit_hooks:
             hook(max(0.0, deadline - time.monotonic()))

@@ -39,12 +39,16 @@ class ObsmlMiddleware:
         self.app = app
         self._startup_error: ObsmlError | None = None
         self._hook_first_scope = False
+        # Requests being served, so a shutdown can write those whose response is complete but
+        # whose app has not returned yet: a server may stop its loop before they do.
+        self._in_flight: set[_CaptureResponder] = set()
         try:
             settings = Settings.load(**options)
             if settings.strict:
                 enable_strict()
             self.capturer = Capturer(settings, describe_scope)
             self._hook_first_scope = hook_asgi_app(app)
+            self.capturer.pipeline.writer.closing_hooks.append(self._finish_answered)
         except ObsmlError as exc:
             if not _inside_asgi_call():
                 raise
@@ -60,7 +64,7 @@ class ObsmlMiddleware:
         scope_type = scope["type"]
         if scope_type != "http" or not self.capturer.enabled:
             if scope_type == "lifespan":
-                await _Lifespan(self.capturer, receive, send).run(self.app, scope)
+                await _Lifespan(self, receive, send).run(self.app, scope)
             else:
                 await self.app(scope, receive, send)
             return
@@ -79,7 +83,20 @@ class ObsmlMiddleware:
             report_internal_error("starting a capture", "span")
             await self.app(scope, receive, send)
             return
-        await _CaptureResponder(self.app, capture, receive, send)(scope)
+        await _CaptureResponder(self.app, capture, receive, send, scope, self._in_flight)()
+
+    def _finish_answered(self) -> None:
+        """At shutdown: hand the writer every request whose response is complete though its app
+        has not returned (Django still closing the response in a worker thread). granian ends a
+        worker's loop without waiting for those; their spans would be lost, uncounted."""
+        for responder in list(self._in_flight):
+            if responder.capture.completed:
+                responder.finish()
+
+    def flush_at_shutdown(self) -> None:
+        with guarded("the shutdown flush"):
+            self._finish_answered()
+            self.capturer.flush()
 
 
 def _inside_asgi_call() -> bool:
@@ -100,33 +117,48 @@ async def _fail_startup(error: ObsmlError, scope: Scope, receive: Receive, send:
 
 
 class _CaptureResponder:
-    __slots__ = ("app", "capture", "receive", "send")
+    __slots__ = ("app", "capture", "in_flight", "receive", "scope", "send")
 
-    def __init__(self, app: ASGIApp, capture: Capture, receive: Receive, send: Send) -> None:
+    def __init__(
+        self, app: ASGIApp, capture: Capture, receive: Receive, send: Send, scope: Scope,
+        in_flight: set[_CaptureResponder],
+    ) -> None:
         self.app = app
         self.capture = capture
         self.receive = receive
         self.send = send
+        self.scope = scope
+        self.in_flight = in_flight
 
-    async def __call__(self, scope: Scope) -> None:
+    async def __call__(self) -> None:
         capture = self.capture
+        self.in_flight.add(self)
         tokens = capture.activate()
         try:
-            await self.app(scope, self.receive_with_capture, self.send_with_capture)
+            await self.app(self.scope, self.receive_with_capture, self.send_with_capture)
         except BaseException as exc:
             capture.fail(exc)
             raise
         finally:
             try:
-                if capture.route is None:  # read here, while the scope is still this request's
-                    capture.route = asgi_route(scope)
                 capture.deactivate(tokens)
-                # The writer reads a copy of the scope as it is now, with what the app's router
-                # put in it, and never the scope itself, which is not obsml's once the request ends.
-                capture.info = dict(scope)
-                capture.finish()
+                self.finish()
             except Exception:
                 report_internal_error("finishing a capture", "span")
+
+    def finish(self) -> None:
+        """Hand the capture to the writer, once: when the app returns, or at shutdown."""
+        try:
+            self.in_flight.remove(self)  # atomic: of the app's return and a shutdown, one wins
+        except KeyError:
+            return
+        capture, scope = self.capture, self.scope
+        if capture.route is None:  # read here, while the scope is still this request's
+            capture.route = asgi_route(scope)
+        # The writer reads a copy of the scope as it is now, with what the app's router put in
+        # it, and never the scope itself, which is not obsml's once the request ends.
+        capture.info = dict(scope)
+        capture.finish()
 
     async def receive_with_capture(self) -> Message:
         message = await self.receive()
@@ -183,10 +215,10 @@ class _Lifespan:
     ``lifespan.startup.failed``, fails exactly as it would without obsml.
     """
 
-    __slots__ = ("capturer", "receive", "received", "send")
+    __slots__ = ("middleware", "receive", "received", "send")
 
-    def __init__(self, capturer: Capturer, receive: Receive, send: Send) -> None:
-        self.capturer = capturer
+    def __init__(self, middleware: ObsmlMiddleware, receive: Receive, send: Send) -> None:
+        self.middleware = middleware
         self.receive = receive
         self.send = send
         self.received = False
@@ -211,7 +243,7 @@ class _Lifespan:
 
     async def app_send(self, message: Message) -> None:
         if message["type"] in _SHUTDOWN_DONE:
-            self.flush()
+            self.middleware.flush_at_shutdown()
         await self.send(message)
 
     async def answer(self) -> None:
@@ -220,13 +252,9 @@ class _Lifespan:
             if message["type"] == "lifespan.startup":
                 await self.send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                self.flush()
+                self.middleware.flush_at_shutdown()
                 await self.send({"type": "lifespan.shutdown.complete"})
                 return
-
-    def flush(self) -> None:
-        with guarded("the shutdown flush"):
-            self.capturer.flush()
 
 
 def describe_scope(scope: Scope, capturer: Capturer) -> Attributes:

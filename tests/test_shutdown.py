@@ -6,6 +6,7 @@ and the lifespan scope in obsml/asgi.py, under real servers.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -23,6 +24,7 @@ from conftest import free_socket, read_spans, running_server
 from servers import free_port, running_command
 from starlette.applications import Starlette
 
+import obsml
 from obsml import ObsmlMiddleware, ObsmlWSGIMiddleware
 
 REQUESTS = 50
@@ -156,6 +158,58 @@ async def sends_startup_failed(scope: Scope, receive: Receive, send: Send) -> No
 async def raises_after_receiving_startup(scope: Scope, receive: Receive, send: Send) -> None:
     await receive()
     raise RuntimeError("the model did not load")
+
+
+def test_a_shutdown_writes_a_request_whose_response_is_complete_though_its_app_has_not_returned(
+    store: Path,
+) -> None:
+    """Django closes a response in a worker thread after the last body message; granian may end the
+    worker's loop before that returns. The lifespan shutdown must write such a request's span, once,
+    and leave a request still sending its response to finish on its own."""
+    release = asyncio.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            raise ValueError("Django can only handle ASGI/HTTP connections, not lifespan.")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        complete = scope["path"] == "/answered"
+        await send({"type": "http.response.body", "body": b"ok", "more_body": not complete})
+        await release.wait()  # the app tidies up after (or before) the end of its response
+
+    middleware = ObsmlMiddleware(app, store=str(store), flush_interval=3600)
+
+    def request(path: str, correlation_id: str) -> dict[str, Any]:
+        return {"type": "http", "method": "GET", "path": path, "query_string": b"", "root_path": "",
+                "headers": [(b"x-correlation-id", correlation_id.encode())], "http_version": "1.1"}
+
+    async def serve_then_stop() -> None:
+        async def receive_http() -> dict[str, Any]:
+            await asyncio.Event().wait()  # no body, no disconnect
+            return {}
+
+        async def sent(message: dict[str, Any]) -> None:
+            pass
+
+        tasks = [asyncio.create_task(middleware(request(path, cid), receive_http, sent))
+                 for path, cid in (("/answered", "answered"), ("/streaming", "streaming"))]
+        await asyncio.sleep(0.05)  # both responses started, one complete
+        lifespan = asyncio.Queue[dict[str, Any]]()
+        for kind in ("lifespan.startup", "lifespan.shutdown"):
+            lifespan.put_nowait({"type": kind})
+        replies: list[str] = []
+
+        async def lifespan_send(message: dict[str, Any]) -> None:
+            replies.append(message["type"])
+
+        await middleware({"type": "lifespan"}, lifespan.get, lifespan_send)
+        assert replies == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+        assert [s["attributes"]["obsml.correlation_id"] for s in read_spans(store)] == ["answered"]
+        release.set()  # the apps return after all: the answered request is not written twice
+        await asyncio.gather(*tasks)
+
+    asyncio.run(serve_then_stop())
+    obsml.flush()
+    assert sorted(s["attributes"]["obsml.correlation_id"] for s in read_spans(store)) == ["answered", "streaming"]
 
 
 @pytest.mark.parametrize(
