@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .__version__ import __version__
 from ._capture import RequestIds, current_request, record_exception
+from ._collector import Collected, Collector
 from ._contracts import ObjectStore
 from ._exceptions import ConfigError, ObsmlError, PluginError, PluginImportError
 from ._pipeline import flush
@@ -19,6 +20,8 @@ from .asgi import ObsmlMiddleware
 from .wsgi import ObsmlWSGIMiddleware
 
 __all__ = [
+    "Collected",
+    "Collector",
     "ConfigError",
     "ObjectData",
     "ObjectStore",

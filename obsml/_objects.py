@@ -10,6 +10,10 @@ from typing import Protocol
 
 from ._stats import DropReason, count
 
+# Folders of part files (spans, model data rows): they may use the disk reserve and the spool
+# budget that bodies and other offloaded values leave them.
+PART_FOLDERS = ("traces/", "modeldata/")
+
 
 class StoreWriteError(Exception):
     """An object could not be written; ``reason`` is the drop reason it is counted under."""

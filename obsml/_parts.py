@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 import secrets
 import threading
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from ._objects import describe_error, failure_reason
 from ._stats import count, logger, record_drop
@@ -30,9 +31,11 @@ MAX_BYTES = 8 * 1024 * 1024
 
 
 class PartFiles:
-    """Batches of encoded records (each a ``bytes`` line), one per partition folder.
+    """Batches of records, one per partition folder.
 
     ``kind`` names the records in drop counts; ``written`` is the counter of records written.
+    Records are ``bytes`` lines written as they are, unless ``encode`` is given: then a batch
+    of any records becomes its file's bytes through it (a CSV header, one Parquet table).
     """
 
     def __init__(
@@ -44,6 +47,7 @@ class PartFiles:
         suffix: str = ".jsonl",
         max_records: int = MAX_RECORDS,
         max_bytes: int = MAX_BYTES,
+        encode: Callable[[list[Any]], Iterable[bytes]] | None = None,
     ) -> None:
         self._store = store
         self._kind = kind
@@ -51,23 +55,27 @@ class PartFiles:
         self._suffix = suffix
         self._max_records = max_records
         self._max_bytes = max_bytes
+        self._encode = encode
         self._lock = threading.Lock()
         self._pid = 0
         self._writer_id = ""
         self._seq = 0
-        self._batches: dict[str, list[bytes]] = {}
+        self._batches: dict[str, list[Any]] = {}
         self._pending = 0
         self._pending_bytes = 0
 
-    def add(self, folder: str, record: bytes) -> None:
-        """Batch ``record`` for the part file of ``folder``; writes out every batch once they are full."""
+    def add(self, folder: str, record: Any, size: int = 0) -> None:
+        """Batch ``record`` for the part file of ``folder``; writes out every batch once they are full.
+
+        ``size`` is the record's bytes when it is not ``bytes`` itself (an estimate will do).
+        """
         with self._lock:
             if self._pid != os.getpid():  # a forked child names its own files and keeps none of the parent's
                 self._pid, self._writer_id, self._seq = os.getpid(), f"{os.getpid()}-{secrets.token_hex(4)}", 0
                 self._batches, self._pending, self._pending_bytes = {}, 0, 0
             self._batches.setdefault(folder, []).append(record)
             self._pending += 1
-            self._pending_bytes += len(record)
+            self._pending_bytes += size or len(record)
             full = self._pending >= self._max_records or self._pending_bytes >= self._max_bytes
         if full:
             self.flush()
@@ -96,12 +104,12 @@ class PartFiles:
                 count(self._written, len(records))
         return ok
 
-    def _write(self, name: str, records: list[bytes]) -> None:
+    def _write(self, name: str, records: list[Any]) -> None:
         # Record by record into the store's atomic object: joining them first would copy the batch.
         target = self._store.open_atomic(name)
         try:
-            for record in records:
-                target.write(record)
+            for chunk in records if self._encode is None else self._encode(records):
+                target.write(chunk)
         except BaseException:
             target.abort()
             raise

@@ -46,6 +46,8 @@ class Settings:
     spool_max_bytes: int = 1024 * 1024 * 1024
     flush_on_sigterm: bool = True
     strict: bool = False
+    collect_format: str = "jsonl"
+    collect_enabled: bool = True
 
     def __repr__(self) -> str:
         # The store URL may carry credentials (a SAS token in a query string): show its scheme only.
@@ -140,6 +142,16 @@ def _safe_name(raw: Any) -> str:
     return text
 
 
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def parse(raw: Any) -> str:
+        text = str(raw).strip().lower()
+        if text not in choices:
+            raise ValueError(raw)
+        return text
+
+    return parse
+
+
 def _store(raw: Any) -> str:
     text = os.fspath(raw)
     if not isinstance(text, str) or not text.strip() or any(ord(c) < 32 for c in text):
@@ -187,4 +199,6 @@ _PARSERS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "spool_max_bytes": (_integer(0), "an integer number of bytes >= 0"),
     "flush_on_sigterm": (_boolean, "true or false (also 1/0, yes/no, on/off)"),
     "strict": (_boolean, "true or false"),
+    "collect_format": (_choice("jsonl", "csv", "parquet"), "one of jsonl, csv, parquet"),
+    "collect_enabled": (_boolean, "true or false (also 1/0, yes/no, on/off)"),
 }

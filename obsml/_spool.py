@@ -34,7 +34,7 @@ from hashlib import sha256
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from ._objects import StoreWriteError
+from ._objects import PART_FOLDERS, StoreWriteError
 from ._stats import count, record_drop, report_internal_error
 
 if TYPE_CHECKING:
@@ -211,8 +211,10 @@ class RecordWriter:
 
     def __init__(self, spool: Spool, relative: str) -> None:
         self.spool = spool
-        # Bodies may fill only part of the spool: the spans that name them must still fit.
-        self.limit = spool.max_bytes if relative.startswith("traces/") else int(spool.max_bytes * _PAYLOAD_SHARE)
+        # Bodies may fill only part of the spool: the spans that name them must still fit. Model
+        # data part files count like trace part files (media values offloaded by a collector, under
+        # modeldata-media/, like bodies).
+        self.limit = spool.max_bytes if relative.startswith(PART_FOLDERS) else int(spool.max_bytes * _PAYLOAD_SHARE)
         self.path_bytes = relative.encode("utf-8")
         self.hasher = sha256(self.path_bytes)
         self.size = 0

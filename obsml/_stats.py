@@ -36,6 +36,7 @@ DropReason = Literal[
     "export_error",  # an exporter raised or reported failure
     "flush_timeout",  # still queued when a shutdown flush ran out of time
     "after_exit",  # finished after this process's exit flush had run (a request still in flight)
+    "invalid",  # rows a Collector refused: width not matching its columns, unsupported or media values
 ]
 # Reasons that arise only while the process ends: each is logged, since nothing reads the
 # counters afterwards; there are at most as many as requests in flight.
@@ -52,7 +53,9 @@ Counter = Literal[
     "sink_retries",  # failed attempts to put an object to a remote store (retried later)
     "spool_records_adopted",  # records of a dead process taken over and delivered by this one
     "temp_files_removed",  # temporary files of dead processes swept from a local store at start
+    "rows_collected",  # Collector rows written to the store under modeldata/ (or to its spool)
 ]
+
 
 class _Stats:
     def __init__(self) -> None:
@@ -166,6 +169,10 @@ def enable_strict() -> None:
     """
     global _strict
     _strict = True
+
+
+def is_strict() -> bool:
+    return _strict
 
 
 def report_internal_error(what: str, kind: str = "item") -> None:

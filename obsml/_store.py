@@ -28,7 +28,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from ._contracts import Offloaded
 from ._exceptions import ConfigError
-from ._objects import AtomicTarget, StoreWriteError, count_written, describe_error, utc_folders
+from ._objects import PART_FOLDERS, AtomicTarget, StoreWriteError, count_written, describe_error, utc_folders
 from ._secrets import scrub
 from ._stats import count, note_error
 
@@ -235,7 +235,7 @@ class AtomicObject:
         self.temporary = f"{self.folder}/.{name}.{_HOST}-{os.getpid()}-{secrets.token_hex(4)}.tmp"
         # A full disk must not keep bodies and lose the spans that name them (issue 11): bodies
         # (and plugins' values) stop short of a reserve, which only part files may use.
-        self._keeps_room = not relative.startswith("traces/")
+        self._keeps_room = not relative.startswith(PART_FOLDERS)
         with _noting_errors():
             self._file: BinaryIO | Any = store._open_temporary(self.folder, self.temporary)
             if self._keeps_room:

@@ -76,9 +76,7 @@ class Writer:
     Each ticker is ticked at every ``interval`` and, with ``force``, on a flush and at the close.
     """
 
-    def __init__(
-        self, *tickers: Ticker, max_items: int, max_bytes: int, interval: float, exit_timeout: float
-    ) -> None:
+    def __init__(self, *tickers: Ticker, max_items: int, max_bytes: int, interval: float, exit_timeout: float) -> None:
         self._tickers = tickers
         self._max_items = max_items
         self._max_bytes = max_bytes
@@ -93,6 +91,11 @@ class Writer:
         self._atexit_registered = False
         self._reset()
         _WRITERS.add(self)
+
+    def add_ticker(self, ticker: Ticker) -> None:
+        """Tick ``ticker`` too from now on (a collector's part files, made after the writer)."""
+        with self._lock:
+            self._tickers = (*self._tickers, ticker)
 
     def _reset(self) -> None:
         self._jobs: deque[Job] = deque()

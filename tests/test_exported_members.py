@@ -6,6 +6,8 @@ from obsml._registry import _BUILTIN_EXPORTERS
 
 def test_the_public_api_is_exactly_what_the_package_exports() -> None:
     assert obsml.__all__ == [
+        "Collected",
+        "Collector",
         "ConfigError",
         "ObjectData",
         "ObjectStore",

@@ -1,0 +1,203 @@
+"""``Collector``: what the model saw and answered, as rows of a partitioned dataset in the store.
+
+``collect()`` checks the rows (misuse raises only under strict mode), takes the request's ids and
+sampling decision, and hands the rows to the pipeline's writer as one job; the writer expands
+them into records and batches them into part files under
+``modeldata/<service>/<model>/<version>/<identifier>/<yyyy>/<mm>/<dd>/``. Media values (with
+``media="offload"``) are written beside, under ``modeldata-media/``, as bodies are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import threading
+import time
+from datetime import datetime, timezone
+from hashlib import sha256
+from secrets import token_hex
+from typing import Any, NamedTuple
+
+from ._capture import CURRENT_CAPTURE
+from ._exceptions import ConfigError
+from ._formats import encoder
+from ._ids import correlation_keep, sampling_threshold
+from ._objects import utc_folders
+from ._parts import PartFiles
+from ._pipeline import Pipeline, pipeline_for
+from ._rows import RowError, Rows, fingerprint, is_media
+from ._settings import Settings
+from ._stats import STATS, is_strict, logger, record_drop
+
+_SUFFIXES = {"jsonl": ".jsonl", "csv": ".csv", "parquet": ".parquet"}
+_RECORD_ESTIMATE = 256  # bytes a row holds in memory until written, for the queue's byte bound
+
+
+class Collected(NamedTuple):
+    """What one ``collect()`` used: the correlation id (to pass to the next collector) and its rows."""
+
+    correlation_id: str
+    trace_id: str | None
+    span_id: str | None
+    rows: int
+
+
+class _Destination:
+    """A pipeline's part files for one format, and the sampling of the settings it came from."""
+
+    __slots__ = ("parts", "pipeline", "sample_all", "service", "threshold", "version")
+
+    def __init__(self, settings: Settings, parts: PartFiles, pipeline: Pipeline) -> None:
+        self.pipeline, self.parts = pipeline, parts
+        self.service, self.version = settings.service, settings.version
+        self.sample_all = settings.sample_rate >= 1.0
+        self.threshold = sampling_threshold(settings.sample_rate)
+
+
+_PARTS: dict[tuple[int, str], PartFiles] = {}
+_PARTS_LOCK = threading.Lock()
+
+
+def _destination(settings: Settings, format: str) -> _Destination:
+    pipeline = pipeline_for(settings)
+    with _PARTS_LOCK:
+        parts = _PARTS.get((id(pipeline), format))
+        if parts is None:
+            parts = PartFiles(
+                pipeline.store, kind="row", written="rows_collected", suffix=_SUFFIXES[format], encode=encoder(format)
+            )
+            _PARTS[(id(pipeline), format)] = parts
+            pipeline.writer.add_ticker(parts)
+    return _Destination(settings, parts, pipeline)
+
+
+class _RowsJob:
+    """Writer side of one ``collect()``: records, media offloaded, batched into part files."""
+
+    __slots__ = ("collector", "destination", "ids", "nbytes", "rows", "time_ns")
+
+    def __init__(self, collector: Collector, destination: _Destination, rows: Rows, ids: Collected) -> None:
+        self.collector, self.destination, self.rows, self.ids = collector, destination, rows, ids
+        self.time_ns = time.time_ns()
+        self.nbytes = rows.count * _RECORD_ESTIMATE
+
+    def run(self) -> None:
+        collector, destination, ids = self.collector, self.destination, self.ids
+        collected_at = datetime.fromtimestamp(self.time_ns // 1000 / 1e6, timezone.utc)
+        path = f"{destination.service}/{collector.model}/{destination.version}/{collector.identifier}"
+        folder = f"modeldata/{path}/{utc_folders(self.time_ns)}"
+        columns, media = self.rows.columns, self.rows.media
+        schema = ""
+        for row in self.rows.values():
+            record: dict[str, Any] = {}
+            for column, value in zip(columns, row, strict=True):
+                if media and is_media(value):
+                    data = _media_bytes(value)
+                    name = f"{sha256(data).hexdigest()[:32]}-{token_hex(4)}"
+                    stored = destination.pipeline.store.offload(
+                        f"modeldata-media/{path}", name, data, time_ns=self.time_ns
+                    )
+                    record[f"{column}_uri"], record[f"{column}_size"], record[f"{column}_sha256"] = stored
+                else:
+                    record[column] = value
+            schema = schema or fingerprint(list(record), list(record.values()))
+            record.update(
+                correlation_id=ids.correlation_id,
+                trace_id=ids.trace_id,
+                span_id=ids.span_id,
+                collected_at=collected_at,
+                schema=schema,
+            )
+            destination.parts.add(folder, record, _RECORD_ESTIMATE)
+
+
+def _media_bytes(value: Any) -> bytes:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    buffer = io.BytesIO()
+    if type(value).__module__.startswith("PIL"):
+        value.save(buffer, format="PNG")
+    else:  # a numpy array, saved as .npy
+        import numpy
+
+        numpy.save(buffer, value, allow_pickle=False)
+    return buffer.getvalue()
+
+
+class Collector:
+    """Rows of one model's inputs, predictions or labels, appended to the store (see the README)."""
+
+    def __init__(
+        self,
+        model: str,
+        identifier: str,
+        feature_names: list[str] | tuple[str, ...] | None = None,
+        *,
+        service: str | None = None,
+        version: str | None = None,
+        store: str | None = None,
+        format: str | None = None,
+        enabled: bool | None = None,
+        media: str | None = None,
+    ) -> None:
+        if media not in (None, "offload"):
+            raise ConfigError(f"media={media!r} is not valid: expected None or 'offload'")
+        # Names checked by the settings' own rules; what was not given comes from OBSML_* now,
+        # or from the serving middleware's settings at collect time.
+        self._given: dict[str, Any] = {k: v for k, v in (("service", service), ("version", version), ("store", store)) if v is not None}
+        outside = Settings.load(model=model, collect_format=format, collect_enabled=enabled, **self._given)
+        Settings.load(env={}, service=identifier)  # the identifier is a folder name too
+        if feature_names is not None:
+            feature_names = tuple(str(name) for name in feature_names)
+            if len(set(feature_names)) != len(feature_names) or not feature_names:
+                raise ConfigError(f"feature_names must be distinct names, got {feature_names!r}")
+        self.model, self.identifier = model, identifier
+        self.feature_names: tuple[str, ...] | None = feature_names
+        self.format = outside.collect_format
+        self.enabled = outside.collect_enabled
+        self.media = media == "offload"
+        self._outside = outside
+        self._encode_checked = encoder(self.format)  # a missing pyarrow fails here, not later
+        self._destinations: dict[int, _Destination] = {}
+
+    def __repr__(self) -> str:
+        return f"Collector({self.model!r}, {self.identifier!r}, format={self.format!r})"
+
+    def _destination_for(self, capturer: Any) -> _Destination:
+        key = id(capturer)
+        destination = self._destinations.get(key)
+        if destination is None:
+            # Inside a request: the serving middleware's destination, with what this collector was given.
+            settings = self._outside if capturer is None else dataclasses.replace(capturer.settings, **self._given)
+            destination = self._destinations[key] = _destination(settings, self.format)
+        return destination
+
+    def collect(self, data: Any, correlation_id: str | None = None) -> Collected:
+        """Hand ``data``'s rows to the writer; never blocks, never raises for storage trouble."""
+        capture = CURRENT_CAPTURE.get()
+        if capture is not None:
+            trace_id: str | None = f"{capture.trace_id:032x}"
+            span_id: str | None = f"{capture.span_id:016x}"
+            correlation_id = correlation_id or capture.correlation_id
+        else:
+            trace_id = span_id = None
+            correlation_id = correlation_id or token_hex(16)
+        try:
+            rows = Rows(data, self.feature_names, self.media)
+        except RowError as exc:
+            if is_strict():
+                raise
+            record_drop("row", "invalid", len(data) if isinstance(data, list) else 1, detail=str(exc))
+            if STATS.log_throttle.due(f"invalid:{exc.cause}", time.monotonic()):
+                logger.warning("obsml Collector %r refused rows: %s", self.identifier, exc)
+            return Collected(correlation_id, trace_id, span_id, 0)
+        ids = Collected(correlation_id, trace_id, span_id, rows.count)
+        destination = self._destination_for(None if capture is None else capture.capturer)
+        if not self.enabled or not rows.count:
+            return ids
+        if not destination.sample_all and not correlation_keep(correlation_id, destination.threshold):
+            return ids._replace(rows=0)
+        writer = destination.pipeline.writer
+        if not writer.submit(_RowsJob(self, destination, rows, ids)):
+            record_drop("row", writer.refusal, rows.count)
+        return ids
