@@ -144,7 +144,8 @@ class Collector:
             raise ConfigError(f"media={media!r} is not valid: expected None or 'offload'")
         # Names checked by the settings' own rules; what was not given comes from OBSML_* now,
         # or from the serving middleware's settings at collect time.
-        self._given: dict[str, Any] = {k: v for k, v in (("service", service), ("version", version), ("store", store)) if v is not None}
+        given = {"service": service, "version": version, "store": store}
+        self._given: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
         outside = Settings.load(model=model, collect_format=format, collect_enabled=enabled, **self._given)
         Settings.load(env={}, service=identifier)  # the identifier is a folder name too
         if feature_names is not None:
