@@ -55,7 +55,9 @@ def encode_parquet(records: list[dict[str, Any]]) -> Iterator[bytes]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.table({c: [record.get(c) for record in records] for c in _columns(records)})
+    columns = {c: [record.get(c) for record in records] for c in _columns(records)}
+    # A column of nulls only (ids outside a request) is typed as text, not as pyarrow's null type.
+    table = pa.table({c: pa.array(v, pa.string()) if all(x is None for x in v) else v for c, v in columns.items()})
     buffer = pa.BufferOutputStream()
     pq.write_table(table, buffer)
     yield buffer.getvalue().to_pybytes()

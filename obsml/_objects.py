@@ -37,7 +37,12 @@ def failure_reason(exc: BaseException) -> DropReason:
 
 
 def count_written(relative: str) -> None:
-    count("trace_files_written" if relative.startswith("traces/") else "payloads_written")
+    if relative.startswith("traces/"):
+        count("trace_files_written")
+    elif relative.startswith("modeldata/"):
+        count("modeldata_files_written")
+    else:
+        count("payloads_written")
 
 
 def describe_error(exc: BaseException) -> str:

@@ -53,6 +53,7 @@ Counter = Literal[
     "sink_retries",  # failed attempts to put an object to a remote store (retried later)
     "spool_records_adopted",  # records of a dead process taken over and delivered by this one
     "temp_files_removed",  # temporary files of dead processes swept from a local store at start
+    "modeldata_files_written",  # part files in the store under modeldata/ (for a remote store: delivered)
     "rows_collected",  # Collector rows written to the store under modeldata/ (or to its spool)
 ]
 
