@@ -27,7 +27,7 @@ from ._parts import PartFiles
 from ._pipeline import Pipeline, pipeline_for
 from ._rows import RowError, Rows, fingerprint, is_media
 from ._settings import Settings
-from ._stats import STATS, is_strict, logger, record_drop
+from ._stats import STATS, enable_strict, is_strict, logger, record_drop
 
 _SUFFIXES = {"jsonl": ".jsonl", "csv": ".csv", "parquet": ".parquet"}
 _RECORD_ESTIMATE = 256  # bytes a row holds in memory until written, for the queue's byte bound
@@ -148,6 +148,8 @@ class Collector:
         self._given: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
         outside = Settings.load(model=model, collect_format=format, collect_enabled=enabled, **self._given)
         Settings.load(env={}, service=identifier)  # the identifier is a folder name too
+        if outside.strict:
+            enable_strict()
         if feature_names is not None:
             feature_names = tuple(str(name) for name in feature_names)
             if len(set(feature_names)) != len(feature_names) or not feature_names:

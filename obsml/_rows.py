@@ -130,7 +130,11 @@ class Rows:
     def values(self) -> list[list[Any]]:
         """Writer side: the rows as lists of plain Python values (media values left as they are)."""
         if self.kind == "frame":
-            columns = [self.data[c].tolist() for c in self.data.columns]
+            # pandas' missing values (NaN, NaT, None, NA) all become None: null in every format.
+            columns = [
+                [None if missing else v for v, missing in zip(column.tolist(), column.isna().tolist(), strict=True)]
+                for _, column in self.data.items()
+            ]
             return [list(row) for row in zip(*columns, strict=True)]
         if self.kind == "array":
             return self.data.tolist()  # type: ignore[no-any-return]
