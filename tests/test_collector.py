@@ -84,7 +84,12 @@ def test_each_input_type_round_trips_with_its_column_names_values_and_types(
     if format == "parquet":
         schema = pq.read_schema(part_files(store)[0])
         assert [schema.field(n).type for n in NAMES] == [
-            pa.int64(), pa.float64(), pa.bool_(), pa.string(), pa.string(), pa.timestamp("us", tz="UTC"),
+            pa.int64(),
+            pa.float64(),
+            pa.bool_(),
+            pa.string(),
+            pa.string(),
+            pa.timestamp("us", tz="UTC"),
         ]
         assert schema.field("collected_at").type == pa.timestamp("us", tz="UTC")
 
@@ -129,7 +134,8 @@ def test_inside_a_request_under_uvicorn_rows_take_the_requests_ids_and_the_middl
     assert answer == {"correlation_id": "loan-17", "trace_id": span["trace_id"], "span_id": span["span_id"], "rows": 1}
     records = read_records(store)
     assert sorted(p.relative_to(store).parts[:5] for p in part_files(store)) == [
-        ("modeldata", "scoring", "credit", "7", "inputs"), ("modeldata", "scoring", "credit", "7", "predictions"),
+        ("modeldata", "scoring", "credit", "7", "inputs"),
+        ("modeldata", "scoring", "credit", "7", "predictions"),
     ]
     assert [(r["correlation_id"], r["trace_id"], r["span_id"]) for r in records] == 2 * [
         ("loan-17", span["trace_id"], span["span_id"])
@@ -151,7 +157,11 @@ def test_a_collector_outside_any_request_writes_to_obsml_store_and_flushes_at_ex
         from obsml import Collector
         Collector("credit", "labels").collect([[1]], correlation_id="LOAN-2231")
     """)
-    env = {"OBSML_STORE": str(store), "OBSML_FLUSH_INTERVAL": "3600", "PYTHONPATH": str(Path(obsml.__file__).parents[1])}
+    env = {
+        "OBSML_STORE": str(store),
+        "OBSML_FLUSH_INTERVAL": "3600",
+        "PYTHONPATH": str(Path(obsml.__file__).parents[1]),
+    }
     subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=60)
     [path] = part_files(store)
     assert path.relative_to(store).parts[:5] == ("modeldata", "default", "credit", "0", "labels")
@@ -216,7 +226,9 @@ def test_sampling_keeps_or_skips_every_identifier_of_one_correlation_id_together
     assert obsml.flush(10)
     kept = {identifier: set() for identifier in ("inputs", "predictions", "labels")}
     for path in part_files(store):
-        kept[path.relative_to(store).parts[4]] |= {json.loads(line)["correlation_id"] for line in path.read_text().splitlines()}
+        kept[path.relative_to(store).parts[4]] |= {
+            json.loads(line)["correlation_id"] for line in path.read_text().splitlines()
+        }
     expected = {i for i in ids if correlation_keep(i, sampling_threshold(0.5))}
     assert 0 < len(expected) < len(ids)
     assert kept == {"inputs": expected, "predictions": expected, "labels": expected}
