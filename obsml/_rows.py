@@ -14,6 +14,8 @@ from typing import Any
 PLAIN = (int, float, bool, str, datetime, type(None))
 # numpy dtype kinds a column may have as is: bool, int, unsigned, float, datetime64, str
 _PLAIN_KINDS = frozenset("biufMU")
+# pandas' infer_dtype() answers for object columns of plain values only
+_PLAIN_INFERRED = frozenset({"empty", "string", "integer", "floating", "mixed-integer-float", "boolean", "datetime"})
 
 
 class RowError(ValueError):
@@ -72,9 +74,12 @@ class Rows:
         module = _module(data)
         if module == "pandas" and type(data).__name__ == "DataFrame":
             self.columns = tuple(str(c) for c in data.columns)
-            for column, dtype in zip(self.columns, data.dtypes, strict=True):
-                if dtype.kind not in _PLAIN_KINDS:
-                    for value in data[column]:
+            from pandas.api.types import infer_dtype  # pandas is imported: data is a DataFrame
+
+            for column, (_, series) in zip(self.columns, data.items(), strict=True):
+                # An object column is checked value by value only when pandas cannot tell it is plain.
+                if series.dtype.kind not in _PLAIN_KINDS and infer_dtype(series, skipna=True) not in _PLAIN_INFERRED:
+                    for value in series:
                         check_value(value, column, media)
             self.kind, self.data = "frame", data.copy()
         elif module == "numpy" and type(data).__name__ == "ndarray":
