@@ -20,6 +20,7 @@ from apps import make_app
 from conftest import install_plugin, running_server
 
 import obsml
+from obsml._objects import StoreWriteError
 from obsml._spool import Spool
 
 FLAKY_SINK = """
@@ -295,3 +296,21 @@ def test_a_remote_store_commits_spans_to_the_spool_soon_whatever_the_flush_inter
         while not obsml.stats().get("objects_spooled") and time.monotonic() < deadline:
             time.sleep(0.02)
         assert obsml.stats().get("objects_spooled") == 1  # the part file, an hour early
+
+
+@pytest.mark.parametrize(("relative", "fits"), [("modeldata/s/m/0/inputs/a.jsonl", True), ("payloads/a.bin", False)])
+def test_model_data_part_files_may_use_the_spool_room_kept_from_bodies(
+    tmp_path: Path, relative: str, fits: bool
+) -> None:
+    spool = Spool(tmp_path / "spool", 10_000)
+    record = spool.open_record(relative)
+    try:
+        record.write(b"x" * 9_000)  # over the bodies' 80%, under the whole bound
+        record.commit()
+    except StoreWriteError as exc:
+        record.abort()
+        assert not fits and exc.reason == "spool_full"
+    else:
+        assert fits
+    finally:
+        spool.release_directory()
