@@ -152,6 +152,19 @@ def test_inside_a_request_under_gunicorn_rows_take_the_requests_correlation_id(s
     assert {r.get("income", r.get("approved")) for r in records} == {1000.5, True}
 
 
+def test_two_gunicorn_workers_writing_the_same_identifier_never_clash(store: Path) -> None:
+    with running_gunicorn("collector_apps:wsgi_app", store, "--workers", "2") as server:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            for i in range(40):
+                client.get("/score", headers={"x-correlation-id": f"loan-{i}", "connection": "close"})
+        assert server.stop() == 0
+    inputs = [p for p in part_files(store) if p.relative_to(store).parts[4] == "inputs"]
+    assert sorted(r["correlation_id"] for r in read_records(store) if "income" in r) == sorted(
+        f"loan-{i}" for i in range(40)
+    )
+    assert len({p.name for p in inputs}) == len(inputs)  # every part file its own writer id and sequence
+
+
 def test_a_collector_outside_any_request_writes_to_obsml_store_and_flushes_at_exit(store: Path) -> None:
     script = textwrap.dedent("""
         from obsml import Collector
