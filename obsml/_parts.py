@@ -1,11 +1,12 @@
 """Part files: records batched per partition folder and written to the store as whole objects.
 
 One writer of part files serves every format that lands as a partitioned dataset: the jsonl
-span exporter (``traces/<yyyy>/<mm>/<dd>/<hh>/``) and the model data collector (``modeldata/…``). A batch is written as
-``<folder>/<writer-id>-<sequence><suffix>``, the writer id ``<pid>-<random>`` being renewed in
-a forked child (which keeps none of its parent's batches), once the pending records pass a
-count or a size, or when the background writer's interval (or a flush) comes. Records are
-counted as written only once their part file is in the store (or its spool).
+span exporter (``traces/<yyyy>/<mm>/<dd>/<hh>/``) and the model data collector
+(``modeldata/…``). A batch is written as ``<folder>/<writer-id>-<sequence><suffix>``, the
+writer id ``<pid>-<random>`` being renewed in a forked child (which keeps none of its
+parent's batches), once the pending records pass a count or a size, or when the background
+writer's interval (or a flush) comes. Records are counted as written only once their part
+file is in the store (or its spool).
 """
 
 from __future__ import annotations
