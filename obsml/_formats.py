@@ -20,6 +20,8 @@ PARQUET_HINT = "pip install 'obsml[parquet]'"
 
 
 def _text(value: Any) -> Any:
+    if isinstance(value, float) and value != value:
+        return None  # NaN: null, as JSON has no NaN
     return value.isoformat(timespec="microseconds") if isinstance(value, datetime) else value
 
 
