@@ -13,7 +13,6 @@ Targets: one row ≤ 10 µs, a 1,000-row DataFrame ≤ 1 ms (medians, jsonl).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
