@@ -17,6 +17,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from adlfs import AzureBlobFileSystem
+from azure.storage.blob import ContainerClient
+from azurite import Azurite
 
 from obsml import modeldata
 
@@ -195,3 +198,18 @@ def test_without_duckdb_reading_says_which_extra_to_install(monkeypatch: pytest.
 def test_importing_modeldata_imports_neither_duckdb_nor_pandas() -> None:
     code = "import sys, obsml.modeldata; print(sorted({'duckdb', 'pandas', 'pyarrow'} & set(sys.modules)))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
+
+
+def test_an_azure_blob_store_is_read_through_adlfs(
+    azurite: Azurite, azure_container: ContainerClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
+    AzureBlobFileSystem.clear_instance_cache()  # fsspec caches by arguments, not by environment
+    azure_container.upload_blob(f"obsml/{part_path('inputs', NOW, 'jsonl')}", encoded([record(NOW, "a", x=1)], "jsonl"))
+    second = encoded([record(NOW, "b", x=2)], "parquet")
+    azure_container.upload_blob(f"obsml/{part_path('inputs', NOW, 'parquet', 2)}", second)
+    try:
+        frame = modeldata.read(f"abfs://{azure_container.container_name}/obsml", "best_model", "inputs", since="1h")
+    finally:
+        AzureBlobFileSystem.clear_instance_cache()
+    assert frame["correlation_id"].tolist() == ["a", "b"] and frame["x"].tolist() == [1, 2]
