@@ -70,19 +70,19 @@ def part_files(
     """The part files of a window, by (service, version, suffix), as paths DuckDB opens."""
     found: dict[tuple[str, str, str], list[str]] = defaultdict(list)
     first, last = (since.date() if since else date.min), (until.date() if until else date.max)
+    window = days(since, until)
     for service_name in [service] if service else subfolders(reader, ROOT):
         model_folder = f"{ROOT}/{service_name}/{model}"
         for version_name in [version] if version else subfolders(reader, model_folder):
             folder = f"{model_folder}/{version_name}/{identifier}"
-            window = days(since, until)
             # A long window lists the identifier once rather than one call per day.
             listed = reader.files(folder) if window is None or len(window) > 31 else [
                 path for day in window for path in reader.files(f"{folder}/{day:%Y/%m/%d}")
             ]
             for path in listed:
-                *_, yyyy, mm, dd, name = path.split("/")
-                suffix = name.rpartition(".")[2]
-                if suffix in _READERS and first <= _day(yyyy, mm, dd) <= last:
+                below = path[len(folder) + 1:].split("/")  # yyyy, mm, dd, name
+                day = _day(*below[:3]) if len(below) == 4 else None
+                if day is not None and first <= day <= last and (suffix := below[-1].rpartition(".")[2]) in _READERS:
                     found[(service_name, version_name, suffix)].append(_openable(reader, path))
     return found
 
@@ -114,11 +114,11 @@ def window_sql(union: str, types: dict[str, str], since: datetime | None, until:
     )
 
 
-def _day(yyyy: str, mm: str, dd: str) -> date:
+def _day(yyyy: str, mm: str, dd: str) -> date | None:
     try:
         return date(int(yyyy), int(mm), int(dd))
-    except ValueError:  # not a date folder: never in any window
-        return date.min
+    except ValueError:  # not a date folder: never read
+        return None
 
 
 def _openable(reader: StoreReader, relative: str) -> str:

@@ -147,11 +147,13 @@ def test_versions_and_services_are_all_read_unless_one_is_named(tmp_path: Path) 
     assert "version" not in named.columns and "service" not in named.columns
 
 
-def test_temporaries_are_skipped(tmp_path: Path) -> None:
+def test_temporaries_and_files_outside_the_date_folders_are_skipped(tmp_path: Path) -> None:
     write_part(tmp_path, "inputs", [record(NOW, "a", x=1)], "parquet")
     folder = (tmp_path / part_path("inputs", NOW, "parquet")).parent
     (folder / ".4242-0a1b2c3d-000002.parquet.host-4242-ab.tmp").write_bytes(b"PAR1 half a fi")
     (folder / ".4242-0a1b2c3d-000003.jsonl").write_bytes(b'{"half a li')
+    (folder / "notes.txt").write_bytes(b"not a part")
+    (folder.parent.parent.parent / "by-hand.jsonl").write_bytes(b"not in a date folder")
 
     assert modeldata.read(str(tmp_path), "best_model", "inputs")["correlation_id"].tolist() == ["a"]
 
