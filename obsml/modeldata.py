@@ -53,7 +53,7 @@ def joined(
     identifiers: Sequence[str] = IDENTIFIERS,
 ) -> DataFrame:
     """Inputs ⋈ predictions ⋈ labels: every input row since ``since``, left-joined by
-    ``correlation_id`` to the predictions and the labels collected at any time after it.
+    ``correlation_id`` to its predictions and to its labels, collected at any time.
 
     The labels are read whatever their date, so a label collected days later still joins. A column
     name found in more than one identifier (``collected_at``, ``schema``, ``version``…) gets the
@@ -95,8 +95,7 @@ def _join_sql(present: list[tuple[str, str]], columns: dict[str, list[str]]) -> 
         f" LEFT JOIN ({sql}) AS t{n} ON t{n}.correlation_id = t0.correlation_id"
         for n, (_, sql) in enumerate(present[1:], start=1)
     )
-    order = '"t0"."collected_at"' if "collected_at" in columns[present[0][0]] else '"t0"."correlation_id"'
-    return f"SELECT {', '.join(selected)} FROM {sources} ORDER BY {order}"
+    return f'SELECT {", ".join(selected)} FROM {sources} ORDER BY "t0"."collected_at"'
 
 
 class _Session:
