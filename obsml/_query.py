@@ -1,0 +1,143 @@
+"""SQL over the model-data part files of a store: which files a window needs, and the query reading them.
+
+The read side of the collector's layout (README: "Model data: reading back"),
+``modeldata/<service>/<model>/<version>/<identifier>/<yyyy>/<mm>/<dd>/<writer-id>-<seq>.<suffix>``.
+The file list is built here from the date folders, never by DuckDB's globbing or hive partitioning
+(the folders are plain ``yyyy/mm/dd``), so a window reads only its days. Nothing here imports DuckDB:
+``obsml.modeldata`` owns the connection.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from datetime import date, datetime, timedelta, timezone
+
+from ._exceptions import ConfigError
+from ._reader import StoreReader
+
+ROOT = "modeldata"
+# Columns DuckDB's sniffing could guess wrong ("0042" as an integer, an all-null span_id as JSON):
+# declared for csv, cast for jsonl, as the write side means them.
+TEXT_COLUMNS = ("correlation_id", "trace_id", "span_id", "schema")
+_READERS = {
+    "jsonl": "read_json({files}, format='newline_delimited', union_by_name=true, sample_size=-1)",
+    "csv": "read_csv({files}, union_by_name=true, sample_size=-1, header=true, types={types})",
+    "parquet": "read_parquet({files}, union_by_name=true)",
+}
+_CSV_TYPES = "{" + ", ".join(f"'{name}': 'VARCHAR'" for name in TEXT_COLUMNS) + ", 'collected_at': 'TIMESTAMPTZ'}"
+_DURATION = re.compile(r"(\d+)\s*(w|d|h|m|s)")
+_UNITS = {"w": "weeks", "d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
+
+
+def moment(value: datetime | str | None, now: datetime, setting: str) -> datetime | None:
+    """``value`` as an aware UTC datetime: a datetime (naive means UTC), an ISO string, or a
+    duration before ``now`` such as ``'7d'``, ``'15m'``, ``'2h'``, ``'1w'``."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if match := _DURATION.fullmatch(value.strip()):
+            return now - timedelta(**{_UNITS[match[2]]: int(match[1])})
+        try:
+            value = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise ConfigError(f"{setting}: {value!r} is neither a duration (7d, 15m) nor an ISO date") from None
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+def subfolders(reader: StoreReader, folder: str) -> list[str]:
+    """The names of the folders directly under ``folder`` (hidden ones skipped), sorted."""
+    try:
+        entries = reader.fs.ls(f"{reader.root}/{folder}", detail=True)
+    except FileNotFoundError:
+        return []
+    names = (str(entry["name"]).rstrip("/").rsplit("/", 1)[-1] for entry in entries if entry["type"] == "directory")
+    return sorted(name for name in names if not name.startswith("."))
+
+
+def days(since: datetime | None, until: datetime | None) -> list[date] | None:
+    """The date folders of a window, or None for every day (a window open at its start)."""
+    if since is None:
+        return None
+    last = (until or datetime.now(timezone.utc)).date()
+    return [since.date() + timedelta(days=n) for n in range((last - since.date()).days + 1)]
+
+
+def part_files(
+    reader: StoreReader, model: str, identifier: str, *, service: str | None, version: str | None,
+    since: datetime | None, until: datetime | None,
+) -> dict[tuple[str, str, str], list[str]]:
+    """The part files of a window, by (service, version, suffix), as paths DuckDB opens."""
+    found: dict[tuple[str, str, str], list[str]] = defaultdict(list)
+    first, last = (since.date() if since else date.min), (until.date() if until else date.max)
+    window = days(since, until)
+    for service_name in [service] if service else subfolders(reader, ROOT):
+        model_folder = f"{ROOT}/{service_name}/{model}"
+        for version_name in [version] if version else subfolders(reader, model_folder):
+            folder = f"{model_folder}/{version_name}/{identifier}"
+            # A long window lists the identifier once rather than one call per day.
+            listed = reader.files(folder) if window is None or len(window) > 31 else [
+                path for day in window for path in reader.files(f"{folder}/{day:%Y/%m/%d}")
+            ]
+            for path in listed:
+                below = path[len(folder) + 1:].split("/")  # yyyy, mm, dd, name
+                day = _day(*below[:3]) if len(below) == 4 else None
+                if day is not None and first <= day <= last and (suffix := below[-1].rpartition(".")[2]) in _READERS:
+                    found[(service_name, version_name, suffix)].append(_openable(reader, path))
+    return found
+
+
+def union_sql(files: dict[tuple[str, str, str], list[str]], *, with_service: bool, with_version: bool) -> str | None:
+    """One query over ``files``, formats and schemas unioned by name; None when there is no file."""
+    selects = []
+    for (service, version, suffix), paths in sorted(files.items()):
+        source = _READERS[suffix].format(files=_list(paths), types=_CSV_TYPES)
+        extra = (f", {_text(service)} AS service" if with_service else "") + (
+            f", {_text(version)} AS version" if with_version else ""
+        )
+        selects.append(f"SELECT *{extra} FROM {source}")
+    return " UNION ALL BY NAME ".join(selects) or None
+
+
+def window_sql(union: str, types: dict[str, str], since: datetime | None, until: datetime | None) -> str:
+    """The rows of ``union`` (whose column types are ``types``) in the window, typed, in time order."""
+    where = [f"collected_at >= {_instant(since)}"] if since else []
+    where += [f"collected_at < {_instant(until)}"] if until else []
+    # Cast after the union, and only the columns present: span_id is absent outside requests.
+    casts = [f'CAST("{_name(name)}" AS VARCHAR) AS "{_name(name)}"' for name in TEXT_COLUMNS if name in types]
+    # DuckDB reads JSON integers of both signs as HUGEINT (a float in pandas); the writer's ints fit in 64 bits.
+    casts += [f'CAST("{_name(name)}" AS BIGINT) AS "{_name(name)}"'
+              for name, kind in types.items() if kind == "HUGEINT"]
+    return (
+        f"SELECT * REPLACE (CAST(collected_at AS TIMESTAMPTZ) AS collected_at{''.join(', ' + c for c in casts)})"
+        f" FROM ({union})" + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY collected_at"
+    )
+
+
+def _day(yyyy: str, mm: str, dd: str) -> date | None:
+    try:
+        return date(int(yyyy), int(mm), int(dd))
+    except ValueError:  # not a date folder: never read
+        return None
+
+
+def _openable(reader: StoreReader, relative: str) -> str:
+    path = f"{reader.root}/{relative}"
+    protocols = (reader.fs.protocol,) if isinstance(reader.fs.protocol, str) else reader.fs.protocol
+    return path if "file" in protocols else str(reader.fs.unstrip_protocol(path))
+
+
+def _text(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _list(paths: list[str]) -> str:
+    return "[" + ", ".join(map(_text, paths)) + "]"
+
+
+def _name(name: str) -> str:
+    return name.replace('"', '""')
+
+
+def _instant(moment: datetime) -> str:
+    return f"TIMESTAMPTZ {_text(moment.isoformat())}"
