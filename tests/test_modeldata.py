@@ -21,6 +21,7 @@ from adlfs import AzureBlobFileSystem
 from azure.storage.blob import ContainerClient
 from azurite import Azurite
 
+import obsml
 from obsml import modeldata
 
 NOW = datetime.now(timezone.utc)
@@ -215,3 +216,26 @@ def test_an_azure_blob_store_is_read_through_adlfs(
     finally:
         AzureBlobFileSystem.clear_instance_cache()
     assert frame["correlation_id"].tolist() == ["a", "b"] and frame["x"].tolist() == [1, 2]
+
+
+def test_rows_a_collector_writes_in_every_format_read_back_and_join(tmp_path: Path) -> None:
+    store = str(tmp_path / "store")
+    where = {"store": store, "service": "credit", "version": "10"}
+    for fmt in ("jsonl", "csv", "parquet"):
+        inputs = obsml.Collector("best_model", "inputs", ["income", "age"], format=fmt, **where)
+        predictions = obsml.Collector("best_model", "predictions", ["p"], format=fmt, **where)
+        ctx = inputs.collect([[1000.5, 40]], correlation_id=f"loan-{fmt}")
+        predictions.collect([[0.25]], correlation_id=ctx.correlation_id)
+    obsml.Collector("best_model", identifier="labels", feature_names=["defaulted"], **where).collect(
+        [[True]], correlation_id="loan-csv"
+    )
+    assert obsml.flush(10)
+
+    frame = modeldata.read(store, "best_model", "inputs")
+    assert sorted(frame["correlation_id"]) == ["loan-csv", "loan-jsonl", "loan-parquet"]
+    assert frame["income"].tolist() == [1000.5] * 3 and frame["age"].tolist() == [40] * 3
+    assert str(frame["collected_at"].dtype) == "datetime64[us, UTC]"
+    table = modeldata.joined(store, "best_model").set_index("correlation_id")
+    assert table["p"].tolist() == [0.25] * 3
+    assert table.loc["loan-csv", "defaulted"] == True  # noqa: E712 (a numpy bool)
+    assert table["defaulted"].isna().sum() == 2
