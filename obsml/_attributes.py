@@ -11,7 +11,8 @@ from collections.abc import Mapping
 from hashlib import sha256
 from typing import TYPE_CHECKING
 
-from ._payloads import BodyTee, header_value
+from ._headers import header_value
+from ._payloads import BodyTee
 from ._redact import header_text
 
 if TYPE_CHECKING:

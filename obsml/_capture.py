@@ -18,7 +18,6 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_s
 
 from ._ids import FIRST_CORRELATION_ID, VALID_TRACEPARENT, correlation_keep
 from ._payloads import BodyLimits, BodyTee
-from ._payloads import header_value as header_value  # the adapters' header lookup
 from ._stats import count, record_drop, report_internal_error
 
 CURRENT_CAPTURE: ContextVar[Capture | None] = ContextVar("obsml_current_capture", default=None)

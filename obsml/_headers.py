@@ -103,3 +103,11 @@ def echo_correlation_id(
     if not own:
         sent.append((name, value))
     return sent, held_bytes, not own
+
+
+def header_value(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The first value of header ``name`` (lower-case) in raw pairs."""
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return None

@@ -10,10 +10,10 @@ building them touches no file.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
 from hashlib import sha256
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ._headers import header_value
 from ._objects import failure_reason, utc_folders
 from ._stats import logger, record_drop
 
@@ -244,11 +244,3 @@ def extension_for(content_type: bytes | None) -> str:
     if media.endswith("+json"):
         return "json"
     return _EXTENSIONS.get(media, "bin")
-
-
-def header_value(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    """The first value of header ``name`` (lower-case) in raw pairs."""
-    for key, value in headers:
-        if key.lower() == name:
-            return value
-    return None

@@ -11,10 +11,10 @@ import asyncio
 from typing import Any
 
 from ._attributes import server_from_host, set_port
-from ._capture import Capture, header_value
+from ._capture import Capture
 from ._exceptions import ObsmlError
 from ._frameworks import asgi_route, hook_asgi_app, hook_scope
-from ._headers import CORRELATION_HEADER, echo_correlation_id
+from ._headers import CORRELATION_HEADER, echo_correlation_id, header_value
 from ._pipeline import Capturer
 from ._settings import Settings
 from ._stats import enable_strict, guarded, logger, report_internal_error
