@@ -16,8 +16,7 @@ import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from ._objects import count_written
-from ._secrets import scrub
+from ._objects import count_written, describe_error
 from ._spool import ADOPT_EVERY_S, CorruptRecord, Spool, read_record
 from ._stats import count, logger, record_drop, report_internal_error
 from ._throttle import LogThrottle
@@ -151,7 +150,7 @@ class Delivery:
                 if self._head_failures >= _REJECT_AFTER and self._next_goes_through():
                     # The sink takes other objects but never this one: set it aside, counted.
                     self._remove(path)
-                    record_drop("record", "sink_rejected", detail=_describe(exc))
+                    record_drop("record", "sink_rejected", detail=describe_error(exc))
                     continue
                 self._failed(exc)
                 return
@@ -215,7 +214,7 @@ class Delivery:
         if self._log_throttle.due("failed", now):
             logger.warning(
                 "obsml: the %s store failed (%s); %d object(s) wait in the spool, retrying in %.1f s",
-                self.name, _describe(exc), len(self.spool.records), delay,
+                self.name, describe_error(exc), len(self.spool.records), delay,
             )
         self._close_sink()  # a broken plugin or connection is opened afresh next time
 
@@ -223,11 +222,6 @@ class Delivery:
         if self._failures:
             logger.warning("obsml: the %s store recovered after %d failed attempt(s)", self.name, self._failures)
         self._failures = 0
-
-
-def _describe(exc: BaseException) -> str:
-    """An exception's type and message, scrubbed of credentials."""
-    return f"{type(exc).__name__}: {scrub(str(exc))[:300]}"
 
 
 _DELIVERIES: weakref.WeakSet[Delivery] = weakref.WeakSet()

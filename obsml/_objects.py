@@ -8,6 +8,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Protocol
 
+from ._secrets import scrub
 from ._stats import DropReason, count
 
 # Folders of part files (spans, model data rows): they may use the disk reserve and the spool
@@ -46,8 +47,9 @@ def count_written(relative: str) -> None:
 
 
 def describe_error(exc: BaseException) -> str:
-    """An exception's type and message for a log line (the obsml logger scrubs credentials)."""
-    return f"{type(exc).__name__}: {exc}"[:300]
+    """An exception's type and message for a log line, scrubbed of credentials before it is cut
+    (a secret cut in half would no longer be recognised)."""
+    return f"{type(exc).__name__}: {scrub(str(exc))[:300]}"
 
 
 def utc_folders(ns: int, hourly: bool = False) -> str:
