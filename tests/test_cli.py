@@ -54,3 +54,13 @@ def test_the_cli_without_a_command_prints_help_and_fails() -> None:
     result = subprocess.run([sys.executable, "-m", "obsml.cli"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "demo" in result.stdout + result.stderr
+
+
+def test_the_command_line_starts_without_duckdb_pandas_fsspec_or_opentelemetry() -> None:
+    # `obsml --help` stays quick: the commands import what they need when they run.
+    heavy = ("duckdb", "pandas", "pyarrow", "fsspec", "adlfs", "opentelemetry.sdk")
+    script = ("import sys; from obsml.cli import build_parser; build_parser(); "
+              f"print([module for module in {heavy!r} if module in sys.modules])")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
