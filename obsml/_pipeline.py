@@ -18,6 +18,7 @@ from ._capture import Capture
 from ._headers import HeaderSlots
 from ._ids import sampling_threshold
 from ._metrics import register_metrics
+from ._policy import CapturePolicy
 from ._redact import RedactionPolicy
 from ._settings import Settings
 from ._stats import count
@@ -101,8 +102,11 @@ class Capturer:
         self.store = self.pipeline.store
         self.describe = describe
         self.redaction = RedactionPolicy(settings.redact_headers, settings.correlation_headers, settings.redact_query)
+        self.policy = CapturePolicy(settings.capture_bodies, settings.capture_routes, settings.skip_routes)
+        self.skip_path = self.policy.skip  # the one match on the request path (None: nothing is skipped)
         self.inline_limit = settings.inline_limit
-        self.max_capture = settings.max_capture
+        # capture_bodies=none: no body byte is kept at all (sizes are still counted).
+        self.max_capture = 0 if settings.capture_bodies == "none" else settings.max_capture
         # Body chunks may fill four fifths of the queue: the rest is kept for spans (their headers
         # and inline bodies), so that the span of a body lost to a full queue can still say so.
         self.queue_body_bytes = max(1, settings.queue_max_bytes * 4 // 5)
@@ -146,14 +150,25 @@ class Capturer:
 
     def emit(self, capture: Capture) -> None:
         """Writer side: turn a finished capture into a span."""
+        policy = self.policy
+        if policy.skips_route(capture.route):  # its path did not match, its template does: no span
+            for tee in (capture.request_body, capture.response_body):
+                if tee.stream is not None:
+                    tee.stream.finish(commit=False)
+            count("requests_skipped")
+            return
         count("requests_captured")
-        # Payloads are committed (or aborted) first: building the attributes then touches no file.
-        # A response body counts only once the response started, and a body sent past obsml never.
+        described = self.describe(capture.info, self)
+        keep_bodies = policy.keeps_bodies(
+            str(described.get("url.path", "")), capture.route, capture.failed or bool(capture.exceptions)
+        )
+        # Payloads are committed (or aborted) before the span's attributes: building them then
+        # touches no file. A response body counts only once the response started, and a body sent
+        # past obsml never; a body the policy does not keep is discarded (nothing of it is stored).
         for tee, commit in ((capture.request_body, True), (capture.response_body, capture.responded)):
             if tee.stream is not None:
-                tee.stream.finish(commit=commit and tee.unseen is None)
-        described = self.describe(capture.info, self)
-        name, attributes = span_attributes(capture, described, self.base_attributes, self.redaction)
+                tee.stream.finish(commit=commit and keep_bodies and tee.unseen is None)
+        name, attributes = span_attributes(capture, described, self.base_attributes, self.redaction, keep_bodies)
         self.pipeline.tracing.emit(capture, name, attributes)
 
     def flush(self) -> bool:

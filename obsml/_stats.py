@@ -45,6 +45,7 @@ _EXIT_REASONS = frozenset({"flush_timeout", "after_exit"})
 Counter = Literal[
     "requests_captured",  # spans handed to the writer
     "requests_sampled_out",  # successful requests skipped by OBSML_SAMPLE_RATE
+    "requests_skipped",  # requests OBSML_SKIP_ROUTES left without a span
     "spans_exported",  # spans the exporters accepted (jsonl: written to the store, or to its spool)
     "payloads_written",  # bodies in the store under payloads/ (for a remote store: delivered)
     "trace_files_written",  # part files in the store under traces/ (for a remote store: delivered)
