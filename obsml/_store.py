@@ -100,7 +100,7 @@ class Store:
         self.root = root.rstrip("/")
         if isinstance(self.fs, LocalFileSystem):
             try:
-                self.fs.makedirs(self.root, exist_ok=True)
+                make_private_dirs(self.root)
             except OSError as exc:
                 raise ConfigError(f"OBSML_STORE: cannot create the store directory ({exc.strerror})") from None
             self._sweep_temporaries()
@@ -163,18 +163,22 @@ class Store:
 
     def _ensure_dir(self, folder: str) -> None:
         if folder not in self._known_dirs:
-            self.fs.makedirs(folder, exist_ok=True)
+            make_private_dirs(folder)
             self._known_dirs.add(folder)
 
-    def _open_temporary(self, folder: str, temporary: str) -> Any:
+    def _open_temporary(self, folder: str, temporary: str) -> BinaryIO:
+        # Only the local disk gets here (a remote store writes to the spool): bodies are private,
+        # 0600 files in 0700 folders (SECURITY.md), whatever the process's umask allows beyond.
         self._ensure_dir(folder)
+        flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY
         try:
-            return self.fs.open(temporary, "wb")
+            fd = os.open(temporary, flags, 0o600)
         except FileNotFoundError:
             # The folder was removed or moved away since we made it (a log shipper, a cleaner).
             self._known_dirs.discard(folder)
             self._ensure_dir(folder)
-            return self.fs.open(temporary, "wb")
+            fd = os.open(temporary, flags, 0o600)
+        return open(fd, "wb")  # closed by commit or abort
 
     def _sweep_temporaries(self) -> None:
         """Remove the temporary files this host's dead processes left in the recent date folders.
@@ -214,6 +218,21 @@ class Store:
         return Offloaded(self.uri(relative), len(data), sha256(data).hexdigest())
 
 
+def make_private_dirs(path: str) -> None:
+    """``path`` and every missing folder above it, each made 0700 (``os.makedirs`` would give the
+    folders above the umask's default mode, usually 0755). Folders that exist are left as they are."""
+    missing = []
+    while path and not os.path.isdir(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    for folder in reversed(missing):
+        with suppress(FileExistsError):  # another process made it meanwhile
+            os.mkdir(folder, 0o700)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -237,7 +256,7 @@ class AtomicObject:
         # (and plugins' values) stop short of a reserve, which only part files may use.
         self._keeps_room = not relative.startswith(PART_FOLDERS)
         with _noting_errors():
-            self._file: BinaryIO | Any = store._open_temporary(self.folder, self.temporary)
+            self._file: BinaryIO = store._open_temporary(self.folder, self.temporary)
             if self._keeps_room:
                 try:
                     self._check_room(0)
