@@ -2,7 +2,8 @@
 
 Connection strings, SAS tokens and keys reach obsml only through the environment (adlfs and
 fsspec read them there). Anything obsml logs or raises about a store passes through
-:func:`scrub`, and a filter on the ``obsml`` logger scrubs every record, traceback included.
+:func:`scrub`, and a filter on the ``obsml`` logger scrubs every record, traceback included, and
+escapes its control characters (no log injection).
 """
 
 from __future__ import annotations
@@ -47,6 +48,22 @@ def _known_secrets() -> list[str]:
     return sorted(values, key=len, reverse=True)
 
 
+# Control characters (C0 but tab, DEL, C1, the Unicode line separators) in a log line would let
+# text from outside (a path, an error message, a sink's name) forge log lines or drive a terminal
+# (ANSI escapes): each is written escaped instead, as \n or \x1b. A traceback keeps its line breaks.
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+_CONTROL_BUT_NEWLINE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    return match[0].encode("unicode_escape").decode("ascii")
+
+
+def neutralize(text: str) -> str:
+    """``text`` on one line, with no control character left raw (for a log line)."""
+    return _CONTROL.sub(_escaped, text)
+
+
 def scrub(text: str) -> str:
     """``text`` with every credential obsml can know of replaced by ``[REDACTED]``."""
     for secret in _known_secrets():
@@ -55,13 +72,15 @@ def scrub(text: str) -> str:
 
 
 class ScrubFilter(logging.Filter):
-    """Scrubs a log record's message and traceback before any handler formats it."""
+    """Scrubs a log record's message and traceback before any handler formats it, and escapes
+    their control characters: the one place every line obsml logs passes through."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = scrub(record.getMessage())
+        record.msg = neutralize(scrub(record.getMessage()))
         record.args = None
         if record.exc_info:
-            record.exc_text = scrub(logging.Formatter().formatException(record.exc_info))
+            traceback = scrub(logging.Formatter().formatException(record.exc_info))
+            record.exc_text = _CONTROL_BUT_NEWLINE.sub(_escaped, traceback)
             record.exc_info = None
         return True
 
