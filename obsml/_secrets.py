@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import traceback
 from urllib.parse import unquote
 
 # The one marker of a removed credential: in log lines here, in span attributes (obsml/_redact.py).
@@ -79,10 +80,33 @@ class ScrubFilter(logging.Filter):
         record.msg = neutralize(scrub(record.getMessage()))
         record.args = None
         if record.exc_info:
-            traceback = scrub(logging.Formatter().formatException(record.exc_info))
-            record.exc_text = _CONTROL_BUT_NEWLINE.sub(_escaped, traceback)
+            record.exc_text = _traceback_text(record.exc_info[1])
             record.exc_info = None
         return True
+
+
+def _traceback_text(exc: BaseException | None) -> str:
+    """A traceback as logging shows it, scrubbed and escaped. Its frames keep their line breaks;
+    an exception's own text (which may quote anything) is kept on one line."""
+    if exc is None:
+        return ""
+    messages: set[str] = set()
+    seen: set[int] = set()
+    chain: list[BaseException | None] = [exc]
+    while chain:
+        link = chain.pop()
+        if link is None or id(link) in seen:
+            continue
+        seen.add(id(link))
+        messages.update(traceback.format_exception_only(type(link), link))
+        chain += (link.__cause__, link.__context__)
+    parts = []
+    for chunk in traceback.format_exception(type(exc), exc, exc.__traceback__):
+        if chunk in messages:
+            parts.append(neutralize(scrub(chunk.removesuffix("\n"))) + "\n")
+        else:
+            parts.append(_CONTROL_BUT_NEWLINE.sub(_escaped, scrub(chunk)))
+    return "".join(parts).removesuffix("\n")
 
 
 def install_log_scrubbing(logger: logging.Logger) -> None:
