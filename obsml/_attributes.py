@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from ._headers import header_value
 from ._payloads import BodyTee
-from ._redact import header_text
+from ._redact import MAX_HEADER_VALUE_LENGTH, header_text
 
 if TYPE_CHECKING:
     from ._capture import Capture
@@ -93,6 +93,9 @@ def set_port(attributes: Attributes, key: str, value: object) -> None:
 def server_from_host(attributes: Attributes, host: str, scheme: str) -> None:
     """``server.address`` and ``server.port`` parsed from the Host header, as the HTTP semantic
     conventions say; a Host without a port means the scheme's default port (RFC 9110, 7.2)."""
+    if len(host) > MAX_HEADER_VALUE_LENGTH:  # a server with lifted limits passes megabytes: cut, marked
+        attributes["server.address"] = header_text(host.encode("latin-1", "replace"))
+        return
     if host.startswith("["):  # an IPv6 literal: [::1]:8000
         address, _, rest = host[1:].partition("]")
         port = rest[1:] if rest.startswith(":") else ""
@@ -108,7 +111,7 @@ def _body(attributes: Attributes, tee: BodyTee, unread: int = 0, kept: bool = Tr
     prefix = f"obsml.{tee.direction}.body"
     media = tee.media_type()
     if media is not None:
-        attributes[f"{prefix}.content_type"] = media.decode("latin-1")
+        attributes[f"{prefix}.content_type"] = header_text(media)  # cut and marked like the header
     if tee.unseen is not None:
         # A server extension sent the body past obsml: its size and bytes are unknown, never "empty".
         attributes[f"{prefix}.not_captured"] = tee.unseen
