@@ -44,6 +44,10 @@ _HOST = sha256(socket.gethostname().encode()).hexdigest()[:8]
 _TEMPORARY = re.compile(r"\.(?P<name>.+)\.(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]+)-[0-9a-f]{8}\.tmp")
 _SWEEP_DAYS = 7  # the date folders swept at start: a crash's leftovers sit in the folders of its time
 _SPAN_RESERVE_MAX = 64 << 20  # bodies leave min(this, 5% of the disk) free, for the spans that name them
+# Every object's path under the root, whoever made it up (obsml, an exporter plugin's offload):
+# segments of safe characters, never empty, "." or "..", so that nothing is opened outside the store.
+_SEGMENT = r"(?!\.\.?(?:/|\Z))[A-Za-z0-9._=-]+"
+_SAFE_RELATIVE = re.compile(f"{_SEGMENT}(?:/{_SEGMENT})*")
 # Remote stores commit spans to the spool at least this often: what a SIGKILL can lose (issue 11).
 REMOTE_COMMIT_S = 0.25
 
@@ -148,6 +152,8 @@ class Store:
         return str(self.fs.unstrip_protocol(self.path(relative)))
 
     def open_atomic(self, relative: str) -> AtomicTarget:
+        if not _SAFE_RELATIVE.fullmatch(relative):
+            raise ValueError(f"obsml: {relative!r} is not an object path in the store")
         if self.delivery is not None:
             return self.delivery.spool.open_record(relative)
         return AtomicObject(self, relative)

@@ -183,3 +183,16 @@ def test_a_local_store_and_a_spool_hold_private_files_in_private_folders_under_t
     assert set(spooled) - {("dir", oct(spool.stat().st_mode & 0o777))} == {
         ("dir", "0o700"), ("file", "0o600"),
     }
+
+
+@pytest.mark.parametrize(
+    "relative",
+    ["../escape.json", "payloads/../../escape.json", "payloads/2026/./x", "/etc/escape", "a//b", "", "a/", "sp ace"],
+)
+def test_no_object_is_opened_outside_the_store_whatever_its_path_says(tmp_path: Path, relative: str) -> None:
+    store = Store(obsml.Settings.load(store=str(tmp_path / "store")))
+    with pytest.raises(ValueError, match="is not an object path in the store"):
+        store.open_atomic(relative)
+    with pytest.raises(ValueError, match="is not an object path in the store"):
+        store.offload("plugin", relative, b"x", time_ns=time.time_ns())
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == []
