@@ -21,6 +21,7 @@ from ._metrics import register_metrics
 from ._redact import RedactionPolicy
 from ._settings import Settings
 from ._stats import count
+from ._status import StatusReport
 from ._store import Store
 from ._tracing import Tracing
 from ._types import Attributes
@@ -41,6 +42,8 @@ class Pipeline:
             interval=self.store.batch_interval(settings.flush_interval),
             exit_timeout=settings.flush_timeout,
         )
+        if settings.status:
+            self.writer.add_ticker(StatusReport(settings, self.store, lambda: self.writer.closed), last=True)
         if self.store.delivery is not None:
             self.writer.exit_hooks.append(self.store.delivery.close)
 
@@ -70,6 +73,7 @@ def pipeline_for(settings: Settings) -> Pipeline:
         settings.queue_max_bytes,
         settings.flush_interval,
         settings.flush_timeout,
+        settings.status,
     )
     with _PIPELINES_LOCK:
         pipeline = _PIPELINES.get(key)

@@ -48,6 +48,7 @@ class Settings:
     strict: bool = False
     collect_format: str = "jsonl"
     collect_enabled: bool = True
+    status: bool = True
 
     def __repr__(self) -> str:
         # The store URL may carry credentials (a SAS token in a query string): show its scheme only.
@@ -201,4 +202,5 @@ _PARSERS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "strict": (_boolean, "true or false"),
     "collect_format": (_choice("jsonl", "csv", "parquet"), "one of jsonl, csv, parquet"),
     "collect_enabled": (_boolean, "true or false (also 1/0, yes/no, on/off)"),
+    "status": (_boolean, "true or false (also 1/0, yes/no, on/off)"),
 }
