@@ -42,14 +42,22 @@ class Pipeline:
             interval=self.store.batch_interval(settings.flush_interval),
             exit_timeout=settings.flush_timeout,
         )
+        self.status: StatusReport | None = None
         if settings.status:
-            self.writer.add_ticker(StatusReport(settings, self.store, lambda: self.writer.closed), last=True)
+            self.status = StatusReport(settings, self.store, lambda: self.writer.closed)
+            self.writer.add_ticker(self.status, last=True)
         if self.store.delivery is not None:
             self.writer.exit_hooks.append(self.store.delivery.close)
 
-    def flush(self, timeout: float) -> bool:
-        """Everything captured so far written out (for a remote store: delivered), within ``timeout``."""
+    def flush(self, timeout: float, shutdown: bool = False) -> bool:
+        """Everything captured so far written out (for a remote store: delivered), within ``timeout``.
+
+        ``shutdown``: the server is stopping (an ASGI lifespan shutdown, after which uvicorn skips
+        atexit), so the status written now is the writer's last, marked exited.
+        """
         deadline = time.monotonic() + timeout
+        if shutdown and self.status is not None:
+            self.status.exit_next()
         if not self.writer.flush(timeout):
             return False
         delivery = self.store.delivery
@@ -160,5 +168,5 @@ class Capturer:
         name, attributes = span_attributes(capture, described, self.base_attributes, self.redaction)
         self.pipeline.tracing.emit(capture, name, attributes)
 
-    def flush(self) -> bool:
-        return self.pipeline.flush(self.settings.flush_timeout)
+    def flush(self, shutdown: bool = False) -> bool:
+        return self.pipeline.flush(self.settings.flush_timeout, shutdown)

@@ -5,7 +5,7 @@ from its background thread, overwriting it in place during the day: its identity
 last-seen times, every ``obsml.stats()`` counter, the latest error per drop reason and of the
 sink (scrubbed), and its spool. It writes when a counter changed, at most once per
 ``every`` seconds, and at least once per ``heartbeat`` seconds so that a live but idle
-writer is still seen; and once more at exit, marked ``exited``.
+writer is still seen; and once more at exit (or at an ASGI lifespan shutdown), marked ``exited``.
 
 A status never crowds out data: it leaves the disk reserve and the spool share kept for part
 files alone (like a body), a remote store holds at most one status record waiting for the
@@ -69,6 +69,15 @@ class StatusReport:
             "heartbeat_s": self._heartbeat,
         }
         self._pid = 0
+        self._exit_next = False
+
+    def exit_next(self) -> None:
+        """Have the next flush write the last status, marked exited (the server is stopping).
+
+        Asked once: should the process go on serving (a server restarted in the same process), the
+        statuses after it say so.
+        """
+        self._exit_next = True
 
     def _start(self) -> None:
         # A forked child is a writer of its own, with a new id (as its part files have).
@@ -83,7 +92,9 @@ class StatusReport:
         # ``force`` (a flush) is not enough: obsml.flush() may be called per request. Only the exit is.
         if self._pid != os.getpid():
             self._start()
-        exiting = self._closed()
+        exiting = self._closed() or (force and self._exit_next)  # the shutdown's flush, not a tick before it
+        if exiting:
+            self._exit_next = False
         now = time.monotonic()
         counters = STATS.snapshot()
         reported = _without_own_drops(counters)

@@ -1,0 +1,233 @@
+"""Each writer's status in the store, and ``obsml status`` reading it: liveness, counters, the exit code."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from adlfs import AzureBlobFileSystem
+from apps import make_app
+from azure.storage.blob import ContainerClient
+from azurite import Azurite
+from conftest import install_plugin, running_gunicorn, running_server
+from servers import free_port, running_command
+from test_writer import stalled_writer, wait_for_a_drop
+
+import obsml
+from obsml._pipeline import pipeline_for
+
+ROOT = Path(__file__).resolve().parent.parent
+STATUS_ON = {"OBSML_STATUS": "true"}
+REQUESTS = 40
+
+
+def obsml_status(store: str, *options: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The real ``obsml status`` command, as a cron job runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "obsml.cli", "status", "--store", store, *options],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200", **(env or {})},
+    )
+
+
+def status_json(store: str, env: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+    result = obsml_status(store, "--format", "json", env=env)
+    assert result.returncode in (0, 1), result.stderr
+    return result.returncode, json.loads(result.stdout)
+
+
+def load_both_workers(url: str) -> set[int]:
+    """Concurrent requests, so that both gunicorn workers serve some; the pids that served them."""
+
+    def one(row: int) -> int:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            response = client.get(f"/slow/{row}", headers={"x-correlation-id": f"row-{row}"})
+        response.raise_for_status()
+        return int(response.json()["pid"])
+
+    with ThreadPoolExecutor(8) as pool:
+        return set(pool.map(one, range(REQUESTS)))
+
+
+def test_clean_traffic_on_two_gunicorn_workers_exits_0_and_lists_both(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    before = datetime.now(timezone.utc)
+    with running_gunicorn("wsgi_apps:flask_app", store, "--workers", "2", env=STATUS_ON) as server:
+        pids = load_both_workers(server.url)
+        assert server.stop() == 0
+    assert len(pids) == 2, "the load should have reached both workers"
+
+    code, report = status_json(str(store))
+    assert code == 0
+    assert {writer["pid"] for writer in report["writers"]} == pids
+    assert all(writer["exited"] and not writer["stale"] for writer in report["writers"])
+    assert (report["writers_alive"], report["writers_stale"], report["writers_exited"]) == (0, 0, 2)
+    # The same counter names as obsml.stats(), in the totals and for each writer.
+    assert set(report["totals"]) == set(obsml.stats())
+    assert all(set(writer["stats"]) == set(obsml.stats()) for writer in report["writers"])
+    assert report["totals"]["requests_captured"] == REQUESTS
+    assert report["totals"]["spans_exported"] == REQUESTS
+    assert report["totals"]["dropped"] == {}
+
+    text = obsml_status(str(store))
+    assert text.returncode == 0, text.stderr
+    lines = text.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("WRITER"))
+    rows = [line for line in lines if line.split()[:1] in ([writer["writer"]] for writer in report["writers"])]
+    assert len(rows) == 2 and all(" exited " in row for row in rows)
+    total = next(line for line in lines if line.startswith("TOTAL"))
+    # Aligned: each number ends under the end of its heading.
+    assert total.index(f"{REQUESTS}") + len(f"{REQUESTS}") == header.index("CAPTURED") + len("CAPTURED")
+    assert lines[-1] == "nothing dropped"
+
+    # A window that ends before the servers started has none of their statuses.
+    earlier = obsml_status(str(store), "--since", "7d", "--until", (before.replace(year=before.year - 1)).isoformat())
+    assert (earlier.returncode, len(earlier.stdout.splitlines())) == (0, 1)
+    assert earlier.stdout.startswith("obsml status: nothing found")
+
+
+def test_a_store_without_status_files_says_so_in_one_line_and_exits_0(tmp_path: Path) -> None:
+    result = obsml_status(str(tmp_path / "empty"))
+    assert result.returncode == 0
+    [line] = result.stdout.splitlines()
+    assert line.startswith("obsml status: nothing found: no writer reported to ")
+    code, report = status_json(str(tmp_path / "empty"))
+    assert (code, report["writers"], report["totals"]["dropped"]) == (0, [], {})
+
+
+def test_a_full_queue_makes_status_exit_1_with_the_drop_by_reason_and_kind(store: Path) -> None:
+    options = {"store": str(store), "queue_max_bytes": 1000, "status": True}
+    with running_server(make_app(**options)) as url, stalled_writer(**options):
+        httpx.post(f"{url}/echo", content=b"b" * 5000)  # held inline: over the 1 KB queue bound
+        wait_for_a_drop()
+    pipeline_for(obsml.Settings.load(**options)).writer.close(10)  # as at exit: the last status
+
+    code, report = status_json(str(store))
+    assert code == 1
+    assert report["totals"]["dropped"] == {"queue_full": {"span": 1}}
+    [writer] = report["writers"]
+    assert (writer["pid"], writer["exited"]) == (os.getpid(), True)
+    text = obsml_status(str(store))
+    assert text.returncode == 1
+    assert text.stdout.splitlines()[-2:] == ["dropped, by reason and kind:", "  queue_full  span  1"]
+
+
+def test_a_worker_killed_with_sigkill_is_reported_stale_and_the_other_alive(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    # A flush interval of 0.1 s: a status at least every 2 s (its heartbeat), stale after 6 s without one.
+    with running_gunicorn("wsgi_apps:flask_app", store, "--workers", "2", env=STATUS_ON) as server:
+        pids = load_both_workers(server.url)
+        assert len(pids) == 2, "the load should have reached both workers"
+        deadline = time.monotonic() + 60
+        while {writer["pid"] for writer in status_json(str(store))[1]["writers"]} != pids:
+            assert time.monotonic() < deadline, "both workers should have written a status"
+            time.sleep(0.2)
+        killed, survivor = sorted(pids)
+        os.kill(killed, signal.SIGKILL)
+        while True:
+            code, report = status_json(str(store))
+            states = {writer["pid"]: writer for writer in report["writers"]}
+            if states[killed]["stale"]:
+                break
+            assert time.monotonic() < deadline + 60, f"the killed worker is still not stale: {states[killed]}"
+            time.sleep(0.5)
+        assert (states[survivor]["stale"], states[survivor]["exited"]) == (False, False)
+        assert (report["writers_alive"], report["writers_stale"]) == (1, 1)
+        assert code == 0  # stale, but nothing dropped
+        text = obsml_status(str(store)).stdout
+        assert any(line.split()[:1] == [states[killed]["writer"]] and " stale " in line for line in text.splitlines())
+
+
+SECRET_SINK = """
+    import os
+    from obsml import Sink
+    objects = {}
+    state = {"up": False}
+
+    class SecretSink(Sink):
+        def __init__(self, url):
+            self.url = url
+
+        def put(self, relative, data, size):
+            if not state["up"]:  # an error message quoting every credential it has
+                raise ConnectionError(f"cannot reach {self.url} with {os.environ['AZURE_STORAGE_CONNECTION_STRING']}")
+            objects[relative] = data.read(size)
+
+    def make_sink(url, *, settings):
+        return SecretSink(url)
+"""
+
+
+@pytest.mark.usefixtures("forget_new_pipelines")
+def test_no_credential_of_the_store_url_or_of_a_sink_error_reaches_a_status_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sas, key = "sv=2024-05-04&ss=b&sig=Zm9vYmFyU0FTc2lnbmF0dXJl", "c2VjcmV0LWFjY291bnQta2V5LTEyMzQ1Njc4OQ=="
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", f"AccountName=box;AccountKey={key}")
+    install_plugin(tmp_path, monkeypatch, "secret", SECRET_SINK, group="obsml.sinks", factory="make_sink")
+    monkeypatch.delitem(sys.modules, "secret_plugin", raising=False)
+    import secret_plugin  # type: ignore[import-not-found]
+
+    options = {"store": f"secret://box-{uuid.uuid4().hex}?{sas}", "flush_interval": 0.05, "status": True}
+    pipeline = pipeline_for(obsml.Settings.load(**options))
+    delivery = pipeline.store.delivery
+    assert delivery is not None
+    with running_server(make_app(**options)) as url:
+        httpx.post(f"{url}/echo", content=b"{}")
+        deadline = time.monotonic() + 30
+        while delivery.last_error is None:  # the sink refused what was spooled: its error is the sink's last
+            assert time.monotonic() < deadline, "the sink was never tried"
+            time.sleep(0.01)
+        secret_plugin.state["up"] = True
+        pipeline.writer.close(10)  # as at exit: the last status, with the sink's last error
+        assert delivery.wait_empty(10)
+
+    statuses = {name: data for name, data in secret_plugin.objects.items() if name.startswith("_obsml/status/")}
+    assert statuses
+    for data in statuses.values():
+        assert b"Zm9vYmFyU0FTc2lnbmF0dXJl" not in data and key.encode() not in data
+    last = max((json.loads(data) for data in statuses.values()), key=lambda status: status["last_seen"])
+    assert last["exited"] and last["sink"]["scheme"] == "secret"
+    assert last["sink"]["last_error"].startswith("ConnectionError: cannot reach secret://")
+    assert "[REDACTED]" in last["sink"]["last_error"]
+
+
+@pytest.fixture
+def azure_store(azurite: Azurite, azure_container: ContainerClient) -> Iterator[tuple[str, dict[str, str]]]:
+    env = {"AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string}
+    yield f"abfs://{azure_container.container_name}/obsml", env
+    AzureBlobFileSystem.clear_instance_cache()
+
+
+def test_a_full_spool_on_an_azure_store_makes_status_exit_1_from_the_status_files_in_azure(
+    tmp_path: Path, azure_store: tuple[str, dict[str, str]], azure_container: ContainerClient
+) -> None:
+    store, env = azure_store
+    port = free_port()
+    command = [sys.executable, "-m", "uvicorn", "apps:app", "--port", str(port), "--log-level", "warning"]
+    # Bodies may fill 80% of the spool: a 100 KB body cannot go into a 50 KB spool.
+    server_env = {**env, **STATUS_ON, "OBSML_STORE": store, "OBSML_SPOOL_MAX_BYTES": "50000"}
+    with running_command(command, port, tmp_path / "uvicorn.log", server_env) as server:
+        body = b"x" * 100_000
+        assert httpx.post(f"{server.url}/echo", content=body, timeout=30).content == body
+        server.stop()  # uvicorn ends with the SIGTERM it caught, once it has shut down
+
+    names = [blob.name for blob in azure_container.list_blobs(name_starts_with="obsml/_obsml/status/")]
+    assert len({name.rsplit("/", 1)[1] for name in names}) == 1  # one writer, its file overwritten in place
+    code, report = status_json(store, env=env)
+    assert code == 1
+    assert report["totals"]["dropped"] == {"spool_full": {"payload": 2}}
+    assert report["totals"]["requests_captured"] == 1 and report["totals"]["objects_spooled"] >= 1
+    [writer] = report["writers"]
+    assert writer["exited"] and writer["sink"]["scheme"] == "abfs"
