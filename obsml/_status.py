@@ -80,10 +80,8 @@ class StatusReport:
         self._exit_next = True
 
     def _start(self) -> None:
-        # A forked child is a writer of its own, with a new id (as its part files have).
         self._pid = os.getpid()
-        self._writer_id = f"{self._pid}-{secrets.token_hex(4)}"
-        self._started = time.time()
+        self._writer_id, self._started = _this_process()
         self._written_at = -float("inf")  # time.monotonic() of the last attempt
         self._reported: object = None  # what that attempt reported, less the status's own drops
         self._waiting: Path | None = None  # a remote store's status record not yet delivered
@@ -145,6 +143,21 @@ class StatusReport:
             record_drop(KIND, failure_reason(exc), detail=describe_error(exc))
             return
         self._waiting = getattr(target, "committed", None)  # a spool record (remote stores only)
+
+
+_process: tuple[int, str, float] = (0, "", 0.0)  # pid, writer id, started
+
+
+def _this_process() -> tuple[str, float]:
+    """The writer id of this process, and when it was first asked for (its first status).
+
+    One per process, not per pipeline: the counters are the process's, so two pipelines writing
+    to one store write one file, never counted twice. A forked child is a writer of its own.
+    """
+    global _process
+    if _process[0] != os.getpid():
+        _process = (os.getpid(), f"{os.getpid()}-{secrets.token_hex(4)}", time.time())
+    return _process[1], _process[2]
 
 
 def _without_own_drops(counters: dict[str, object]) -> object:
