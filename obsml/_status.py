@@ -94,11 +94,11 @@ class StatusReport:
         if exiting:
             self._exit_next = False
         now = time.monotonic()
+        if not exiting and now < self._written_at + self._every:
+            return
         counters = STATS.snapshot()
         reported = _without_own_drops(counters)
         if not exiting:
-            if now < self._written_at + self._every:
-                return
             if reported == self._reported and now < self._written_at + self._heartbeat:
                 return
             if self._waiting is not None and self._waiting.exists():
@@ -162,5 +162,5 @@ def _this_process() -> tuple[str, float]:
 
 def _without_own_drops(counters: dict[str, object]) -> object:
     dropped: dict[str, dict[str, int]] = counters["dropped"]  # type: ignore[assignment]
-    others = {reason: {k: n for k, n in kinds.items() if k != KIND} for reason, kinds in dropped.items()}
+    others = {(reason, kind): n for reason, kinds in dropped.items() for kind, n in kinds.items() if kind != KIND}
     return {**counters, "dropped": others}

@@ -27,6 +27,8 @@ from test_writer import stalled_writer, wait_for_a_drop
 
 import obsml
 from obsml._pipeline import pipeline_for
+from obsml._status import MIN_EVERY_S, StatusReport
+from obsml._store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 STATUS_ON = {"OBSML_STATUS": "true"}
@@ -78,6 +80,7 @@ def test_clean_traffic_on_two_gunicorn_workers_exits_0_and_lists_both(tmp_path: 
     assert all(set(writer["stats"]) == set(obsml.stats()) for writer in report["writers"])
     assert report["totals"]["requests_captured"] == REQUESTS
     assert report["totals"]["spans_exported"] == REQUESTS
+    assert report["totals"]["payloads_written"] == 0  # status files are not data
     assert report["totals"]["dropped"] == {}
 
     text = obsml_status(str(store))
@@ -121,6 +124,18 @@ def test_a_full_queue_makes_status_exit_1_with_the_drop_by_reason_and_kind(store
     text = obsml_status(str(store))
     assert text.returncode == 1
     assert text.stdout.splitlines()[-2:] == ["dropped, by reason and kind:", "  queue_full  span  1"]
+
+
+def test_a_status_that_cannot_be_written_is_counted_and_a_failure_alone_is_no_reason_to_retry(store: Path) -> None:
+    store.mkdir(parents=True)
+    (store / "_obsml").write_text("a file where the status folder should be")
+    settings = obsml.Settings.load(store=str(store), status=True)  # every 2 s, heartbeat 10 s
+    report = StatusReport(settings, Store(settings), closed=lambda: False)
+    report.tick(force=False)
+    assert obsml.stats()["dropped"] == {"store_error": {"status": 1}}
+    time.sleep(MIN_EVERY_S + 0.1)  # past the rate limit: only a change (or the heartbeat) writes again
+    report.tick(force=True)
+    assert obsml.stats()["dropped"] == {"store_error": {"status": 1}}
 
 
 def test_a_worker_killed_with_sigkill_is_reported_stale_and_the_other_alive(tmp_path: Path) -> None:
