@@ -177,9 +177,8 @@ def _print_text(
         f"TOTAL ({len(writers)})", "", "", "", "", "", "", f"{totals['requests_captured']:,}",
         f"{_written(totals):,}", f"{totals['objects_spooled']:,}", f"{_dropped(totals):,}",
     ]
-    window = f"{_shown(start) if start else 'the start'} to {_shown(end)}"
-    print(f"obsml status of {store}: writers alive from {window} (counters since each writer started)", file=out)
-    print(f"writers: {summary}", file=out)
+    print(f"obsml status of {store}, {_shown(start) if start else 'the start'} to {_shown(end)}", file=out)
+    print(f"writers: {summary} (counters: since each started)", file=out)
     print(file=out)
     _print_table([*rows, total], out)
     dropped = totals["dropped"]
@@ -194,7 +193,7 @@ def _print_text(
         print(f"  {reason:<{widths[0]}}  {kind:<{widths[1]}}  {n:>{widths[2]}}", file=out)
     errors = {reason: w["last_errors"][reason] for w in writers for reason in w.get("last_errors", {})}
     for reason, error in sorted(errors.items()):
-        print(f"  last {reason}: {error['error']} ({error['at']})", file=out)
+        print(f"  latest {reason}: {error['error']} ({error['at']})", file=out)
 
 
 def _print_table(rows: list[list[str]], out: TextIO) -> None:

@@ -138,6 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("obsml: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader left (``obsml status | head``): the output is cut, quietly
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python's flush at exit must not fail again
+        return 128 + 13  # as a process killed by SIGPIPE reports it
 
 
 if __name__ == "__main__":
