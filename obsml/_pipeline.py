@@ -43,7 +43,9 @@ class Pipeline:
             exit_timeout=settings.flush_timeout,
         )
         self.status: StatusReport | None = None
-        if settings.status:
+        # Not for a sink plugin's store: obsml cannot read it back, and a sink may keep the first put
+        # of a path (the Sink contract: a path is put again only with the same bytes).
+        if settings.status and self.store.fs is not None:
             self.status = StatusReport(settings, self.store, lambda: self.writer.closed)
             self.writer.add_ticker(self.status, last=True)
         if self.store.delivery is not None:

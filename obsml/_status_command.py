@@ -21,6 +21,7 @@ from ._exceptions import ConfigError
 from ._objects import STATUS_FOLDER, describe_error
 from ._query import days, moment
 from ._reader import StoreReader
+from ._secrets import scrub
 from ._stats import COUNTERS
 
 STALE_HEARTBEATS = 3  # a writer not seen for this many heartbeats, without having exited, is stale
@@ -39,17 +40,18 @@ def run_status(
     except ConfigError as exc:
         print(f"obsml status: {exc}", file=sys.stderr)
         return 2
+    shown = scrub(reader.shown())  # a URL may carry a SAS token
     try:
         found = _read(reader, start, end)
     except Exception as exc:  # whatever the filesystem raises (adlfs: the Azure SDK's errors), in one line
-        print(f"obsml status: cannot read {reader.shown()}: {describe_error(exc)}", file=sys.stderr)
+        print(f"obsml status: cannot read {shown}: {describe_error(exc)}", file=sys.stderr)
         return 2
     writers = [_with_state(status, now) for status in _latest(found) if _in(status, start, end)]
     writers.sort(key=lambda status: (status["host"], status["started"], status["pid"]))
     totals = _totals(status["stats"] for status in writers)
     if output == "json":
         document = {
-            "store": reader.shown(),
+            "store": shown,
             "since": start.isoformat() if start else None,
             "until": end.isoformat() if end else None,
             "now": now.isoformat(),
@@ -63,9 +65,9 @@ def run_status(
     elif not writers:
         window = f"since {_shown(start)}" if start else "at any time"
         window += f" until {_shown(end)}" if end else ""
-        print(f"obsml status: nothing found: no writer reported to {reader.shown()} {window}", file=out)
+        print(f"obsml status: nothing found: no writer reported to {shown} {window}", file=out)
     else:
-        _print_text(reader.shown(), start, end, writers, totals, out)
+        _print_text(shown, start, end, writers, totals, out)
     return 1 if _dropped(totals) else 0
 
 
@@ -76,7 +78,7 @@ def _read(reader: StoreReader, start: datetime | None, end: datetime | None) -> 
     if not names:
         return []
     # One call: an async filesystem (abfs) fetches them concurrently. A file that cannot be read or
-    # parsed (another tool's, a newer format) is left out, not fatal.
+    # parsed, or lacks what is shown (another tool's, an older format), is left out, not fatal.
     found = reader.fs.cat([f"{reader.root}/{name}" for name in names], on_error="omit")
     statuses = []
     for data in found.values():
@@ -84,9 +86,22 @@ def _read(reader: StoreReader, start: datetime | None, end: datetime | None) -> 
             status = json.loads(data)
         except ValueError:
             continue
-        if isinstance(status, dict) and isinstance(status.get("stats"), dict) and "writer" in status:
+        if _valid(status):
             statuses.append(status)
     return statuses
+
+
+_KEYS = ("writer", "pid", "host", "service", "version", "started", "last_seen", "exited", "heartbeat_s", "stats")
+
+
+def _valid(status: Any) -> bool:
+    if not isinstance(status, dict) or any(key not in status for key in _KEYS) or not isinstance(status["stats"], dict):
+        return False
+    try:
+        _time(status["started"]), _time(status["last_seen"]), float(status["heartbeat_s"])
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _latest(statuses: Iterable[Status]) -> list[Status]:

@@ -13,22 +13,26 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+import fsspec
 import httpx
 import pytest
 from adlfs import AzureBlobFileSystem
 from apps import make_app
 from azure.storage.blob import ContainerClient
 from azurite import Azurite
-from conftest import install_plugin, running_gunicorn, running_server
+from conftest import running_gunicorn, running_server
+from fsspec.implementations.memory import MemoryFileSystem
 from servers import free_port, running_command
 from test_writer import stalled_writer, wait_for_a_drop
 
 import obsml
 from obsml._pipeline import pipeline_for
+from obsml._reader import StoreReader
 from obsml._status import MIN_EVERY_S, StatusReport
 from obsml._store import Store
+from obsml.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 STATUS_ON = {"OBSML_STATUS": "true"}
@@ -164,58 +168,62 @@ def test_a_worker_killed_with_sigkill_is_reported_stale_and_the_other_alive(tmp_
         assert any(line.split()[:1] == [states[killed]["writer"]] and " stale " in line for line in text.splitlines())
 
 
-SECRET_SINK = """
-    import os
-    from obsml import Sink
-    objects = {}
-    state = {"up": False}
+class OutageFileSystem(MemoryFileSystem):
+    """``outage://``: memory, with an outage switch; a refused put quotes every credential it has,
+    as an SDK's error may."""
 
-    class SecretSink(Sink):
-        def __init__(self, url):
-            self.url = url
+    protocol = "outage"
+    store: ClassVar[dict[str, Any]] = {}
+    pseudo_dirs: ClassVar[list[str]] = [""]
+    down = True
 
-        def put(self, relative, data, size):
-            if not state["up"]:  # an error message quoting every credential it has
-                raise ConnectionError(f"cannot reach {self.url} with {os.environ['AZURE_STORAGE_CONNECTION_STRING']}")
-            objects[relative] = data.read(size)
+    @classmethod
+    def _strip_protocol(cls, path: Any) -> Any:
+        return super()._strip_protocol(str(path).removeprefix("outage://"))
 
-    def make_sink(url, *, settings):
-        return SecretSink(url)
-"""
+    def pipe_file(self, path: str, value: bytes, *args: Any, **kwargs: Any) -> None:
+        if OutageFileSystem.down:
+            raise ConnectionError(f"cannot put {path} with {os.environ['AZURE_STORAGE_CONNECTION_STRING']}")
+        super().pipe_file(path, value, *args, **kwargs)
 
 
 @pytest.mark.usefixtures("forget_new_pipelines")
 def test_no_credential_of_the_store_url_or_of_a_sink_error_reaches_a_status_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     sas, key = "sv=2024-05-04&ss=b&sig=Zm9vYmFyU0FTc2lnbmF0dXJl", "c2VjcmV0LWFjY291bnQta2V5LTEyMzQ1Njc4OQ=="
     monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", f"AccountName=box;AccountKey={key}")
-    install_plugin(tmp_path, monkeypatch, "secret", SECRET_SINK, group="obsml.sinks", factory="make_sink")
-    monkeypatch.delitem(sys.modules, "secret_plugin", raising=False)
-    import secret_plugin  # type: ignore[import-not-found]
-
-    options = {"store": f"secret://box-{uuid.uuid4().hex}?{sas}", "flush_interval": 0.05, "status": True}
+    fsspec.register_implementation("outage", OutageFileSystem, clobber=True)
+    monkeypatch.setattr(OutageFileSystem, "down", True)
+    url = f"outage://box-{uuid.uuid4().hex}?{sas}"
+    options = {"store": url, "flush_interval": 0.05, "status": True}
     pipeline = pipeline_for(obsml.Settings.load(**options))
     delivery = pipeline.store.delivery
     assert delivery is not None
-    with running_server(make_app(**options)) as url:
-        httpx.post(f"{url}/echo", content=b"{}")
+    with running_server(make_app(**options)) as server:
+        httpx.post(f"{server}/echo", content=b"{}")
         deadline = time.monotonic() + 30
         while delivery.last_error is None:  # the sink refused what was spooled: its error is the sink's last
             assert time.monotonic() < deadline, "the sink was never tried"
             time.sleep(0.01)
-        secret_plugin.state["up"] = True
+        monkeypatch.setattr(OutageFileSystem, "down", False)
         pipeline.writer.close(10)  # as at exit: the last status, with the sink's last error
         assert delivery.wait_empty(10)
 
-    statuses = {name: data for name, data in secret_plugin.objects.items() if name.startswith("_obsml/status/")}
-    assert statuses
-    for data in statuses.values():
-        assert b"Zm9vYmFyU0FTc2lnbmF0dXJl" not in data and key.encode() not in data
-    last = max((json.loads(data) for data in statuses.values()), key=lambda status: status["last_seen"])
-    assert last["exited"] and last["sink"]["scheme"] == "secret"
-    assert last["sink"]["last_error"].startswith("ConnectionError: cannot reach secret://")
-    assert "[REDACTED]" in last["sink"]["last_error"]
+    reader = StoreReader.open(url)
+    statuses = [reader.fs.cat_file(f"{reader.root}/{name}") for name in reader.files("_obsml/status")]
+    assert len(statuses) == 1  # the first status and the last, at one path
+    assert b"Zm9vYmFyU0FTc2lnbmF0dXJl" not in statuses[0] and key.encode() not in statuses[0]
+    status = json.loads(statuses[0])
+    assert status["exited"] and status["store"] == status["sink"]["scheme"] == "outage"
+    assert status["sink"]["last_error"].startswith("ConnectionError: cannot put ")
+    assert "sig=[REDACTED]" in status["sink"]["last_error"] and "with [REDACTED]" in status["sink"]["last_error"]
+
+    capsys.readouterr()
+    assert main(["status", "--store", url, "--format", "json"]) == 0
+    shown = capsys.readouterr().out
+    assert json.loads(shown)["writers"][0]["writer"] == status["writer"]
+    assert "Zm9vYmFyU0FTc2lnbmF0dXJl" not in shown and key not in shown
 
 
 @pytest.fixture
