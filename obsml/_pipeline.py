@@ -22,6 +22,7 @@ from ._policy import CapturePolicy
 from ._redact import RedactionPolicy
 from ._settings import Settings
 from ._stats import count
+from ._status import StatusReport
 from ._store import Store
 from ._tracing import Tracing
 from ._types import Attributes
@@ -42,12 +43,24 @@ class Pipeline:
             interval=self.store.batch_interval(settings.flush_interval),
             exit_timeout=settings.flush_timeout,
         )
+        self.status: StatusReport | None = None
+        # Not for a sink plugin's store: obsml cannot read it back, and a sink may keep the first put
+        # of a path (the Sink contract: a path is put again only with the same bytes).
+        if settings.status and self.store.fs is not None:
+            self.status = StatusReport(settings, self.store, lambda: self.writer.closed)
+            self.writer.add_ticker(self.status, last=True)
         if self.store.delivery is not None:
             self.writer.exit_hooks.append(self.store.delivery.close)
 
-    def flush(self, timeout: float) -> bool:
-        """Everything captured so far written out (for a remote store: delivered), within ``timeout``."""
+    def flush(self, timeout: float, shutdown: bool = False) -> bool:
+        """Everything captured so far written out (for a remote store: delivered), within ``timeout``.
+
+        ``shutdown``: the server is stopping (an ASGI lifespan shutdown, after which uvicorn skips
+        atexit), so the status written now is the writer's last, marked exited.
+        """
         deadline = time.monotonic() + timeout
+        if shutdown and self.status is not None:
+            self.status.exit_next()
         if not self.writer.flush(timeout):
             return False
         delivery = self.store.delivery
@@ -71,6 +84,7 @@ def pipeline_for(settings: Settings) -> Pipeline:
         settings.queue_max_bytes,
         settings.flush_interval,
         settings.flush_timeout,
+        settings.status,
     )
     with _PIPELINES_LOCK:
         pipeline = _PIPELINES.get(key)
@@ -171,5 +185,5 @@ class Capturer:
         name, attributes = span_attributes(capture, described, self.base_attributes, self.redaction, keep_bodies)
         self.pipeline.tracing.emit(capture, name, attributes)
 
-    def flush(self) -> bool:
-        return self.pipeline.flush(self.settings.flush_timeout)
+    def flush(self, shutdown: bool = False) -> bool:
+        return self.pipeline.flush(self.settings.flush_timeout, shutdown)

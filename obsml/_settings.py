@@ -48,6 +48,7 @@ class Settings:
     strict: bool = False
     collect_format: str = "jsonl"
     collect_enabled: bool = True
+    status: bool = True
     # Capture policy (README "Capture policies"): which requests get a span, which keep their bodies.
     capture_bodies: str = "all"
     capture_routes: tuple[str, ...] = ()
@@ -205,6 +206,7 @@ _PARSERS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "strict": (_boolean, "true or false"),
     "collect_format": (_choice("jsonl", "csv", "parquet"), "one of jsonl, csv, parquet"),
     "collect_enabled": (_boolean, "true or false (also 1/0, yes/no, on/off)"),
+    "status": (_boolean, "true or false (also 1/0, yes/no, on/off)"),
 }
 
 

@@ -28,7 +28,15 @@ from fsspec.implementations.local import LocalFileSystem
 
 from ._contracts import Offloaded
 from ._exceptions import ConfigError
-from ._objects import PART_FOLDERS, AtomicTarget, StoreWriteError, count_written, describe_error, utc_folders
+from ._objects import (
+    PART_FOLDERS,
+    STATUS_FOLDER,
+    AtomicTarget,
+    StoreWriteError,
+    count_written,
+    describe_error,
+    utc_folders,
+)
 from ._secrets import scrub
 from ._stats import count, note_error
 
@@ -190,14 +198,15 @@ class Store:
         """Remove the temporary files this host's dead processes left in the recent date folders.
 
         Those are ``<top>/<yyyy>/<mm>/<dd>`` and ``…/<hh>`` for every top folder (``traces``,
-        ``payloads``, a plugin's), for the last ``_SWEEP_DAYS`` days: a bounded walk at start,
-        however large the store.
+        ``payloads``, a plugin's, ``_obsml/status``), for the last ``_SWEEP_DAYS`` days: a bounded
+        walk at start, however large the store.
         """
         removed = 0
         now = time.time()
         tops: list[str] = []
         with suppress(OSError), os.scandir(self.root) as entries:
             tops = [entry.path for entry in entries if entry.is_dir()]
+        tops.append(f"{self.root}/{STATUS_FOLDER}")
         for days_ago in range(_SWEEP_DAYS):
             day = utc_folders(int((now - days_ago * 86400) * 1e9))
             hours = ["", *(f"/{hour:02d}" for hour in range(24))]

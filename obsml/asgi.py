@@ -101,7 +101,7 @@ class ObsmlMiddleware:
     def flush_at_shutdown(self) -> None:
         with guarded("the shutdown flush"):
             self._finish_answered()
-            self.capturer.flush()
+            self.capturer.flush(shutdown=True)
 
 
 def _inside_asgi_call() -> bool:
