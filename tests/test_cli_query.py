@@ -319,3 +319,19 @@ def test_file_and_memory_urls_are_read_like_a_directory(
     assert rows(capsys, store, "select correlation_id, status_code, writer from spans") == [
         {"correlation_id": f"{scheme}-1", "status_code": 201, "writer": writer}
     ]
+
+
+def test_a_store_that_refuses_the_listing_says_so_in_one_line(
+    azurite: Azurite, azure_container: ContainerClient, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    wrong_key = azurite.connection_string.replace("AccountKey=Eby8", "AccountKey=AAAA")
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", wrong_key)
+    AzureBlobFileSystem.clear_instance_cache()
+    try:
+        code, out, err = query(capsys, f"abfs://{azure_container.container_name}/obsml", "select * from spans")
+    finally:
+        AzureBlobFileSystem.clear_instance_cache()
+    assert (code, out) == (2, "")
+    assert err.startswith(f"obsml query: cannot read abfs://{azure_container.container_name}/obsml: ")
+    assert err.count("\n") == 1 and "AccountKey" not in err
