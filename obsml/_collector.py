@@ -88,7 +88,7 @@ class _RowsJob:
         folder = f"modeldata/{path}/{utc_folders(self.time_ns)}"
         columns, media = self.rows.columns, self.rows.media
         schema = ""
-        for row in self.rows.values():
+        for index, row in enumerate(self.rows.values()):
             record: dict[str, Any] = {}
             for column, value in zip(columns, row, strict=True):
                 if media and is_media(value):
@@ -103,6 +103,7 @@ class _RowsJob:
             schema = schema or fingerprint(list(record), list(record.values()))
             record.update(
                 correlation_id=ids.correlation_id,
+                row=index,  # with the id, what pairs the n-th input with the n-th prediction and label
                 trace_id=ids.trace_id,
                 span_id=ids.span_id,
                 collected_at=collected_at,

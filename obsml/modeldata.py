@@ -58,8 +58,9 @@ def joined(
     The labels are read whatever their date, so a label collected days later still joins. A column
     name found in more than one identifier (``collected_at``, ``schema``, ``version``…) gets the
     identifier as a suffix (``collected_at_inputs``, ``collected_at_labels``); the others keep their
-    names, and ``correlation_id`` appears once. An id with several rows in two identifiers joins each
-    to each, as any join does.
+    names, and ``correlation_id`` appears once. The collector numbers the rows of each ``collect()``
+    (``row``, from 0): where both sides have it, the n-th input row joins the n-th prediction and
+    label row of its id, else every row of an id joins every row of it in the other.
     """
     duckdb, pandas = _modules()
     first, *others = identifiers
@@ -79,23 +80,30 @@ def joined(
 
 
 def _join_sql(present: list[tuple[str, str]], columns: dict[str, list[str]]) -> str:
-    """One query joining ``present`` (identifier, query) by correlation_id, colliding names suffixed."""
+    """One query joining ``present`` (identifier, query) by correlation_id (and ``row`` where both
+    sides have it), colliding names suffixed."""
     seen: dict[str, int] = {}
     for names in columns.values():
         for name in names:
             seen[name] = seen.get(name, 0) + 1
-    selected = ['"t0"."correlation_id"']
-    for n, (identifier, _) in enumerate(present):
+    keys = ("correlation_id", "row") if "row" in columns[present[0][0]] else ("correlation_id",)
+    selected = [f'"t0"."{key}"' for key in keys]
+    joins = []
+    for n, (identifier, sql) in enumerate(present):
         for name in columns[identifier]:
-            if name == "correlation_id":
+            if name in keys:  # the keys appear once, from the first identifier
                 continue
             alias = f"{name}_{identifier}" if seen[name] > 1 else name
             selected.append(f'"t{n}"."{_quoted(name)}" AS "{_quoted(alias)}"')
-    sources = f"({present[0][1]}) AS t0" + "".join(
-        f" LEFT JOIN ({sql}) AS t{n} ON t{n}.correlation_id = t0.correlation_id"
-        for n, (_, sql) in enumerate(present[1:], start=1)
-    )
-    return f'SELECT {", ".join(selected)} FROM {sources} ORDER BY "t0"."collected_at"'
+        if n:
+            on = f"t{n}.correlation_id = t0.correlation_id"
+            if "row" in keys and "row" in columns[identifier]:
+                # A row without an index (a part file written by other means) joins by correlation id alone.
+                on += f" AND (t{n}.row = t0.row OR t{n}.row IS NULL OR t0.row IS NULL)"
+            joins.append(f" LEFT JOIN ({sql}) AS t{n} ON {on}")
+    sources = f"({present[0][1]}) AS t0" + "".join(joins)
+    order = ", ".join(f'"t0"."{key}"' for key in ("collected_at", *keys))
+    return f'SELECT {", ".join(selected)} FROM {sources} ORDER BY {order}'
 
 
 class _Session:

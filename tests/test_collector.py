@@ -28,7 +28,7 @@ from obsml._ids import correlation_keep, sampling_threshold
 WHEN = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=timezone.utc)
 NAMES = ["count", "score", "approved", "label", "note", "seen"]
 ROWS = [[1, 2.5, True, "x", None, WHEN], [2, -0.5, False, "y", "z", WHEN]]
-ID_FIELDS = ["correlation_id", "trace_id", "span_id", "collected_at", "schema"]
+ID_FIELDS = ["correlation_id", "row", "trace_id", "span_id", "collected_at", "schema"]
 
 
 def part_files(store: Path, suffix: str = "") -> list[Path]:

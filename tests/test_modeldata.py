@@ -239,3 +239,26 @@ def test_rows_a_collector_writes_in_every_format_read_back_and_join(tmp_path: Pa
     assert table["p"].tolist() == [0.25] * 3
     assert table.loc["loan-csv", "defaulted"] == True  # noqa: E712 (a numpy bool)
     assert table["defaulted"].isna().sum() == 2
+
+
+def test_the_rows_of_one_collect_join_row_by_row_not_each_to_each(tmp_path: Path) -> None:
+    store = str(tmp_path / "store")
+    inputs = obsml.Collector("best_model", "inputs", ["income"], store=store)
+    predictions = obsml.Collector("best_model", "predictions", ["p"], store=store, format="csv")
+    labels = obsml.Collector("best_model", "labels", ["defaulted"], store=store, format="parquet")
+    ctx = inputs.collect([[10.0], [20.0], [30.0]], correlation_id="loan-3")
+    predictions.collect([[0.1], [0.2], [0.3]], correlation_id=ctx.correlation_id)
+    labels.collect([[False], [True]], correlation_id=ctx.correlation_id)  # the third not known yet
+    inputs.collect([[40.0]], correlation_id="loan-1")
+    assert obsml.flush(10)
+
+    table = modeldata.joined(store, "best_model")
+
+    assert table[["correlation_id", "row", "income"]].values.tolist() == [
+        ["loan-3", 0, 10.0], ["loan-3", 1, 20.0], ["loan-3", 2, 30.0], ["loan-1", 0, 40.0],
+    ]
+    by_row = table.set_index(["correlation_id", "row"])
+    assert by_row["p"].loc["loan-3"].tolist() == [0.1, 0.2, 0.3] and pd.isna(by_row.loc[("loan-1", 0), "p"])
+    assert by_row["defaulted"].loc["loan-3"].tolist()[:2] == [False, True]
+    assert pd.isna(by_row.loc[("loan-3", 2), "defaulted"])
+    assert len(table) == 4 and "row_predictions" not in table.columns
