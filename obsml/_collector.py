@@ -92,8 +92,8 @@ class _RowsJob:
             record: dict[str, Any] = {}
             for column, value in zip(columns, row, strict=True):
                 if media and is_media(value):
-                    data = _media_bytes(value)
-                    name = f"{sha256(data).hexdigest()[:32]}-{token_hex(4)}"
+                    data, suffix = _media_bytes(value)
+                    name = f"{sha256(data).hexdigest()[:32]}-{token_hex(4)}{suffix}"
                     stored = destination.pipeline.store.offload(
                         f"modeldata-media/{path}", name, data, time_ns=self.time_ns
                     )
@@ -112,17 +112,18 @@ class _RowsJob:
             destination.parts.add(folder, record, _RECORD_ESTIMATE)
 
 
-def _media_bytes(value: Any) -> bytes:
+def _media_bytes(value: Any) -> tuple[bytes, str]:
+    """A media value's bytes and their file suffix: bytes as they are, a PIL image as PNG, an array as .npy."""
     if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value)
+        return bytes(value), ".bin"
     buffer = io.BytesIO()
-    if type(value).__module__.startswith("PIL"):
+    if type(value).__module__.startswith("PIL"):  # PIL is imported: the value is one of its images
         value.save(buffer, format="PNG")
-    else:  # a numpy array, saved as .npy
-        import numpy
+        return buffer.getvalue(), ".png"
+    import numpy  # imported already: the value is an array
 
-        numpy.save(buffer, value, allow_pickle=False)
-    return buffer.getvalue()
+    numpy.save(buffer, value, allow_pickle=False)
+    return buffer.getvalue(), ".npy"
 
 
 class Collector:

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from collector_apps import asgi_app
+from PIL import Image
 from conftest import running_gunicorn, running_server, span_by_correlation_id
 
 import obsml
@@ -186,6 +187,7 @@ MISUSE = {
     "unsupported type": ([[1, {"nested": 1}]], "column 'b': unsupported value type dict"),
     "media": ([[1, b"\x89PNG"]], "column 'b' holds media (bytes)"),
     "media array": ([[1, np.zeros((2, 2, 3))]], "column 'b' holds media (ndarray)"),
+    "PIL image": ([[1, Image.new("RGB", (2, 2))]], "column 'b' holds media (Image)"),
 }
 
 
@@ -210,20 +212,39 @@ def test_misuse_is_counted_and_logged_once_outside_strict_mode(
 
 
 def test_media_values_are_offloaded_when_asked_and_the_row_holds_their_uri_size_and_sha256(store: Path) -> None:
-    image = np.arange(12, dtype=np.uint8).reshape(2, 2, 3)
-    Collector("m", "inputs", ["id", "audio", "image"], store=str(store), media="offload").collect(
-        [[1, b"RIFF....WAVE", image]]
+    array = np.arange(12, dtype=np.uint8).reshape(2, 2, 3)
+    image = Image.frombytes("RGB", (2, 2), bytes(range(12)))
+    Collector("m", "inputs", ["id", "audio", "array", "image"], store=str(store), media="offload").collect(
+        [[1, b"RIFF....WAVE", array, image]]
     )
     assert obsml.flush(10)
     [record] = read_records(store)
     assert record["id"] == 1 and record["audio_size"] == 12
-    for column in ("audio", "image"):
+    stored = {}
+    for column in ("audio", "array", "image"):
         path = Path(record[f"{column}_uri"].removeprefix("file://"))
         assert path.is_relative_to(store / "modeldata-media" / "default" / "m" / "0" / "inputs")
-        data = path.read_bytes()
+        stored[column] = data = path.read_bytes()
         assert record[f"{column}_size"] == len(data)
         assert record[f"{column}_sha256"] == hashlib.sha256(data).hexdigest()
-    assert np.load(io.BytesIO(path.read_bytes())).tolist() == image.tolist()  # the image, as .npy
+        assert path.suffix == {"audio": ".bin", "array": ".npy", "image": ".png"}[column]
+    assert stored["audio"] == b"RIFF....WAVE"
+    assert np.load(io.BytesIO(stored["array"])).tolist() == array.tolist()
+    png = io.BytesIO()
+    image.save(png, format="PNG")
+    assert stored["image"] == png.getvalue()  # the PNG PIL encodes, which decodes to the same pixels
+    assert Image.open(io.BytesIO(stored["image"])).tobytes() == image.tobytes()
+
+
+def test_collecting_plain_values_never_imports_pil_numpy_or_pandas(store: Path) -> None:
+    script = f"""
+import sys, obsml
+obsml.Collector("m", "inputs", store={str(store)!r}).collect([[1, "x", None]])
+assert obsml.flush(10)
+print(sorted({{"PIL", "numpy", "pandas"}} & set(sys.modules)))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60)
+    assert result.stdout == "[]\n"
 
 
 def test_sampling_keeps_or_skips_every_identifier_of_one_correlation_id_together(
