@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -153,17 +154,30 @@ def test_inside_a_request_under_gunicorn_rows_take_the_requests_correlation_id(s
     assert {r.get("income", r.get("approved")) for r in records} == {1000.5, True}
 
 
-def test_two_gunicorn_workers_writing_the_same_identifier_never_clash(store: Path) -> None:
+def test_two_gunicorn_workers_writing_the_same_identifier_never_clash(store: Path, tmp_path: Path) -> None:
+    meeting = tmp_path / "meeting"
+    meeting.mkdir()
+    ids = [f"loan-{i}" for i in range(42)]
     with running_gunicorn("collector_apps:wsgi_app", store, "--workers", "2") as server:
-        with httpx.Client(base_url=server.url, timeout=30) as client:
-            for i in range(40):
-                client.get("/score", headers={"x-correlation-id": f"loan-{i}", "connection": "close"})
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+
+            def score(correlation_id: str, **params: str) -> None:
+                headers = {"x-correlation-id": correlation_id, "connection": "close"}
+                assert client.get("/score", params=params, headers=headers).status_code == 200
+
+            # Two requests that each wait for the other: one per worker, collecting at the same time.
+            with ThreadPoolExecutor(2) as pool:
+                list(pool.map(lambda i: score(ids[i], meet=str(meeting)), range(2)))
+            for correlation_id in ids[2:]:
+                score(correlation_id)
         assert server.stop() == 0
+    assert len(list(meeting.iterdir())) == 2  # two worker pids met
     inputs = [p for p in part_files(store) if p.relative_to(store).parts[4] == "inputs"]
-    assert sorted(r["correlation_id"] for r in read_records(store) if "income" in r) == sorted(
-        f"loan-{i}" for i in range(40)
-    )
+    writers = {p.name.rsplit("-", 1)[0] for p in inputs}  # <pid>-<random>-<seq>.jsonl
+    assert len(writers) == 2, writers
     assert len({p.name for p in inputs}) == len(inputs)  # every part file its own writer id and sequence
+    # Every row once: a part file overwritten by the other worker would have lost its rows.
+    assert sorted(r["correlation_id"] for r in read_records(store) if "income" in r) == sorted(ids)
 
 
 def test_a_collector_outside_any_request_writes_to_obsml_store_and_flushes_at_exit(store: Path) -> None:
