@@ -262,3 +262,29 @@ def test_the_rows_of_one_collect_join_row_by_row_not_each_to_each(tmp_path: Path
     assert by_row["defaulted"].loc["loan-3"].tolist()[:2] == [False, True]
     assert pd.isna(by_row.loc[("loan-3", 2), "defaulted"])
     assert len(table) == 4 and "row_predictions" not in table.columns
+
+
+# Text that looks like something else, read back per format: exact in parquet and (but for dates) in
+# jsonl; csv is text, typed by DuckDB's sniffing. The README's "Model data: reading back" says so.
+LOOKALIKES = ["0042", "1e3", "true", "2024-05-06"]
+READ_BACK = {
+    "parquet": ["0042", "1e3", "true", "2024-05-06"],
+    "jsonl": ["0042", "1e3", "true", datetime(2024, 5, 6)],
+    "csv": ["0042", 1000.0, True, datetime(2024, 5, 6)],
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(READ_BACK))
+def test_text_that_looks_like_a_number_a_boolean_or_a_date_reads_back_as_documented(
+    tmp_path: Path, fmt: str
+) -> None:
+    store = str(tmp_path / "store")
+    names = ["zip", "code", "flag", "day"]
+    collector = obsml.Collector("best_model", "inputs", names, store=store, format=fmt)
+    collector.collect([LOOKALIKES, LOOKALIKES])
+    assert obsml.flush(10)
+
+    frame = modeldata.read(store, "best_model", "inputs")
+
+    got = [value.to_pydatetime() if isinstance(value, pd.Timestamp) else value for value in frame[names].iloc[0]]
+    assert got == READ_BACK[fmt]
