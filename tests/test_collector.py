@@ -20,8 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from collector_apps import asgi_app
-from PIL import Image
 from conftest import running_gunicorn, running_server, span_by_correlation_id
+from PIL import Image
 
 import obsml
 from obsml import Collector, ConfigError
