@@ -25,7 +25,7 @@ from ._ids import correlation_keep, sampling_threshold
 from ._objects import utc_folders
 from ._parts import PartFiles
 from ._pipeline import Pipeline, pipeline_for
-from ._rows import RowError, Rows, fingerprint, is_media
+from ._rows import RESERVED, RowError, Rows, fingerprint, is_media
 from ._settings import Settings
 from ._stats import STATS, enable_strict, is_strict, logger, record_drop
 
@@ -156,6 +156,9 @@ class Collector:
             feature_names = tuple(str(name) for name in feature_names)
             if len(set(feature_names)) != len(feature_names) or not feature_names:
                 raise ConfigError(f"feature_names must be distinct names, got {feature_names!r}")
+            if not RESERVED.isdisjoint(feature_names):
+                taken = ", ".join(sorted(RESERVED.intersection(feature_names)))
+                raise ConfigError(f"feature_names {taken}: names obsml gives its own columns (see the README)")
         self.model, self.identifier = model, identifier
         self.feature_names: tuple[str, ...] | None = feature_names
         self.format = outside.collect_format

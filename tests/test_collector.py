@@ -202,6 +202,7 @@ MISUSE = {
     "media": ([[1, b"\x89PNG"]], "column 'b' holds media (bytes)"),
     "media array": ([[1, np.zeros((2, 2, 3))]], "column 'b' holds media (ndarray)"),
     "PIL image": ([[1, Image.new("RGB", (2, 2))]], "column 'b' holds media (Image)"),
+    "reserved column": (pd.DataFrame({"a": [1], "row": [2]}), "column(s) row: names obsml gives its own columns"),
 }
 
 
@@ -296,6 +297,7 @@ def test_a_collector_turned_off_writes_nothing(store: Path, monkeypatch: pytest.
         ({"model": "m", "identifier": "in/puts"}, "service="),
         ({"model": "m", "identifier": "inputs", "format": "xml"}, "format="),
         ({"model": "m", "identifier": "inputs", "media": "inline"}, "media="),
+        ({"model": "m", "identifier": "inputs", "feature_names": ["p", "row"]}, "feature_names row: "),
     ],
 )
 def test_a_bad_name_or_option_is_a_config_error_at_construction(arguments: dict[str, Any], message: str) -> None:
