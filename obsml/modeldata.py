@@ -5,8 +5,9 @@ window; ``joined(store, model)`` is inputs ⋈ predictions ⋈ labels by ``corre
 pandas come with ``pip install 'obsml[query]'``; this module imports them only when called.
 
 Rows come back in ``collected_at`` order (a UTC ``TIMESTAMPTZ``); ``correlation_id``, ``trace_id``,
-``span_id`` and ``schema`` are text. Part files of every format (jsonl, csv, parquet) and every
-schema are read together, columns unioned by name (a column a part lacks is null there). With
+``span_id`` and ``schema`` are text, ``row`` an integer. Part files of every format (jsonl, csv,
+parquet) and every schema are read together, columns unioned by name (a column a part lacks is
+null there). With
 ``version=None`` (``service=None``) every version (service) in the store is read, and the frame has
 a ``version`` (``service``) column saying which.
 """
