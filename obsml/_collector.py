@@ -25,7 +25,7 @@ from ._ids import correlation_keep, sampling_threshold
 from ._objects import utc_folders
 from ._parts import PartFiles
 from ._pipeline import Pipeline, pipeline_for
-from ._rows import RESERVED, RowError, Rows, fingerprint, is_media
+from ._rows import RESERVED, RowError, Rows, fingerprint, is_media, row_count
 from ._settings import Settings
 from ._stats import STATS, enable_strict, is_strict, logger, record_drop
 
@@ -195,7 +195,7 @@ class Collector:
         except RowError as exc:
             if is_strict():
                 raise
-            record_drop("row", "invalid", len(data) if isinstance(data, list) else 1, detail=str(exc))
+            record_drop("row", "invalid", row_count(data), detail=str(exc))
             if STATS.log_throttle.due(f"invalid:{exc.cause}", time.monotonic()):
                 logger.warning("obsml Collector %r refused rows: %s", self.identifier, exc)
             return Collected(correlation_id, trace_id, span_id, 0)

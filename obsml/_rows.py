@@ -59,6 +59,13 @@ def check_value(value: Any, column: str, media: bool) -> bool:
     )
 
 
+def row_count(data: Any) -> int:
+    """How many rows ``collect(data)`` meant, for counting them when they are refused."""
+    if isinstance(data, (list, tuple)) or _module(data) in ("numpy", "pandas"):
+        return len(data) if getattr(data, "ndim", 1) else 1
+    return 1
+
+
 def columns_of(names: tuple[str, ...] | None, width: int) -> tuple[str, ...]:
     if names is None:
         return tuple(f"f{i}" for i in range(width))

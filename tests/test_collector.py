@@ -226,6 +226,18 @@ def test_misuse_is_counted_and_logged_once_outside_strict_mode(
     assert obsml.flush(10) and not (store / "modeldata").exists()
 
 
+def test_refused_rows_are_counted_one_by_one_whatever_held_them(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    collector = Collector("m", "inputs", store=str(store))
+    monkeypatch.setattr("obsml._stats._strict", False)
+    collector.collect(pd.DataFrame({"a": range(4), "row": range(4)}))  # a reserved column
+    collector.collect(np.array([[1, 2], [3, 4], [5, 6]], dtype=object))  # an object array
+    collector.collect([[1], [2, 3]])  # widths differ
+    collector.collect({"a": 1})  # one value of an unsupported type
+    assert obsml.stats()["dropped"] == {"invalid": {"row": 4 + 3 + 2 + 1}}
+
+
 def test_media_values_are_offloaded_when_asked_and_the_row_holds_their_uri_size_and_sha256(store: Path) -> None:
     array = np.arange(12, dtype=np.uint8).reshape(2, 2, 3)
     image = Image.frombytes("RGB", (2, 2), bytes(range(12)))
