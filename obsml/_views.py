@@ -71,7 +71,8 @@ SPAN_COLUMNS: tuple[tuple[str, str, str], ...] = (
 #: Columns every model-data view has (``modeldata`` adds ``identifier`` and ``features``).
 MODELDATA_COLUMNS: tuple[tuple[str, str], ...] = (
     ("service", "VARCHAR"), ("model", "VARCHAR"), ("version", "VARCHAR"), ("correlation_id", "VARCHAR"),
-    ("trace_id", "VARCHAR"), ("span_id", "VARCHAR"), ("collected_at", "TIMESTAMPTZ"), ("schema", "VARCHAR"),
+    ("row", "BIGINT"), ("trace_id", "VARCHAR"), ("span_id", "VARCHAR"), ("collected_at", "TIMESTAMPTZ"),
+    ("schema", "VARCHAR"),
 )  # fmt: skip
 #: The identifiers ``joined`` joins, in order: the first is the left side of both left joins.
 JOINED = ("inputs", "predictions", "labels")
@@ -256,25 +257,32 @@ class StoreViews:
 def join_sql(present: Sequence[tuple[str, str]], columns: dict[str, list[str]], keys: Sequence[str]) -> str:
     """One query left-joining ``present`` (identifier, query) on ``keys``, colliding names suffixed.
 
-    A column found in more than one identifier gets the identifier as a suffix (``collected_at_inputs``);
-    the keys appear once, from the first.
+    When the first identifier has the collector's ``row`` (a row's index in its ``collect()``), rows
+    pair by it too, so three inputs and three predictions of one id give three lines, not nine; a
+    side without it (a part file written by other means) joins on ``keys`` alone. A column found in
+    more than one identifier gets the identifier as a suffix (``collected_at_inputs``); the keys
+    appear once, from the first.
     """
     seen: dict[str, int] = {}
     for names in columns.values():
         for name in names:
             seen[name] = seen.get(name, 0) + 1
+    keys = (*keys, "row") if "row" in columns[present[0][0]] else tuple(keys)
     selected = [f"t0.{_quoted(key)}" for key in keys]
-    for n, (identifier, _) in enumerate(present):
+    joins = []
+    for n, (identifier, sql) in enumerate(present):
         for name in columns[identifier]:
             if name in keys:
                 continue
             alias = f"{name}_{identifier}" if seen[name] > 1 else name
             selected.append(f"t{n}.{_quoted(name)} AS {_quoted(alias)}")
-    sources = f"({present[0][1]}) AS t0" + "".join(
-        f" LEFT JOIN ({sql}) AS t{n} ON " + " AND ".join(f"t{n}.{_quoted(k)} = t0.{_quoted(k)}" for k in keys)
-        for n, (_, sql) in enumerate(present[1:], start=1)
-    )
-    return f"SELECT {', '.join(selected)} FROM {sources} ORDER BY t0.collected_at"
+        if n:
+            on = [f"t{n}.{_quoted(key)} = t0.{_quoted(key)}" for key in keys if key != "row"]
+            if "row" in keys and "row" in columns[identifier]:
+                on.append(f"(t{n}.row = t0.row OR t{n}.row IS NULL OR t0.row IS NULL)")
+            joins.append(f" LEFT JOIN ({sql}) AS t{n} ON {' AND '.join(on)}")
+    order = ", ".join(f"t0.{_quoted(key)}" for key in ("collected_at", *keys))
+    return f"SELECT {', '.join(selected)} FROM ({present[0][1]}) AS t0{''.join(joins)} ORDER BY {order}"
 
 
 def _empty(columns: Iterable[tuple[str, str]]) -> str:

@@ -5,8 +5,9 @@ window; ``joined(store, model)`` is inputs ⋈ predictions ⋈ labels by ``corre
 pandas come with ``pip install 'obsml[query]'``; this module imports them only when called.
 
 Rows come back in ``collected_at`` order (a UTC ``TIMESTAMPTZ``); ``correlation_id``, ``trace_id``,
-``span_id`` and ``schema`` are text. Part files of every format (jsonl, csv, parquet) and every
-schema are read together, columns unioned by name (a column a part lacks is null there). With
+``span_id`` and ``schema`` are text, ``row`` an integer. Part files of every format (jsonl, csv,
+parquet) and every schema are read together, columns unioned by name (a column a part lacks is
+null there). With
 ``version=None`` (``service=None``) every version (service) in the store is read, and the frame has
 a ``version`` (``service``) column saying which.
 """
@@ -59,8 +60,9 @@ def joined(
     The labels are read whatever their date, so a label collected days later still joins. A column
     name found in more than one identifier (``collected_at``, ``schema``, ``version``…) gets the
     identifier as a suffix (``collected_at_inputs``, ``collected_at_labels``); the others keep their
-    names, and ``correlation_id`` appears once. An id with several rows in two identifiers joins each
-    to each, as any join does.
+    names, and ``correlation_id`` appears once. The collector numbers the rows of each ``collect()``
+    (``row``, from 0): where both sides have it, the n-th input row joins the n-th prediction and
+    label row of its id, else every row of an id joins every row of it in the other.
     """
     duckdb, pandas = _modules()
     first, *others = identifiers
