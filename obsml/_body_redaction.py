@@ -1,0 +1,350 @@
+"""Redaction of stored bodies: field names and paths, patterns over text, user hooks (issue 15).
+
+One :class:`BodyRedactor` per middleware, compiled once at start-up, used only on the background
+writer. What it returns is what the store holds: the redacted document, or the body as it came
+when no rule changed anything (byte-exact). A body it cannot read (binary, broken JSON, cut at
+the capture limit, over ``OBSML_REDACT_MAX_BYTES``) follows ``OBSML_REDACT_UNPARSEABLE``; a hook
+that raises always drops the body. Values are replaced by :data:`REDACTED`; the span gets the
+number of replacements and their paths, never the values, and no hash of the original.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import IO, Any, Literal, NamedTuple
+from urllib.parse import quote_plus, unquote_plus, urlencode
+
+from ._exceptions import ConfigError
+from ._secrets import REDACTED
+
+# Field names redacted unless OBSML_REDACT_FIELDS=none, compared normalized (lower case, without
+# "_", "-", "." and spaces) and matching a key that ends with them (db_password, x-api-key).
+# Sources: sentry_sdk/scrubber.py DEFAULT_DENYLIST (password, passwd, secret, api_key, apikey, auth,
+# credentials, mysql_pwd, privatekey, private_key, token, session, csrftoken, sessionid, cookie,
+# authorization, csrf, xsrf-token, ...) and logfire's scrubbing DEFAULT_PATTERNS (password, passwd,
+# mysql_pwd, secret, auth, credential, private key, api key, session, cookie, social security,
+# credit card, csrf, xsrf, jwt, ssn), plus the card and bank fields of issue 15.
+DEFAULT_FIELDS = (
+    "apikey", "auth", "authorization", "cardnumber", "cookie", "creditcard", "credential", "credentials", "csrf",
+    "csrftoken", "cvc", "cvv", "iban", "jwt", "passphrase", "passwd", "password", "privatekey", "secret", "session",
+    "sessionid", "socialsecurity", "socialsecuritynumber", "ssn", "token", "xsrf", "xsrftoken",
+)
+DEFAULT_MAX_BYTES = 8 * 1024 * 1024
+_SEPARATORS = str.maketrans("", "", "_-. ")
+_MAX_PATHS = 64  # paths named on a span; the count covers them all
+_MAX_PATH_LENGTH = 256
+_CACHE_LIMIT = 4096
+
+Kind = Literal["json", "jsonl", "form", "text", "binary", "unknown"]
+Plan = Literal["direct", "redact", "drop"]
+Hook = Callable[..., Any]
+
+
+def normalized(name: str) -> str:
+    return name.lower().translate(_SEPARATORS)
+
+
+class FieldRules:
+    """Which keys lose their values: names at any depth (by suffix, normalized) and dotted paths."""
+
+    def __init__(self, fields: Iterable[str]) -> None:
+        fields = [f.strip() for f in fields if f.strip()]
+        defaults = () if "none" in (f.lower() for f in fields) else DEFAULT_FIELDS
+        names: set[str] = set(defaults)
+        self.paths: dict[int, list[tuple[str, ...]]] = {}
+        for field in fields:
+            if field.lower() == "none":
+                continue
+            segments = tuple(s if s == "*" else normalized(s) for s in field.split("."))
+            if len(segments) == 1:
+                names.add(segments[0])
+            else:
+                self.paths.setdefault(len(segments), []).append(segments)
+        self.names = frozenset(n for n in names if n)
+        self._by_name: dict[str, bool] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.names or self.paths)
+
+    def redacts_name(self, key: str) -> bool:
+        """Whether a key at any depth loses its value (cached: documents repeat their keys)."""
+        found = self._by_name.get(key)
+        if found is None:
+            norm = normalized(key)
+            found = any(norm[i:] in self.names for i in range(len(norm)))
+            if len(self._by_name) < _CACHE_LIMIT:
+                self._by_name[key] = found
+        return found
+
+    def redacts_path(self, segments: Sequence[str]) -> bool:
+        """Whether the value at ``segments`` (normalized keys and list indices) matches a dotted path."""
+        for rule in self.paths.get(len(segments), ()):
+            if all(r == "*" or r == s for r, s in zip(rule, segments, strict=True)):
+                return True
+        return False
+
+    def hidden_columns(self, columns: Sequence[str]) -> frozenset[str]:
+        """The Collector's feature names whose values are replaced by the marker."""
+        return frozenset(
+            c for c in columns if self.redacts_name(c) or self.redacts_path([normalized(s) for s in c.split(".")])
+        )
+
+
+def compile_patterns(patterns: Sequence[str]) -> Any:
+    """One linear-time (RE2) expression for all patterns; :class:`ConfigError` names a bad one."""
+    if not patterns:
+        return None
+    import re2  # google-re2: no backtracking, so no pattern can take more than linear time
+
+    options = re2.Options()
+    options.log_errors = False
+    for pattern in patterns:
+        try:
+            re2.compile(pattern, options)
+        except re2.error as exc:
+            detail = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+            raise ConfigError(
+                f"OBSML_REDACT_PATTERNS: {pattern!r} is not a pattern obsml can run in linear time (RE2 syntax: "
+                f"no backreferences or lookarounds): {detail}"
+            ) from None
+    return re2.compile("|".join(f"(?:{p})" for p in patterns), options)
+
+
+class Redacted(NamedTuple):
+    """What the store holds for a body, and what the span says about it."""
+
+    data: bytes
+    replaced: int
+    paths: tuple[str, ...]
+    rebuilt: bool = False  # the stored bytes are the redacted (or hook's) document, not the body as sent
+
+
+class _Found:
+    """One body's replacements: the count, and the first paths (a per-body state object)."""
+
+    __slots__ = ("count", "paths")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.paths: dict[str, None] = {}
+
+    def add(self, path: str, n: int = 1) -> None:
+        self.count += n
+        if len(self.paths) < _MAX_PATHS:
+            self.paths[path[:_MAX_PATH_LENGTH] or "$"] = None
+
+
+class _Unparseable(Exception):
+    pass
+
+
+def body_kind(media: bytes | None) -> Kind:
+    if not media:
+        return "unknown"
+    essence = media.split(b";", 1)[0].strip().lower()
+    if essence == b"application/json" or essence.endswith(b"+json"):
+        return "json"
+    if essence in (b"application/x-ndjson", b"application/jsonl", b"application/x-jsonlines", b"application/jsonlines"):
+        return "jsonl"
+    if essence == b"application/x-www-form-urlencoded":
+        return "form"
+    if essence.startswith(b"text/"):
+        return "text"
+    return "binary"
+
+
+class BodyRedactor:
+    """Field rules, patterns and hooks, compiled once; :attr:`active` is False when none is set."""
+
+    def __init__(
+        self,
+        fields: Iterable[str],
+        patterns: Sequence[str],
+        *,
+        hooks: Sequence[Hook] = (),
+        unparseable: str = "keep",
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        raw_dir: Path | None = None,
+    ) -> None:
+        self.fields = FieldRules(fields)
+        self.pattern = compile_patterns(patterns)
+        self.hooks = tuple(hooks)
+        self.drop_unparseable = unparseable == "drop"
+        self.max_bytes = max_bytes
+        self.active = bool(self.fields or self.pattern is not None or self.hooks)
+        self._raw_dir = raw_dir
+
+    def plan(self, media: bytes | None) -> Plan:
+        """For a body over the inline limit (at its first chunk, on the writer): stream it to the store
+        as today, spool it privately for redaction, or keep nothing of it."""
+        if not self.active:
+            return "direct"
+        kind = body_kind(media)
+        if kind == "binary" or (kind == "text" and self.pattern is None and not self.hooks):
+            return "drop" if self.drop_unparseable else "direct"
+        return "redact"
+
+    def raw_file(self) -> IO[bytes]:
+        """A private file for a body's raw bytes until it is redacted: 0600, outside the store, and
+        without a name where the system allows (Linux's O_TMPFILE), so that a crash leaves nothing."""
+        directory = self._raw_dir
+        if directory is not None:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return tempfile.TemporaryFile(dir=directory)
+
+    def redact(self, data: bytes, media: bytes | None, direction: str, whole: bool = True) -> Redacted | None:
+        """What to store for ``data``: redacted, unchanged, or None (drop it, as ``unredactable``).
+
+        ``whole`` is False for a body cut at the capture limit: half a document is never parsed.
+        A hook's exception propagates (the caller counts it and drops the body).
+        """
+        if not self.active:
+            return Redacted(data, 0, ())
+        try:
+            if not whole or len(data) > self.max_bytes:
+                raise _Unparseable
+            return self._redact(data, media, direction)
+        except (_Unparseable, ValueError, RecursionError):
+            return None if self.drop_unparseable else Redacted(data, 0, ())
+
+    def _redact(self, data: bytes, media: bytes | None, direction: str) -> Redacted:
+        kind = body_kind(media)
+        if kind == "unknown":
+            kind = "json" if data.lstrip()[:1] in (b"{", b"[") else "text"
+        if kind == "binary" or (kind == "text" and self.pattern is None and not self.hooks):
+            raise _Unparseable
+        found = _Found()
+        rebuilt: bytes | None
+        if kind == "json":
+            rebuilt = self._json(data, found, media, direction)
+        elif kind == "jsonl":
+            rebuilt = self._json_lines(data, found, media, direction)
+        elif kind == "form":
+            rebuilt = self._form(data, found, media, direction)
+        else:
+            rebuilt = self._text(data, found, media, direction)
+        if rebuilt is None:  # nothing replaced, no hook: the body stays byte-exact
+            return Redacted(data, 0, ())
+        return Redacted(rebuilt, found.count, tuple(sorted(found.paths)), rebuilt=True)
+
+    def _hook(self, document: Any, media: bytes | None, direction: str) -> Any:
+        content_type = media.decode("latin-1") if media else None
+        for hook in self.hooks:
+            returned = hook(document, direction=direction, content_type=content_type)
+            if returned is not None:  # None: the hook changed the document in place
+                document = returned
+        return document
+
+    def _json(self, data: bytes, found: _Found, media: bytes | None, direction: str) -> bytes | None:
+        duplicates = _Duplicates()
+        document = json.loads(data, object_pairs_hook=duplicates.object)
+        document = self._document(document, "", found)
+        if self.hooks:
+            document = self._hook(document, media, direction)
+        elif not found.count and not duplicates.seen:
+            return None  # (a duplicate key's shadowed value would survive in the raw bytes)
+        return _dump(document)
+
+    def _json_lines(self, data: bytes, found: _Found, media: bytes | None, direction: str) -> bytes | None:
+        duplicates = _Duplicates()
+        lines = [line for line in data.split(b"\n") if line.strip()]
+        documents = [
+            self._document(json.loads(line, object_pairs_hook=duplicates.object), f"{index}", found)
+            for index, line in enumerate(lines)
+        ]
+        if self.hooks:
+            documents = self._hook(documents, media, direction)
+        elif not found.count and not duplicates.seen:
+            return None
+        ending = b"\n" if data.endswith(b"\n") else b""
+        return b"\n".join(_dump(d) for d in documents) + ending
+
+    def _form(self, data: bytes, found: _Found, media: bytes | None, direction: str) -> bytes | None:
+        text = data.decode("utf-8")
+        fields = text.split("&")
+        changed = False
+        for index, field in enumerate(fields):
+            raw_key, equals, raw_value = field.partition("=")
+            key = unquote_plus(raw_key)
+            if not equals:
+                continue
+            if self.fields.redacts_name(key) or self.fields.redacts_path([normalized(s) for s in key.split(".")]):
+                fields[index] = f"{raw_key}={REDACTED}"
+                found.add(key)
+                changed = True
+            elif self.pattern is not None:
+                value, n = self.pattern.subn(REDACTED, unquote_plus(raw_value))
+                if n:
+                    fields[index] = f"{raw_key}={quote_plus(value, safe='[]')}"
+                    found.add(key, n)
+                    changed = True
+        if self.hooks:
+            pairs = [(unquote_plus(k), unquote_plus(v)) for k, _, v in (f.partition("=") for f in fields if f)]
+            return urlencode(self._hook(pairs, media, direction), safe="[]").encode()
+        return "&".join(fields).encode() if changed else None
+
+    def _text(self, data: bytes, found: _Found, media: bytes | None, direction: str) -> bytes | None:
+        text = data.decode("utf-8")
+        if self.pattern is not None:
+            text, n = self.pattern.subn(REDACTED, text)
+            if n:
+                found.add("$", n)
+        if self.hooks:
+            text = self._hook(text, media, direction)
+        elif not found.count:
+            return None
+        return str(text).encode("utf-8")
+
+    def _document(self, root: Any, prefix: str, found: _Found) -> Any:
+        """``root`` with matching values replaced, walked without recursion (documents may be deep)."""
+        fields, pattern = self.fields, self.pattern
+        if isinstance(root, str):
+            if pattern is not None:
+                root, n = pattern.subn(REDACTED, root)
+                if n:
+                    found.add(prefix, n)
+            return root
+        by_path = bool(fields.paths)  # normalized paths are built only when a dotted rule needs them
+        # (container, its shown path, its normalized path)
+        stack: list[tuple[Any, str, tuple[str, ...]]] = [(root, prefix, ())]
+        while stack:
+            container, shown, path = stack.pop()
+            items: Iterable[tuple[Any, Any]] = (
+                container.items() if isinstance(container, dict) else enumerate(container)
+            )
+            for key, value in items:
+                named = isinstance(key, str)
+                child_path = (*path, normalized(key) if named else str(key)) if by_path else path
+                if (named and fields.redacts_name(key)) or (by_path and fields.redacts_path(child_path)):
+                    container[key] = REDACTED
+                    found.add(f"{shown}.{key}" if shown else str(key))
+                elif isinstance(value, (dict, list)):
+                    stack.append((value, f"{shown}.{key}" if shown else str(key), child_path))
+                elif isinstance(value, str) and pattern is not None:
+                    replaced, n = pattern.subn(REDACTED, value)
+                    if n:
+                        container[key] = replaced
+                        found.add(f"{shown}.{key}" if shown else str(key), n)
+        return root
+
+
+class _Duplicates:
+    """Notes a JSON object with a repeated key: its raw bytes hold a value the parse hides."""
+
+    __slots__ = ("seen",)
+
+    def __init__(self) -> None:
+        self.seen = False
+
+    def object(self, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        result = dict(pairs)
+        if len(result) != len(pairs):
+            self.seen = True
+        return result
+
+
+def _dump(document: Any) -> bytes:
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
