@@ -120,7 +120,7 @@ def _body(attributes: Attributes, tee: BodyTee, unread: int = 0) -> None:
         attributes[f"{prefix}.unread_size"] = unread
     stream = tee.stream
     if stream is None:
-        _inline_body(attributes, tee, prefix, whole=not (tee.truncated or unread))
+        _inline_body(attributes, tee, prefix)
         return
     if stream.uri is not None:
         attributes[f"{prefix}.uri"] = stream.uri
@@ -131,12 +131,12 @@ def _body(attributes: Attributes, tee: BodyTee, unread: int = 0) -> None:
         attributes[f"{prefix}.lost"] = stream.failure or "queue_full"
 
 
-def _inline_body(attributes: Attributes, tee: BodyTee, prefix: str, whole: bool) -> None:
+def _inline_body(attributes: Attributes, tee: BodyTee, prefix: str) -> None:
     data = b"".join(tee.chunks)
     redactor = tee.capture.capturer.body_redaction
     if redactor.active:
         try:
-            result = redactor.redact(data, tee.media_type(), tee.direction, whole=whole)
+            result = redactor.redact(data, tee.media_type(), tee.direction, tee.whole)
         except Exception:  # a hook's failure: the body is dropped, never stored unredacted
             result = None
         if result is None:

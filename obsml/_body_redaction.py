@@ -198,24 +198,27 @@ class BodyRedactor:
     def redact(self, data: bytes, media: bytes | None, direction: str, whole: bool = True) -> Redacted | None:
         """What to store for ``data``: redacted, unchanged, or None (drop it, as ``unredactable``).
 
-        ``whole`` is False for a body cut at the capture limit: half a document is never parsed.
+        ``whole`` is False for a body cut short (at the capture limit, or by a client that went
+        away): half a document is never parsed, and one of a kind obsml redacts is never kept.
         A hook's exception propagates (the caller counts it and drops the body).
         """
         if not self.active:
             return Redacted(data, 0, ())
-        try:
-            if not whole or len(data) > self.max_bytes:
-                raise _Unparseable
-            return self._redact(data, media, direction)
-        except (_Unparseable, ValueError, RecursionError):
-            return None if self.drop_unparseable else Redacted(data, 0, ())
-
-    def _redact(self, data: bytes, media: bytes | None, direction: str) -> Redacted:
         kind = body_kind(media)
         if kind == "unknown":
             kind = "json" if data.lstrip()[:1] in (b"{", b"[") else "text"
-        if kind == "binary" or (kind == "text" and self.pattern is None and not self.hooks):
-            raise _Unparseable
+        try:
+            if kind == "binary" or (kind == "text" and self.pattern is None and not self.hooks):
+                raise _Unparseable
+            if not whole:
+                return None
+            if len(data) > self.max_bytes:
+                raise _Unparseable
+            return self._redact(data, kind, media, direction)
+        except (_Unparseable, ValueError, RecursionError):
+            return None if self.drop_unparseable else Redacted(data, 0, ())
+
+    def _redact(self, data: bytes, kind: Kind, media: bytes | None, direction: str) -> Redacted:
         found = _Found()
         rebuilt: bytes | None
         if kind == "json":

@@ -52,6 +52,10 @@ class BodyOwner(Protocol):
     def span_id(self) -> int: ...
     @property
     def response_headers(self) -> Any: ...
+    @property
+    def declared_length(self) -> bytes | None: ...
+    @property
+    def disconnected(self) -> bool: ...
 
 
 class BodyTee:
@@ -80,6 +84,19 @@ class BodyTee:
     @property
     def truncated(self) -> bool:
         return self.held < self.size
+
+    @property
+    def whole(self) -> bool:
+        """Writer side, once the request is over: the body kept is all of it (redaction parses only
+        whole documents): not cut at the capture limit, nor short of its Content-Length, nor left
+        by a client that went away."""
+        if self.truncated:
+            return False
+        capture = self.capture
+        if self.direction == "response":
+            return not capture.disconnected
+        declared = capture.declared_length
+        return declared is None or not declared.isdigit() or int(declared) == self.size
 
     def feed(self, chunk: bytes) -> None:
         size = len(chunk)
@@ -229,11 +246,12 @@ class PayloadStream:
         if raw is None:  # "drop": unparseable, or over the budget, and OBSML_REDACT_UNPARSEABLE=drop
             return "unredactable"
         raw.seek(0)
-        if self.raw_size > redactor.max_bytes:
+        whole = self.tee.whole
+        if self.raw_size > redactor.max_bytes and whole:
             result: Redacted | None = None  # over the budget, kept as received (copied in pieces below)
         else:
             try:
-                result = redactor.redact(raw.read(), self.tee.media_type(), self.tee.direction)
+                result = redactor.redact(raw.read(), self.tee.media_type(), self.tee.direction, whole)
             except Exception:  # a hook's (or obsml's) failure: nothing unredacted is stored
                 logger.debug("obsml could not redact a body", exc_info=True)
                 return "unredactable"

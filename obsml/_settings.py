@@ -83,6 +83,8 @@ class Settings:
             parse, accepted = _PARSERS[name]
             try:
                 values[name] = parse(raw)
+            except ConfigError:
+                raise  # a parser that names the problem itself (a redaction pattern RE2 refuses)
             except (TypeError, ValueError):
                 shown = "<hidden>" if name == "store" else repr(raw)
                 raise ConfigError(f"{label}{shown} is not valid: expected {accepted}") from None
