@@ -65,6 +65,16 @@ class FieldRules:
                 self.paths.setdefault(len(segments), []).append(segments)
         self.names = frozenset(n for n in names if n)
         self._by_name: dict[str, bool] = {}
+        self._normalized: dict[str, str] = {}
+
+    def normalized(self, key: str) -> str:
+        """:func:`normalized`, cached (documents repeat their keys)."""
+        norm = self._normalized.get(key)
+        if norm is None:
+            norm = normalized(key)
+            if len(self._normalized) < _CACHE_LIMIT:
+                self._normalized[key] = norm
+        return norm
 
     def __bool__(self) -> bool:
         return bool(self.names or self.paths)
@@ -73,7 +83,7 @@ class FieldRules:
         """Whether a key at any depth loses its value (cached: documents repeat their keys)."""
         found = self._by_name.get(key)
         if found is None:
-            norm = normalized(key)
+            norm = self.normalized(key)
             found = any(norm[i:] in self.names for i in range(len(norm)))
             if len(self._by_name) < _CACHE_LIMIT:
                 self._by_name[key] = found
@@ -244,7 +254,7 @@ class BodyRedactor:
     def _json(self, data: bytes, found: _Found, media: bytes | None, direction: str) -> bytes | None:
         duplicates = _Duplicates()
         document = json.loads(data, object_pairs_hook=duplicates.object)
-        document = self._document(document, "", found)
+        document = self._document(document, "", found, self._may_match(data))
         if self.hooks:
             document = self._hook(document, media, direction)
         elif not found.count and not duplicates.seen:
@@ -252,18 +262,35 @@ class BodyRedactor:
         return _dump(document)
 
     def _json_lines(self, data: bytes, found: _Found, media: bytes | None, direction: str) -> bytes | None:
+        strings = self._may_match(data)
+        lines = data.split(b"\n")
+        numbers = [number for number, line in enumerate(lines) if line.strip()]
         duplicates = _Duplicates()
-        lines = [line for line in data.split(b"\n") if line.strip()]
-        documents = [
-            self._document(json.loads(line, object_pairs_hook=duplicates.object), f"{index}", found)
-            for index, line in enumerate(lines)
-        ]
-        if self.hooks:
-            documents = self._hook(documents, media, direction)
-        elif not found.count and not duplicates.seen:
-            return None
-        ending = b"\n" if data.endswith(b"\n") else b""
-        return b"\n".join(_dump(d) for d in documents) + ending
+        # One parse for all lines (a line per document: every line gives at least one value, so as
+        # many values as lines means one each).
+        documents = json.loads(b"[" + b",".join(lines[n] for n in numbers) + b"]", object_pairs_hook=duplicates.object)
+        if len(documents) != len(numbers):
+            raise _Unparseable
+        changed = duplicates.seen
+        for index, number in enumerate(numbers):
+            before = found.count
+            documents[index] = self._document(documents[index], str(number), found, strings)
+            if found.count != before:  # only changed lines are written anew
+                lines[number] = _dump(documents[index])
+                changed = True
+        if self.hooks or duplicates.seen:
+            if self.hooks:
+                documents = self._hook(documents, media, direction)
+            ending = b"\n" if data.endswith(b"\n") else b""
+            return b"\n".join(_dump(d) for d in documents) + ending
+        return b"\n".join(lines) if changed else None
+
+    def _may_match(self, data: bytes) -> bool:
+        """Whether a pattern may match a string of this JSON text: one pass over it, so that the
+        strings are searched one by one only when one may match (escapes hide text from the pass)."""
+        if self.pattern is None:
+            return False
+        return b"\\u" in data or self.pattern.search(data.decode("utf-8", "replace")) is not None
 
     def _form(self, data: bytes, found: _Found, media: bytes | None, direction: str) -> bytes | None:
         text = data.decode("utf-8")
@@ -301,18 +328,22 @@ class BodyRedactor:
             return None
         return str(text).encode("utf-8")
 
-    def _document(self, root: Any, prefix: str, found: _Found) -> Any:
-        """``root`` with matching values replaced, walked without recursion (documents may be deep)."""
-        fields, pattern = self.fields, self.pattern
+    def _document(self, root: Any, prefix: str, found: _Found, strings: bool) -> Any:
+        """``root`` with matching values replaced, walked without recursion (documents may be deep).
+
+        ``strings``: search string values with the patterns too.
+        """
+        fields, pattern = self.fields, self.pattern if strings else None
         if isinstance(root, str):
             if pattern is not None:
                 root, n = pattern.subn(REDACTED, root)
                 if n:
                     found.add(prefix, n)
             return root
-        by_path = bool(fields.paths)  # normalized paths are built only when a dotted rule needs them
-        # (container, its shown path, its normalized path)
-        stack: list[tuple[Any, str, tuple[str, ...]]] = [(root, prefix, ())]
+        # Normalized paths are followed only as deep as the longest dotted rule.
+        deepest = max(fields.paths, default=0)
+        # (container, its shown path, its normalized path or None when no rule reaches below it)
+        stack: list[tuple[Any, str, tuple[str, ...] | None]] = [(root, prefix, () if deepest else None)]
         while stack:
             container, shown, path = stack.pop()
             items: Iterable[tuple[Any, Any]] = (
@@ -320,13 +351,15 @@ class BodyRedactor:
             )
             for key, value in items:
                 named = isinstance(key, str)
-                child_path = (*path, normalized(key) if named else str(key)) if by_path else path
-                if (named and fields.redacts_name(key)) or (by_path and fields.redacts_path(child_path)):
+                child_path = None
+                if path is not None and len(path) < deepest:
+                    child_path = (*path, fields.normalized(key) if named else str(key))
+                if (named and fields.redacts_name(key)) or (child_path is not None and fields.redacts_path(child_path)):
                     container[key] = REDACTED
                     found.add(f"{shown}.{key}" if shown else str(key))
                 elif isinstance(value, (dict, list)):
                     stack.append((value, f"{shown}.{key}" if shown else str(key), child_path))
-                elif isinstance(value, str) and pattern is not None:
+                elif pattern is not None and isinstance(value, str):
                     replaced, n = pattern.subn(REDACTED, value)
                     if n:
                         container[key] = replaced
