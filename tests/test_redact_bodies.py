@@ -58,8 +58,10 @@ def form_body(size: int) -> bytes:
 
 def json_lines_body(size: int) -> bytes:
     lines = [json.dumps({"row": 0, "features": {"token": CANARIES["line"], "age": 41}})]
-    while sum(len(line) + 1 for line in lines) < size:
+    total = len(lines[0]) + 1
+    while total < size:
         lines.append(json.dumps({"row": len(lines), "features": {"age": 40, "pad": "z" * 200}}))
+        total += len(lines[-1]) + 1
     return ("\n".join(lines) + "\n").encode()
 
 
