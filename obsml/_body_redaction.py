@@ -340,6 +340,8 @@ class BodyRedactor:
                 if n:
                     found.add(prefix, n)
             return root
+        if not isinstance(root, (dict, list)):
+            return root  # a number, true, false or null
         # Normalized paths are followed only as deep as the longest dotted rule.
         deepest = max(fields.paths, default=0)
         # (container, its shown path, its normalized path or None when no rule reaches below it)
