@@ -64,7 +64,7 @@ class FieldRules:
             else:
                 self.paths.setdefault(len(segments), []).append(segments)
         self.names = frozenset(n for n in names if n)
-        self._by_name: dict[str, bool] = {}
+        self.known_names: dict[str, bool] = {}  # key -> whether it is redacted, for the first keys seen
         self._normalized: dict[str, str] = {}
 
     def normalized(self, key: str) -> str:
@@ -81,12 +81,12 @@ class FieldRules:
 
     def redacts_name(self, key: str) -> bool:
         """Whether a key at any depth loses its value (cached: documents repeat their keys)."""
-        found = self._by_name.get(key)
+        found = self.known_names.get(key)
         if found is None:
             norm = self.normalized(key)
             found = any(norm[i:] in self.names for i in range(len(norm)))
-            if len(self._by_name) < _CACHE_LIMIT:
-                self._by_name[key] = found
+            if len(self.known_names) < _CACHE_LIMIT:
+                self.known_names[key] = found
         return found
 
     def redacts_path(self, segments: Sequence[str]) -> bool:
@@ -346,17 +346,19 @@ class BodyRedactor:
         deepest = max(fields.paths, default=0)
         # (container, its shown path, its normalized path or None when no rule reaches below it)
         stack: list[tuple[Any, str, tuple[str, ...] | None]] = [(root, prefix, () if deepest else None)]
+        known = fields.known_names  # the name cache, read inline: this loop runs once per value
         while stack:
             container, shown, path = stack.pop()
-            items: Iterable[tuple[Any, Any]] = (
-                container.items() if isinstance(container, dict) else enumerate(container)
-            )
+            named = isinstance(container, dict)
+            items: Iterable[tuple[Any, Any]] = container.items() if named else enumerate(container)
             for key, value in items:
-                named = isinstance(key, str)
                 child_path = None
                 if path is not None and len(path) < deepest:
                     child_path = (*path, fields.normalized(key) if named else str(key))
-                if (named and fields.redacts_name(key)) or (child_path is not None and fields.redacts_path(child_path)):
+                hidden = named and known.get(key)
+                if hidden is None:
+                    hidden = fields.redacts_name(key)
+                if hidden or (child_path is not None and fields.redacts_path(child_path)):
                     container[key] = REDACTED
                     found.add(f"{shown}.{key}" if shown else str(key))
                 elif isinstance(value, (dict, list)):

@@ -143,8 +143,8 @@ def test_form_fields_named_as_secrets_lose_their_values(pairs: list[tuple[str, s
 @pytest.mark.parametrize(
     ("fields", "document", "redacted"),
     [
-        pytest.param("applicant.ssn", {"applicant": {"SSN": 1, "n": 2}, "ssn": 3}, {"applicant": {"SSN": "*"}, "ssn": "*"},
-                     id="dotted-path-and-default-name"),
+        pytest.param("applicant.ssn", {"applicant": {"SSN": 1, "n": 2}, "ssn": 3},
+                     {"applicant": {"SSN": "*"}, "ssn": "*"}, id="dotted-path-and-default-name"),
         pytest.param("none,applicant.ssn", {"applicant": {"ssn": 1}, "ssn": 3, "password": 4},
                      {"applicant": {"ssn": "*"}, "ssn": 3, "password": 4}, id="none-turns-the-defaults-off"),
         pytest.param("items.*.card", {"items": [{"card": 1, "n": 2}, {"card": 3}], "card": 4},

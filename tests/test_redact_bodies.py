@@ -261,7 +261,8 @@ def test_the_collector_replaces_the_values_of_feature_names_the_field_rules_name
     collector = Collector("m", "inputs", ["age", "Api-Key", "applicant.ssn", "tokens"], store=str(store))
     collector.collect([[41, CANARIES["password"], CANARIES["ssn"], 3]])
     obsml.flush()
-    records = [json.loads(line) for path in (store / "modeldata").rglob("*.jsonl") for line in path.read_text().splitlines()]
+    [part] = (store / "modeldata").rglob("*.jsonl")
+    records = [json.loads(line) for line in part.read_text().splitlines()]
     assert [(r["age"], r["Api-Key"], r["applicant.ssn"], r["tokens"]) for r in records] == [(41, REDACTED, REDACTED, 3)]
 
 
