@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from hashlib import sha256
 from typing import TYPE_CHECKING
 
+from ._body_redaction import redact_or_drop
 from ._headers import header_value
 from ._payloads import BodyTee
 from ._redact import header_text
@@ -135,13 +136,10 @@ def _inline_body(attributes: Attributes, tee: BodyTee, prefix: str) -> None:
     data = b"".join(tee.chunks)
     redactor = tee.capture.capturer.body_redaction
     if redactor.active:
-        try:
-            result = redactor.redact(data, tee.media_type(), tee.direction, tee.whole)
-        except Exception:  # a hook's failure: the body is dropped, never stored unredacted
-            result = None
-        if result is None:
-            attributes[f"{prefix}.lost"] = "unredactable"
-            record_drop("payload", "unredactable")
+        result = redact_or_drop(redactor, data, tee.media_type(), tee.direction, tee.whole)
+        if isinstance(result, str):  # never stored unredacted
+            attributes[f"{prefix}.lost"] = result
+            record_drop("payload", result)
             return
         data = result.data
         _redacted(attributes, prefix, result)

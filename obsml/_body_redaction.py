@@ -19,6 +19,7 @@ from urllib.parse import quote_plus, unquote_plus, urlencode
 
 from ._exceptions import ConfigError
 from ._secrets import REDACTED
+from ._stats import DropReason, is_strict, note_error
 
 # Field names redacted unless OBSML_REDACT_FIELDS=none, compared normalized (lower case, without
 # "_", "-", "." and spaces) and matching a key that ends with them (db_password, x-api-key).
@@ -210,7 +211,7 @@ class BodyRedactor:
 
         ``whole`` is False for a body cut short (at the capture limit, or by a client that went
         away): half a document is never parsed, and one of a kind obsml redacts is never kept.
-        A hook's exception propagates (the caller counts it and drops the body).
+        A hook's exception is raised as :class:`HookFailed` (see :func:`redact_or_drop`).
         """
         if not self.active:
             return Redacted(data, 0, ())
@@ -246,7 +247,11 @@ class BodyRedactor:
     def _hook(self, document: Any, media: bytes | None, direction: str) -> Any:
         content_type = media.decode("latin-1") if media else None
         for hook in self.hooks:
-            returned = hook(document, direction=direction, content_type=content_type)
+            try:
+                returned = hook(document, direction=direction, content_type=content_type)
+            except Exception as exc:
+                # Only the type: the message may quote the very values the hook was to remove.
+                raise HookFailed(f"the redact hook {_name_of(hook)} raised {type(exc).__name__}") from None
             if returned is not None:  # None: the hook changed the document in place
                 document = returned
         return document
@@ -369,6 +374,32 @@ class BodyRedactor:
                         container[key] = replaced
                         found.add(f"{shown}.{key}" if shown else str(key), n)
         return root
+
+
+class HookFailed(Exception):
+    """A user's redact hook raised: the body is dropped as ``unredactable``."""
+
+
+def _name_of(hook: Hook) -> str:
+    return f"{getattr(hook, '__module__', '?')}.{getattr(hook, '__qualname__', type(hook).__name__)}"
+
+
+def redact_or_drop(
+    redactor: BodyRedactor, data: bytes, media: bytes | None, direction: str, whole: bool = True
+) -> Redacted | DropReason:
+    """What to store for a body, or why nothing is: never raises but in strict mode, and never
+    lets an unredacted body through when something fails (a hook, or obsml itself)."""
+    try:
+        result = redactor.redact(data, media, direction, whole)
+    except HookFailed as exc:
+        note_error("unredactable", str(exc))
+        return "unredactable"
+    except Exception as exc:
+        if is_strict():
+            raise
+        note_error("internal_error", f"redacting a body: {type(exc).__name__}")
+        return "internal_error"
+    return "unredactable" if result is None else result
 
 
 class _Duplicates:

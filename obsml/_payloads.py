@@ -13,6 +13,7 @@ import time
 from hashlib import sha256
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
+from ._body_redaction import redact_or_drop
 from ._headers import header_value
 from ._objects import failure_reason, utc_folders
 from ._stats import logger, record_drop
@@ -250,13 +251,10 @@ class PayloadStream:
         if self.raw_size > redactor.max_bytes and whole:
             result: Redacted | None = None  # over the budget, kept as received (copied in pieces below)
         else:
-            try:
-                result = redactor.redact(raw.read(), self.tee.media_type(), self.tee.direction, whole)
-            except Exception:  # a hook's (or obsml's) failure: nothing unredacted is stored
-                logger.debug("obsml could not redact a body", exc_info=True)
-                return "unredactable"
-            if result is None:
-                return "unredactable"
+            redacted = redact_or_drop(redactor, raw.read(), self.tee.media_type(), self.tee.direction, whole)
+            if isinstance(redacted, str):
+                return redacted
+            result = redacted
         self.hasher = sha256()
         try:
             self.target = self.store.open_atomic(self.relative)

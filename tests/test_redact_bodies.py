@@ -8,6 +8,7 @@ Afterwards every byte of the store and of the spool directory is searched for th
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -133,13 +134,13 @@ def test_canaries_reach_the_client_unchanged_and_never_the_store_under_uvicorn(s
     assert files_holding([store, spool_dir()], list(CANARIES.values())) == []
 
 
-@pytest.mark.parametrize("size", [65 * 1024, 5 * 1024 * 1024], ids=["65KB", "5MB"])
+@pytest.mark.parametrize("size", [1024, 65 * 1024, 5 * 1024 * 1024], ids=["1KB-inline", "65KB", "5MB"])
 def test_canaries_reach_the_client_unchanged_and_never_the_store_under_gunicorn(tmp_path: Path, size: int) -> None:
     store = tmp_path / "store"
     with running_gunicorn("wsgi_apps:plain_app", store, "--workers", "2", env=ENV) as server:
         send_all(server.url, size)
         server.stop()
-    check_spans(store, size, inline=False)
+    check_spans(store, size, inline=size < 65536)
     assert files_holding([store, spool_dir()], list(CANARIES.values())) == []
 
 
@@ -170,7 +171,10 @@ def raising_hook(document: Any, *, direction: str, content_type: str | None) -> 
     raise RuntimeError(f"the hook failed on {CANARIES['password']}")
 
 
-def test_a_hook_that_raises_drops_the_body_as_unredactable_and_never_breaks_the_request(store: Path) -> None:
+def test_a_hook_that_raises_drops_the_body_as_unredactable_and_never_breaks_the_request(
+    store: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="obsml")
     with running_server(make_app(store=str(store), redact=raising_hook)) as url:
         for size in (100, 70_000):
             body = json_body(size)
@@ -184,6 +188,9 @@ def test_a_hook_that_raises_drops_the_body_as_unredactable_and_never_breaks_the_
                 assert attributes[f"obsml.{direction}.body.size"] == len(body)
     assert obsml.stats()["dropped"]["unredactable"] == {"payload": 4}  # type: ignore[index]
     assert files_holding([store, spool_dir()], list(CANARIES.values())) == []
+    # The log names the hook and the exception's type, never its message (it may quote the body).
+    assert "the redact hook test_redact_bodies.raising_hook raised RuntimeError" in caplog.text
+    assert "CANARY" not in caplog.text
 
 
 def test_a_hook_from_an_entry_point_gets_the_parsed_document_and_its_result_is_stored(
@@ -252,6 +259,12 @@ def test_a_pattern_that_re2_cannot_run_in_linear_time_fails_start_up() -> None:
         ObsmlMiddleware(make_app(), redact_patterns=[r"(a)\1"])
     with pytest.raises(ConfigError, match="lookarounds"):
         obsml.Settings.load({"OBSML_REDACT_PATTERNS": '["ok", "(?=a)b"]'})
+    patterns = obsml.Settings.load({"OBSML_REDACT_PATTERNS": r'["a,b{1,2}", "\\d+"]'}).redact_patterns
+    assert patterns == ("a,b{1,2}", r"\d+")  # a JSON array: patterns hold commas
+    with pytest.raises(ConfigError, match="OBSML_REDACT_UNPARSEABLE='sometimes' is not valid: expected keep or drop"):
+        obsml.Settings.load({"OBSML_REDACT_UNPARSEABLE": "sometimes"})
+    with pytest.raises(ConfigError, match=r"OBSML_REDACT_FIELDS='a\.\.b' is not valid"):
+        obsml.Settings.load({"OBSML_REDACT_FIELDS": "a..b"})
 
 
 def test_the_collector_replaces_the_values_of_feature_names_the_field_rules_name(
