@@ -7,7 +7,7 @@ in it, under: no rules (``OBSML_REDACT_FIELDS=none``: today's path, nothing pars
 field list, and the default list plus two dotted paths and a card-number pattern. A body over
 the inline limit also makes a round trip through a private temporary file before it is
 redacted: that is timed for 100 KB too. A naive recursive redactor (``json.loads``, recursion,
-``json.dumps``) is kept alongside as the reference the walk is compared with.
+``json.dumps``, the same name rules) is kept alongside as the reference the walk is compared with.
 
     .venv/bin/python benchmarks/redact_cost.py [--rounds 2000]
 """
@@ -21,7 +21,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from obsml._body_redaction import DEFAULT_FIELDS, BodyRedactor, normalized
+from obsml._body_redaction import BodyRedactor, FieldRules
 from obsml._secrets import REDACTED
 
 CARD = r"\b(?:\d{4}[ -]?){3}\d{4}\b"
@@ -42,15 +42,15 @@ def body(size: int, secret: bool) -> bytes:
     return json.dumps({"records": records}).encode()
 
 
+NAIVE_RULES = FieldRules(())
+
+
 def naive(data: bytes) -> bytes:
-    """The reference: parse, recurse, replace by name (normalized, by suffix), serialize."""
+    """The reference: parse, recurse, replace by the same name rules, always serialize."""
 
     def walk(value: Any) -> Any:
         if isinstance(value, dict):
-            return {
-                k: REDACTED if any(normalized(k).endswith(n) for n in DEFAULT_FIELDS) else walk(v)
-                for k, v in value.items()
-            }
+            return {k: REDACTED if NAIVE_RULES.redacts_name(k) else walk(v) for k, v in value.items()}
         if isinstance(value, list):
             return [walk(v) for v in value]
         return value
