@@ -4,6 +4,9 @@ redaction (field rules, patterns) on documents of any shape."""
 from __future__ import annotations
 
 import json
+import os
+import stat
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -186,3 +189,12 @@ def test_body_field_names_apply_to_query_keys_on_top_of_the_signed_url_keys() ->
     policy = RedactionPolicy((), fields=FieldRules(["customer_email"]))
     query = "Password=a&tokens=3&customer-email=x%40y&sig=s&author=me"
     assert policy.query(query) == "Password=[REDACTED]&tokens=3&customer-email=[REDACTED]&sig=[REDACTED]&author=me"
+
+
+def test_raw_bodies_wait_in_private_files_without_a_name(tmp_path: Path) -> None:
+    redactor = BodyRedactor((), (), raw_dir=tmp_path / "spool" / "raw")
+    with redactor.raw_file() as raw:
+        raw.write(b'{"password": "CANARY"}')
+        assert stat.S_IMODE(os.fstat(raw.fileno()).st_mode) == 0o600
+        assert stat.S_IMODE((tmp_path / "spool" / "raw").stat().st_mode) == 0o700
+        assert list((tmp_path / "spool" / "raw").iterdir()) == []  # a crash leaves nothing to find
