@@ -49,6 +49,11 @@ class Settings:
     strict: bool = False
     collect_format: str = "jsonl"
     collect_enabled: bool = True
+    status: bool = True
+    # Capture policy (README "Capture policies"): which requests get a span, which keep their bodies.
+    capture_bodies: str = "all"
+    capture_routes: tuple[str, ...] = ()
+    skip_routes: tuple[str, ...] = ()
     # Body redaction (issue 15 items 1-5 and 7; README "Privacy: redaction"): compiled in _body_redaction.
     redact_fields: tuple[str, ...] = ()  # added to the default list; "none" turns the default list off
     redact_patterns: tuple[str, ...] = ()
@@ -246,4 +251,24 @@ _PARSERS: dict[str, tuple[Callable[[Any], Any], str]] = {
         "a comma-separated list of obsml.redactors entry-point names",
     ),
     "redact": (_hook, "a callable (keyword argument only; packages use OBSML_REDACTORS)"),
+    "status": (_boolean, "true or false (also 1/0, yes/no, on/off)"),
 }
+
+
+# Capture policy: route globs (README "Capture policies"), matched by obsml/_policy.py.
+
+
+def _globs(raw: Any) -> tuple[str, ...]:
+    items = raw.split(",") if isinstance(raw, str) else list(raw)
+    globs = tuple(str(item).strip() for item in items if str(item).strip())
+    for glob in globs:
+        if any(ord(c) < 32 or ord(c) == 127 for c in glob):
+            raise ValueError(glob)
+    return globs
+
+
+_PARSERS.update({
+    "capture_bodies": (_choice("all", "none", "errors"), "one of all, none, errors"),
+    "capture_routes": (_globs, "a comma-separated list of globs over route templates or paths, such as /predict*"),
+    "skip_routes": (_globs, "a comma-separated list of globs over route templates or paths, such as /health*"),
+})
