@@ -11,6 +11,7 @@ number of replacements and their paths, never the values, and no hash of the ori
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -35,11 +36,13 @@ DEFAULT_FIELDS = (
 )
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024
 _SEPARATORS = str.maketrans("", "", "_-. ")
+_BOUNDARY = re.compile(rb'(?i);\s*boundary=(?:"([^"]{1,70})"|([^\s;]{1,70}))')
+_PART_NAME = re.compile(rb'(?i)content-disposition:[^\r\n]*?;\s*name="([^"]*)"')
 _MAX_PATHS = 64  # paths named on a span; the count covers them all
 _MAX_PATH_LENGTH = 256
 _CACHE_LIMIT = 4096
 
-Kind = Literal["json", "jsonl", "form", "text", "binary", "unknown"]
+Kind = Literal["json", "jsonl", "form", "multipart", "text", "binary", "unknown"]
 Plan = Literal["direct", "redact", "drop"]
 Hook = Callable[..., Any]
 
@@ -162,6 +165,8 @@ def body_kind(media: bytes | None) -> Kind:
         return "jsonl"
     if essence == b"application/x-www-form-urlencoded":
         return "form"
+    if essence == b"multipart/form-data":
+        return "multipart"
     if essence.startswith(b"text/"):
         return "text"
     return "binary"
@@ -238,6 +243,8 @@ class BodyRedactor:
             rebuilt = self._json_lines(data, found, media, direction)
         elif kind == "form":
             rebuilt = self._form(data, found, media, direction)
+        elif kind == "multipart":
+            rebuilt = self._multipart(data, found, media)
         else:
             rebuilt = self._text(data, found, media, direction)
         if rebuilt is None:  # nothing replaced, no hook: the body stays byte-exact
@@ -320,6 +327,39 @@ class BodyRedactor:
             pairs = [(unquote_plus(k), unquote_plus(v)) for k, _, v in (f.partition("=") for f in fields if f)]
             return urlencode(self._hook(pairs, media, direction), safe="[]").encode()
         return "&".join(fields).encode() if changed else None
+
+    def _multipart(self, data: bytes, found: _Found, media: bytes | None) -> bytes | None:
+        """A ``multipart/form-data`` upload (RFC 7578): the values of fields the rules name are
+        replaced, patterns searched in text fields; files and every other byte are kept as sent.
+        Hooks are not called: a part may be megabytes of an image."""
+        boundary = _BOUNDARY.search(media or b"")
+        if boundary is None:
+            raise _Unparseable
+        delimiter = b"--" + (boundary[1] or boundary[2])
+        parts = data.split(delimiter)
+        if len(parts) < 3 or not parts[-1].startswith(b"--"):
+            raise _Unparseable  # no closing delimiter: not a whole multipart body
+        changed = False
+        for index in range(1, len(parts) - 1):
+            head, blank, value = parts[index].partition(b"\r\n\r\n")
+            named = _PART_NAME.search(head)
+            if not blank or not value.endswith(b"\r\n") or named is None:
+                raise _Unparseable
+            name = named[1].decode("utf-8", "replace")
+            if self.fields.redacts_name(name) or self.fields.redacts_path([normalized(p) for p in name.split(".")]):
+                parts[index] = head + blank + REDACTED.encode() + b"\r\n"
+                found.add(name)
+                changed = True
+            elif self.pattern is not None and b"filename=" not in head.lower():
+                try:
+                    text, n = self.pattern.subn(REDACTED, value[:-2].decode("utf-8"))
+                except UnicodeDecodeError:
+                    continue
+                if n:
+                    parts[index] = head + blank + text.encode("utf-8") + b"\r\n"
+                    found.add(name, n)
+                    changed = True
+        return delimiter.join(parts) if changed else None
 
     def _text(self, data: bytes, found: _Found, media: bytes | None, direction: str) -> bytes | None:
         text = data.decode("utf-8")

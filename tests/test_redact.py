@@ -198,3 +198,16 @@ def test_raw_bodies_wait_in_private_files_without_a_name(tmp_path: Path) -> None
         assert stat.S_IMODE(os.fstat(raw.fileno()).st_mode) == 0o600
         assert stat.S_IMODE((tmp_path / "spool" / "raw").stat().st_mode) == 0o700
         assert list((tmp_path / "spool" / "raw").iterdir()) == []  # a crash leaves nothing to find
+
+
+def test_a_multipart_upload_loses_the_values_of_secret_fields_and_keeps_every_other_byte() -> None:
+    head = b'--b\r\nContent-Disposition: form-data; name="api_key"\r\n\r\nCANARY\r\n'
+    text = b'--b\r\nContent-Disposition: form-data; name="note"\r\n\r\ncard 4111 1111 1111 1234\r\n'
+    file = b'--b\r\nContent-Disposition: form-data; name="f"; filename="a.bin"\r\n\r\n\xff\x00api_key=1\r\n--b--\r\n'
+    stored = BodyRedactor((), [r"\b(?:\d{4}[ -]?){3}\d{4}\b"]).redact(
+        head + text + file, b'multipart/form-data; boundary="b"', "request"
+    )
+    assert stored == (
+        head.replace(b"CANARY", REDACTED.encode()) + text.replace(b"4111 1111 1111 1234", REDACTED.encode()) + file,
+        2, ("api_key", "note"), True,
+    )

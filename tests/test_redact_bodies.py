@@ -21,7 +21,7 @@ import httpx
 import psutil
 import pytest
 from apps import make_app
-from conftest import install_plugin, running_gunicorn, running_server, span_by_correlation_id
+from conftest import body_bytes, install_plugin, running_gunicorn, running_server, span_by_correlation_id
 
 import obsml
 from obsml import Collector, ConfigError, ObsmlMiddleware
@@ -66,15 +66,32 @@ def json_lines_body(size: int) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
+BOUNDARY = "obsml-test-7d2f"
+
+
+def multipart_body(size: int) -> bytes:
+    """A form upload (RFC 7578): two secret fields, and a file whose bytes are kept as sent."""
+    def part(name: str, value: bytes, file: str = "") -> bytes:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{file}"' if file else "")
+        return f"--{BOUNDARY}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + value + b"\r\n"
+
+    head = part("user", b"ann") + part("password", CANARIES["form"].encode())
+    head += part("note", f"card {CANARIES['number']}".encode())
+    tail = f"--{BOUNDARY}--\r\n".encode()
+    return head + part("scan", b"\x89PNG" + b"\xff" * max(0, size - len(head) - 200), "scan.png") + tail
+
+
 BODIES = {
     "json": ("application/json", json_body),
     "form": ("application/x-www-form-urlencoded", form_body),
     "jsonl": ("application/x-ndjson", json_lines_body),
+    "multipart": (f"multipart/form-data; boundary={BOUNDARY}", multipart_body),
 }
 EXPECTED_PATHS = {
     "json": {"applicant.ssn", "applicant.contact.Account-Password", "items.0.card", "notes"},
     "form": {"password", "note"},
     "jsonl": {"0.features.token"},
+    "multipart": {"password", "note"},
 }
 
 
@@ -114,16 +131,13 @@ def check_spans(store: Path, size: int, *, inline: bool) -> None:
         assert attributes["url.query"] == f"password={REDACTED}&tokens=3"
         for direction in ("request", "response"):
             prefix = f"obsml.{direction}.body"
-            assert (prefix in attributes) is inline
+            assert (f"{prefix}.uri" in attributes) is not inline
             assert attributes[f"{prefix}.redacted"] == len(EXPECTED_PATHS[kind])
             assert set(attributes[f"{prefix}.redacted_paths"]) == EXPECTED_PATHS[kind]
-            stored = (
-                attributes[prefix].encode()
-                if inline
-                else Path(attributes[f"{prefix}.uri"].removeprefix("file://")).read_bytes()
-            )
+            stored = body_bytes({"attributes": attributes}, direction)
             assert attributes[f"{prefix}.size"] == len(stored)
             assert REDACTED.encode() in stored
+            assert not [c for c in CANARIES.values() if c.encode() in stored]  # also inside base64
 
 
 @pytest.mark.parametrize("size", [1024, 65 * 1024, 5 * 1024 * 1024], ids=["1KB-inline", "65KB", "5MB"])
