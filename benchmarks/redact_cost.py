@@ -21,7 +21,8 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from obsml._body_redaction import BodyRedactor, FieldRules
+from obsml._body_redaction import BodyRedactor
+from obsml._field_rules import FieldRules
 from obsml._secrets import REDACTED
 
 CARD = r"\b(?:\d{4}[ -]?){3}\d{4}\b"

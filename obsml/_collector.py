@@ -18,9 +18,9 @@ from hashlib import sha256
 from secrets import token_hex
 from typing import Any, NamedTuple
 
-from ._body_redaction import FieldRules
 from ._capture import CURRENT_CAPTURE
 from ._exceptions import ConfigError
+from ._field_rules import FieldRules
 from ._formats import encoder
 from ._ids import correlation_keep, sampling_threshold
 from ._objects import utc_folders

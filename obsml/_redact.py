@@ -19,7 +19,7 @@ from ._secrets import REDACTED
 from ._types import Attributes
 
 if TYPE_CHECKING:
-    from ._body_redaction import FieldRules
+    from ._field_rules import FieldRules
 
 DEFAULT_REDACTED_HEADERS = (
     "api-key",  # Azure OpenAI's and Azure ML online endpoints' key

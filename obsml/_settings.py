@@ -184,7 +184,7 @@ def _path_or_empty(raw: Any) -> str:
 def _patterns(raw: Any) -> tuple[str, ...]:
     # Regular expressions hold commas, so the variable is one pattern or a JSON array of them;
     # each is compiled here, so that a bad one fails start-up with RE2's reason.
-    from ._body_redaction import compile_patterns
+    from ._field_rules import compile_patterns
 
     if isinstance(raw, str):
         text = raw.strip()

@@ -14,7 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from obsml._body_redaction import BodyRedactor, FieldRules
+from obsml._body_redaction import BodyRedactor
+from obsml._field_rules import FieldRules
 from obsml._redact import REDACTED_QUERY_KEYS, RedactionPolicy
 from obsml._secrets import REDACTED
 

@@ -154,8 +154,10 @@ def test_canaries_reach_the_client_unchanged_and_never_the_store_under_gunicorn(
     with running_gunicorn("wsgi_apps:plain_app", store, "--workers", "2", env=ENV) as server:
         send_all(server.url, size)
         server.stop()
+        log = server.log()
     check_spans(store, size, inline=size < 65536)
     assert files_holding([store, spool_dir()], list(CANARIES.values())) == []
+    assert [c for c in CANARIES.values() if c in log] == []  # nor in what the workers logged
 
 
 def test_a_worker_killed_during_a_large_redacted_upload_leaves_no_canary_under_the_store(tmp_path: Path) -> None:
