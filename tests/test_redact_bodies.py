@@ -231,14 +231,21 @@ BROKEN = b'{"password": "' + CANARIES["password"].encode() + b'", "cut": '
 
 
 @pytest.mark.parametrize("size", [len(BROKEN), 70_000], ids=["inline", "offloaded"])
-def test_an_unparseable_body_is_kept_as_received_by_default(store: Path, size: int) -> None:
-    body = BROKEN.ljust(size, b" ")
+def test_an_unparseable_body_is_kept_as_received_by_default_and_a_parseable_one_redacted(
+    store: Path, size: int
+) -> None:
+    broken = BROKEN.ljust(size, b" ")
+    whole = BROKEN + b'"end"}'.ljust(size - len(BROKEN), b" ")
     with running_server(make_app(store=str(store))) as url:
-        httpx.post(f"{url}/echo", content=body, headers={"content-type": "application/json", "x-correlation-id": "k"})
-        attributes = span_by_correlation_id(store, "k")["attributes"]
-    assert "obsml.request.body.redacted" not in attributes
-    assert attributes["obsml.request.body.size"] == size
-    assert files_holding([store], [CANARIES["password"]]) != []  # keep: stored as it came
+        for name, body in (("broken", broken), ("whole", whole)):
+            httpx.post(f"{url}/echo", content=body, headers={
+                "content-type": "application/json", "x-correlation-id": name})
+        kept = span_by_correlation_id(store, "broken")["attributes"]
+        redacted = span_by_correlation_id(store, "whole")["attributes"]
+    assert "obsml.request.body.redacted" not in kept
+    assert body_bytes({"attributes": kept}, "request") == broken  # keep: stored as it came
+    assert redacted["obsml.request.body.redacted_paths"] == ["password"]
+    assert CANARIES["password"].encode() not in body_bytes({"attributes": redacted}, "request")
 
 
 @pytest.mark.parametrize("size", [len(BROKEN), 70_000], ids=["inline", "offloaded"])
