@@ -24,6 +24,10 @@ FEATURES: tuple[str, ...] = (
     "loan_amount",  # requested amount, in thousands
 )
 
+# What score_rows answers for each row, in order: the columns of the collected predictions.
+PREDICTIONS: tuple[str, ...] = ("probability_of_default", "decision")
+
+SERVICE = "credit"
 MODEL_NAME = "best_model"
 MODEL_VERSION = "10"
 APPROVE_BELOW = 0.35  # probability of default under which an application is approved
@@ -89,7 +93,11 @@ def validate_rows(rows: Any) -> np.ndarray:
 
 def score_rows(model: Pipeline, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Probability of default and a decision for each row, in order."""
-    matrix = validate_rows(rows)
+    return score_matrix(model, validate_rows(rows))
+
+
+def score_matrix(model: Pipeline, matrix: np.ndarray) -> list[dict[str, Any]]:
+    """:func:`score_rows` of rows already validated into a feature matrix."""
     probabilities = model.predict_proba(matrix)[:, 1]
     return [
         {

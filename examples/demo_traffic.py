@@ -3,7 +3,10 @@
 ``obsml demo`` (obsml/_demo.py) serves ``examples.fastapi_credit`` or ``examples.flask_credit``,
 calls :func:`send_traffic` against it, reads the spans back through the store's reader
 (``obsml._reader``) and prints :func:`summarise`. The mix is fixed by a seed: small, large (offloaded
-bodies), streaming and bad-input requests, about half with an ``x-correlation-id``.
+bodies), streaming and bad-input requests, about half with an ``x-correlation-id``. Once the server
+has stopped, :func:`collect_labels` plays the batch job that learns, later, whether some applicants
+defaulted, and :func:`show_model_data` prints the head of inputs ⋈ predictions ⋈ labels as
+``obsml.modeldata.joined`` reads them back.
 """
 
 from __future__ import annotations
@@ -12,11 +15,15 @@ import dataclasses
 import json
 import math
 import random
+import shutil
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from datetime import datetime
 from typing import IO, TYPE_CHECKING, Any
+
+import obsml
 
 if TYPE_CHECKING:
     import httpx
@@ -27,6 +34,14 @@ REQUEST_TIMEOUT_S = 15.0
 LARGE_ROWS = 1500  # rows in a "large" request: about 160 KB of JSON in, 80 KB out
 STREAM_ROWS = 20
 SEED = 17
+LABEL_EVERY = 2  # a label arrives for every second scored request
+DEFAULT_RATE = 0.2  # of the labelled applicants, the share that defaulted
+SHOWN_ROWS = 12  # rows of the joined table printed
+# Columns of the joined table shown, most wanted first: the last ones go when the terminal is narrow.
+SHOWN_COLUMNS = (
+    "correlation_id", "row", "income", "probability_of_default", "decision", "defaulted",
+    "age", "debt_ratio", "loan_amount", "credit_lines", "late_payments",
+)
 
 
 @dataclasses.dataclass
@@ -37,6 +52,7 @@ class Sent:
     path: str
     expect: int
     correlation_id: str | None = None
+    rows: int = 0
     status: int = 0
     echoed_id: str | None = None
     request_bytes: int = 0
@@ -101,7 +117,7 @@ def send_traffic(httpx: Any, base: str, requests: int) -> list[Sent]:
             path = "/score/stream" if kind.endswith("stream") else "/score"
             body = json.dumps({"rows": rows}).encode()
             expect = 500 if kind.startswith("bad") else 200
-            record = Sent(kind, path, expect, correlation_id, request_bytes=len(body))
+            record = Sent(kind, path, expect, correlation_id, rows=len(rows), request_bytes=len(body))
             try:
                 if kind == "stream":
                     _stream(client, record, body, headers)
@@ -267,3 +283,67 @@ def summarise(
         print(f"obsml demo: error: no spans were written to the store; see {log_name}", file=sys.stderr)
         return 1
     return 0
+
+
+# --- model data: labels known later, and the joined table -----------------------------------------
+
+
+def _scored(sent: list[Sent]) -> list[Sent]:
+    """The requests the model answered: their rows and predictions were collected under ``echoed_id``."""
+    return [r for r in sent if r.status == 200 and r.error is None and r.echoed_id]
+
+
+def collect_labels(sent: list[Sent], store: str, health: dict[str, Any]) -> dict[str, list[bool]]:
+    """What a batch job does once outcomes are known: one label a row (``defaulted``) for every
+    ``LABEL_EVERY``-th scored request, collected outside any request under its correlation id."""
+    rng = random.Random(SEED)
+    labels = obsml.Collector(
+        health["model"], "labels", ["defaulted"], store=store, service=health["service"], version=health["version"]
+    )
+    collected: dict[str, list[bool]] = {}
+    for record in _scored(sent)[::LABEL_EVERY]:
+        assert record.echoed_id is not None
+        defaulted = [rng.random() < DEFAULT_RATE for _ in range(record.rows)]
+        labels.collect([[value] for value in defaulted], correlation_id=record.echoed_id)
+        collected[record.echoed_id] = defaulted
+    obsml.flush(30)
+    return collected
+
+
+def show_model_data(
+    out: IO[str], store: str, model: str, since: datetime, sent: list[Sent], labels: dict[str, list[bool]]
+) -> int:
+    """Print the head of ``obsml.modeldata.joined`` since the demo began; 1 when rows are missing."""
+    from obsml import modeldata
+
+    table = modeldata.joined(store, model, since=since)
+    scored = _scored(sent)
+    expected_rows = sum(r.rows for r in scored)
+    predicted = int(table["decision"].notna().sum()) if "decision" in table else 0
+    labelled = int(table["defaulted"].notna().sum()) if "defaulted" in table else 0
+    label_rows = sum(len(values) for values in labels.values())
+    say(out, "")
+    say(out, f"Model data (obsml.modeldata.joined: inputs ⋈ predictions ⋈ labels, {model}):")
+    say(out, f"  {len(table)} input rows of {len(scored)} scored requests, {predicted} with their prediction, "
+             f"{labelled} labelled later ({len(labels)} requests)")
+    notes = []
+    if len(table) != expected_rows or predicted != expected_rows:
+        notes.append(f"{len(table)} input and {predicted} prediction rows for {expected_rows} rows scored")
+    if labelled != label_rows:
+        notes.append(f"{labelled} labelled rows for {label_rows} labels collected")
+    for note in notes:
+        say(out, f"  ! {note}")
+    if not table.empty:
+        say(out, _aligned(table.head(SHOWN_ROWS), shutil.get_terminal_size().columns - 2))
+    return 1 if notes else 0
+
+
+def _aligned(table: Any, width: int) -> str:
+    """``table``'s wanted columns as text lines no wider than ``width``, dropping the least wanted."""
+    columns = [c for c in SHOWN_COLUMNS if c in table.columns]
+    while True:
+        shown = table[[c for c in table.columns if c in columns]].astype(object)  # NaN and <NA> alike
+        text = shown.where(shown.notna(), "-").to_string(index=False)
+        if len(columns) <= 2 or max(map(len, text.splitlines())) <= width:
+            return "\n".join(f"  {line}" for line in text.splitlines())
+        columns.pop()

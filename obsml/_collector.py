@@ -26,7 +26,7 @@ from ._ids import correlation_keep, sampling_threshold
 from ._objects import utc_folders
 from ._parts import PartFiles
 from ._pipeline import Pipeline, pipeline_for
-from ._rows import RowError, Rows, fingerprint, is_media
+from ._rows import RESERVED, RowError, Rows, fingerprint, is_media, row_count
 from ._secrets import REDACTED
 from ._settings import Settings
 from ._stats import STATS, enable_strict, is_strict, logger, record_drop
@@ -103,14 +103,14 @@ class _RowsJob:
         columns, media = self.rows.columns, self.rows.media
         hidden = destination.hidden_columns(tuple(columns))
         schema = ""
-        for row in self.rows.values():
+        for index, row in enumerate(self.rows.values()):
             record: dict[str, Any] = {}
             for column, value in zip(columns, row, strict=True):
                 if column in hidden:
                     record[column] = REDACTED
                 elif media and is_media(value):
-                    data = _media_bytes(value)
-                    name = f"{sha256(data).hexdigest()[:32]}-{token_hex(4)}"
+                    data, suffix = _media_bytes(value)
+                    name = f"{sha256(data).hexdigest()[:32]}-{token_hex(4)}{suffix}"
                     stored = destination.pipeline.store.offload(
                         f"modeldata-media/{path}", name, data, time_ns=self.time_ns
                     )
@@ -120,6 +120,7 @@ class _RowsJob:
             schema = schema or fingerprint(list(record), list(record.values()))
             record.update(
                 correlation_id=ids.correlation_id,
+                row=index,  # with the id, what pairs the n-th input with the n-th prediction and label
                 trace_id=ids.trace_id,
                 span_id=ids.span_id,
                 collected_at=collected_at,
@@ -128,17 +129,18 @@ class _RowsJob:
             destination.parts.add(folder, record, _RECORD_ESTIMATE)
 
 
-def _media_bytes(value: Any) -> bytes:
+def _media_bytes(value: Any) -> tuple[bytes, str]:
+    """A media value's bytes and their file suffix: bytes as they are, a PIL image as PNG, an array as .npy."""
     if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value)
+        return bytes(value), ".bin"
     buffer = io.BytesIO()
-    if type(value).__module__.startswith("PIL"):
+    if type(value).__module__.startswith("PIL"):  # PIL is imported: the value is one of its images
         value.save(buffer, format="PNG")
-    else:  # a numpy array, saved as .npy
-        import numpy
+        return buffer.getvalue(), ".png"
+    import numpy  # imported already: the value is an array
 
-        numpy.save(buffer, value, allow_pickle=False)
-    return buffer.getvalue()
+    numpy.save(buffer, value, allow_pickle=False)
+    return buffer.getvalue(), ".npy"
 
 
 class Collector:
@@ -171,6 +173,9 @@ class Collector:
             feature_names = tuple(str(name) for name in feature_names)
             if len(set(feature_names)) != len(feature_names) or not feature_names:
                 raise ConfigError(f"feature_names must be distinct names, got {feature_names!r}")
+            if not RESERVED.isdisjoint(feature_names):
+                taken = ", ".join(sorted(RESERVED.intersection(feature_names)))
+                raise ConfigError(f"feature_names {taken}: names obsml gives its own columns (see the README)")
         self.model, self.identifier = model, identifier
         self.feature_names: tuple[str, ...] | None = feature_names
         self.format = outside.collect_format
@@ -207,7 +212,7 @@ class Collector:
         except RowError as exc:
             if is_strict():
                 raise
-            record_drop("row", "invalid", len(data) if isinstance(data, list) else 1, detail=str(exc))
+            record_drop("row", "invalid", row_count(data), detail=str(exc))
             if STATS.log_throttle.due(f"invalid:{exc.cause}", time.monotonic()):
                 logger.warning("obsml Collector %r refused rows: %s", self.identifier, exc)
             return Collected(correlation_id, trace_id, span_id, 0)

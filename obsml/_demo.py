@@ -6,7 +6,10 @@ forked workers. A :class:`Server` says which command to run and which signal sto
 losing spans. The demo waits for ``/health``, sends the traffic of ``examples/demo_traffic.py``
 (found in the working directory, as the servers find the example apps), stops the server, then
 reads the new part files under ``traces/`` back through the store's reader (``_reader``) and
-prints the example's summary next to what it sent, with the spans each process wrote.
+prints the example's summary next to what it sent, with the spans each process wrote. When the
+app's ``/health`` names its service, model and version (the credit examples' do), the demo then
+collects labels for some of the requests, as a later batch job would, and prints the head of the
+model data joined back by ``obsml.modeldata`` (DuckDB and pandas: the ``demo`` extra has them).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import dataclasses
 import importlib
 import importlib.util
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -24,16 +28,22 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import IO, Any
+from datetime import datetime, timezone
+from typing import IO, TYPE_CHECKING, Any
 
 from ._exceptions import ObsmlError
-from ._reader import Span, StoreReader
 from ._settings import Settings
+
+if TYPE_CHECKING:  # imported when the demo runs: fsspec would slow down every `obsml --help`
+    from ._reader import Span, StoreReader
 
 DEFAULT_STORE = "./obsml-data"
 DEFAULT_REQUESTS = 40
 MIN_REQUESTS = 5
 
+# Printed at the end, to run over what the demo wrote: requests and latency by route and status.
+QUERY = ("select route, status_code, count(*) as requests, round(median(duration_ms), 1) as median_ms "
+         "from spans group by all order by all")
 STARTUP_TIMEOUT_S = 30.0
 SHUTDOWN_TIMEOUT_S = 15.0
 
@@ -74,24 +84,34 @@ def run_demo(app: str | None, store: str, requests: int, out: IO[str] | None = N
     """Run the demo; returns the exit status (0 when the server ran and spans were read back)."""
     out = out or sys.stdout
     try:
-        return _run(server, app or server.default_app, store, requests, out)
+        status = _run(server, app or server.default_app, store, requests, out)
     except DemoError as exc:
         print(f"obsml demo: error: {exc}", file=sys.stderr)
         return 1
+    _print_next_commands(out, store)
+    return status
+
+
+def _print_next_commands(out: IO[str], store: str) -> None:
+    """Two commands that read what the demo just wrote, to copy."""
+    where = f"--store {shlex.quote(store)}"
+    print(f"\nRead it back (from this directory):\n  obsml logs --errors {where}\n  obsml query {shlex.quote(QUERY)} "
+          f"{where}", file=out, flush=True)
 
 
 def _run(server: Server, app: str, store_url: str, requests: int, out: IO[str]) -> int:
     cwd = os.getcwd()
     traffic = _load_traffic(cwd)
     httpx = _import_demo_dependency("httpx")
-    _import_demo_dependency(server.module)
+    for name in (server.module, "duckdb", "pandas"):
+        _import_demo_dependency(name)
     if store_url.startswith("memory:"):
         raise DemoError("a memory:// store is not shared with the server process: use a path or a URL")
     if "://" not in store_url and "::" not in store_url:
         store_url = os.path.abspath(store_url)
     try:
         settings = Settings.load(store=store_url)
-        reader = StoreReader.open(settings.store)
+        reader = _open_store(settings.store)
     except ObsmlError as exc:
         raise DemoError(str(exc)) from None
     before = {*reader.files("traces"), *reader.files("payloads")}
@@ -104,9 +124,10 @@ def _run(server: Server, app: str, store_url: str, requests: int, out: IO[str]) 
     say = traffic.say
     say(out, f"obsml demo: starting {app} under {server.label} on {base}")
     say(out, f"  store {reader.shown()}  (server log {log.name})")
+    began = datetime.now(timezone.utc)
     with log, _serve(server, app, port, cwd, store_url, log) as process:
         started = time.monotonic()
-        _wait_until_up(httpx, process, base, log.name)
+        health = _wait_until_up(httpx, process, base, log.name)
         say(out, f"  server up in {time.monotonic() - started:.1f} s; sending {requests} requests ...")
         started = time.monotonic()
         sent = traffic.send_traffic(httpx, base, requests)
@@ -123,7 +144,13 @@ def _run(server: Server, app: str, store_url: str, requests: int, out: IO[str]) 
     summary = traffic.summarise(
         out, reader, sent, settings.inline_limit, spans, by_pid, new_traces, new_payloads, log.name
     )
-    return int(summary)
+    if not {"service", "model", "version"} <= set(health):
+        return int(summary)
+    labels = traffic.collect_labels(sent, store_url, health)
+    say(out, "")
+    say(out, f"Labels for {len(labels)} of these requests, collected later as a batch job would, into {reader.shown()}")
+    model_data = traffic.show_model_data(out, store_url, health["model"], began, sent, labels)
+    return int(summary) or int(model_data)
 
 
 # --- preparation ---------------------------------------------------------------------------------
@@ -179,7 +206,8 @@ def _serve(
             _stop(process, server.stop_signal)
 
 
-def _wait_until_up(httpx: Any, process: subprocess.Popen[bytes], base: str, log_name: str) -> None:
+def _wait_until_up(httpx: Any, process: subprocess.Popen[bytes], base: str, log_name: str) -> dict[str, Any]:
+    """The app's answer to ``GET /health`` (a JSON object, else empty), once it answers 200."""
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -191,7 +219,11 @@ def _wait_until_up(httpx: Any, process: subprocess.Popen[bytes], base: str, log_
             time.sleep(0.1)
             continue
         if response.status_code == 200:
-            return
+            try:
+                answer = response.json()
+            except ValueError:
+                return {}
+            return answer if isinstance(answer, dict) else {}
         raise DemoError(f"GET /health answered {response.status_code}:\n{_tail(log_name)}")
     raise DemoError(f"the server did not answer /health within {STARTUP_TIMEOUT_S:g} s:\n{_tail(log_name)}")
 
@@ -223,6 +255,12 @@ def _tail(path: str, lines: int = 20) -> str:
 
 
 # --- reading back --------------------------------------------------------------------------------
+
+
+def _open_store(url: str) -> StoreReader:
+    from ._reader import StoreReader
+
+    return StoreReader.open(url)
 
 
 def _read_back(reader: StoreReader, before: set[str]) -> tuple[list[Span], Counter[str], list[str], list[str]]:

@@ -12,6 +12,8 @@ from datetime import datetime
 from typing import Any
 
 PLAIN = (int, float, bool, str, datetime, type(None))
+# Columns the collector adds to every record: a feature of one of these names would be overwritten.
+RESERVED = frozenset({"correlation_id", "row", "trace_id", "span_id", "collected_at", "schema"})
 # numpy dtype kinds a column may have as is: bool, int, unsigned, float, datetime64, str
 _PLAIN_KINDS = frozenset("biufMU")
 # pandas' infer_dtype() answers for object columns of plain values only
@@ -55,6 +57,13 @@ def check_value(value: Any, column: str, media: bool) -> bool:
     raise RowError(
         f"type:{column}:{type(value).__name__}", f"column {column!r}: unsupported value type {type(value).__name__}"
     )
+
+
+def row_count(data: Any) -> int:
+    """How many rows ``collect(data)`` meant, for counting them when they are refused."""
+    if isinstance(data, (list, tuple)) or _module(data) in ("numpy", "pandas"):
+        return len(data) if getattr(data, "ndim", 1) else 1
+    return 1
 
 
 def columns_of(names: tuple[str, ...] | None, width: int) -> tuple[str, ...]:
@@ -101,6 +110,9 @@ class Rows:
             check_value(data, self.columns[0], media)
             self.kind, self.data = "rows", [(data,)]
         self.media = media
+        if not RESERVED.isdisjoint(self.columns):
+            taken = ", ".join(sorted(RESERVED.intersection(self.columns)))
+            raise RowError("reserved", f"column(s) {taken}: names obsml gives its own columns; rename the feature(s)")
 
     def _check_rows(self, data: list[Any] | tuple[Any, ...], names: tuple[str, ...] | None, media: bool) -> None:
         if data and isinstance(data[0], dict):

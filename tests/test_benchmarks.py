@@ -65,3 +65,17 @@ def test_the_redaction_benchmark_times_every_policy_at_both_sizes() -> None:
     for size in ("1 KB", "100 KB"):
         assert result.stdout.count(f"| {size} |") == 8  # four policies, with and without secrets
     assert "private temporary file" in result.stdout
+
+
+def test_the_query_scale_benchmark_agrees_with_raw_duckdb_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    # A smoke run on 5,000 spans: obsml query and both raw DuckDB reads must count the same statuses.
+    import os
+
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "query_scale.py"), "--quick"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "== whole day: 5,000 spans, 2 rounds" in result.stdout
+    assert "== one hour: 208 spans, 2 rounds" in result.stdout  # 5,000 over 24 hours: the first 8 hours get 209
+    assert list(tmp_path.iterdir()) == []

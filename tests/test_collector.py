@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 from collector_apps import asgi_app
 from conftest import running_gunicorn, running_server, span_by_correlation_id
+from PIL import Image
 
 import obsml
 from obsml import Collector, ConfigError
@@ -28,7 +30,7 @@ from obsml._ids import correlation_keep, sampling_threshold
 WHEN = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=timezone.utc)
 NAMES = ["count", "score", "approved", "label", "note", "seen"]
 ROWS = [[1, 2.5, True, "x", None, WHEN], [2, -0.5, False, "y", "z", WHEN]]
-ID_FIELDS = ["correlation_id", "trace_id", "span_id", "collected_at", "schema"]
+ID_FIELDS = ["correlation_id", "row", "trace_id", "span_id", "collected_at", "schema"]
 
 
 def part_files(store: Path, suffix: str = "") -> list[Path]:
@@ -152,17 +154,30 @@ def test_inside_a_request_under_gunicorn_rows_take_the_requests_correlation_id(s
     assert {r.get("income", r.get("approved")) for r in records} == {1000.5, True}
 
 
-def test_two_gunicorn_workers_writing_the_same_identifier_never_clash(store: Path) -> None:
+def test_two_gunicorn_workers_writing_the_same_identifier_never_clash(store: Path, tmp_path: Path) -> None:
+    meeting = tmp_path / "meeting"
+    meeting.mkdir()
+    ids = [f"loan-{i}" for i in range(42)]
     with running_gunicorn("collector_apps:wsgi_app", store, "--workers", "2") as server:
-        with httpx.Client(base_url=server.url, timeout=30) as client:
-            for i in range(40):
-                client.get("/score", headers={"x-correlation-id": f"loan-{i}", "connection": "close"})
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+
+            def score(correlation_id: str, **params: str) -> None:
+                headers = {"x-correlation-id": correlation_id, "connection": "close"}
+                assert client.get("/score", params=params, headers=headers).status_code == 200
+
+            # Two requests that each wait for the other: one per worker, collecting at the same time.
+            with ThreadPoolExecutor(2) as pool:
+                list(pool.map(lambda i: score(ids[i], meet=str(meeting)), range(2)))
+            for correlation_id in ids[2:]:
+                score(correlation_id)
         assert server.stop() == 0
+    assert len(list(meeting.iterdir())) == 2  # two worker pids met
     inputs = [p for p in part_files(store) if p.relative_to(store).parts[4] == "inputs"]
-    assert sorted(r["correlation_id"] for r in read_records(store) if "income" in r) == sorted(
-        f"loan-{i}" for i in range(40)
-    )
+    writers = {p.name.rsplit("-", 1)[0] for p in inputs}  # <pid>-<random>-<seq>.jsonl
+    assert len(writers) == 2, writers
     assert len({p.name for p in inputs}) == len(inputs)  # every part file its own writer id and sequence
+    # Every row once: a part file overwritten by the other worker would have lost its rows.
+    assert sorted(r["correlation_id"] for r in read_records(store) if "income" in r) == sorted(ids)
 
 
 def test_a_collector_outside_any_request_writes_to_obsml_store_and_flushes_at_exit(store: Path) -> None:
@@ -186,6 +201,8 @@ MISUSE = {
     "unsupported type": ([[1, {"nested": 1}]], "column 'b': unsupported value type dict"),
     "media": ([[1, b"\x89PNG"]], "column 'b' holds media (bytes)"),
     "media array": ([[1, np.zeros((2, 2, 3))]], "column 'b' holds media (ndarray)"),
+    "PIL image": ([[1, Image.new("RGB", (2, 2))]], "column 'b' holds media (Image)"),
+    "reserved column": (pd.DataFrame({"a": [1], "row": [2]}), "column(s) row: names obsml gives its own columns"),
 }
 
 
@@ -209,21 +226,52 @@ def test_misuse_is_counted_and_logged_once_outside_strict_mode(
     assert obsml.flush(10) and not (store / "modeldata").exists()
 
 
+def test_refused_rows_are_counted_one_by_one_whatever_held_them(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    collector = Collector("m", "inputs", store=str(store))
+    monkeypatch.setattr("obsml._stats._strict", False)
+    collector.collect(pd.DataFrame({"a": range(4), "row": range(4)}))  # a reserved column
+    collector.collect(np.array([[1, 2], [3, 4], [5, 6]], dtype=object))  # an object array
+    collector.collect([[1], [2, 3]])  # widths differ
+    collector.collect({"a": 1})  # one value of an unsupported type
+    assert obsml.stats()["dropped"] == {"invalid": {"row": 4 + 3 + 2 + 1}}
+
+
 def test_media_values_are_offloaded_when_asked_and_the_row_holds_their_uri_size_and_sha256(store: Path) -> None:
-    image = np.arange(12, dtype=np.uint8).reshape(2, 2, 3)
-    Collector("m", "inputs", ["id", "audio", "image"], store=str(store), media="offload").collect(
-        [[1, b"RIFF....WAVE", image]]
+    array = np.arange(12, dtype=np.uint8).reshape(2, 2, 3)
+    image = Image.frombytes("RGB", (2, 2), bytes(range(12)))
+    Collector("m", "inputs", ["id", "audio", "array", "image"], store=str(store), media="offload").collect(
+        [[1, b"RIFF....WAVE", array, image]]
     )
     assert obsml.flush(10)
     [record] = read_records(store)
     assert record["id"] == 1 and record["audio_size"] == 12
-    for column in ("audio", "image"):
+    stored = {}
+    for column in ("audio", "array", "image"):
         path = Path(record[f"{column}_uri"].removeprefix("file://"))
         assert path.is_relative_to(store / "modeldata-media" / "default" / "m" / "0" / "inputs")
-        data = path.read_bytes()
+        stored[column] = data = path.read_bytes()
         assert record[f"{column}_size"] == len(data)
         assert record[f"{column}_sha256"] == hashlib.sha256(data).hexdigest()
-    assert np.load(io.BytesIO(path.read_bytes())).tolist() == image.tolist()  # the image, as .npy
+        assert path.suffix == {"audio": ".bin", "array": ".npy", "image": ".png"}[column]
+    assert stored["audio"] == b"RIFF....WAVE"
+    assert np.load(io.BytesIO(stored["array"])).tolist() == array.tolist()
+    png = io.BytesIO()
+    image.save(png, format="PNG")
+    assert stored["image"] == png.getvalue()  # the PNG PIL encodes, which decodes to the same pixels
+    assert Image.open(io.BytesIO(stored["image"])).tobytes() == image.tobytes()
+
+
+def test_collecting_plain_values_never_imports_pil_numpy_or_pandas(store: Path) -> None:
+    script = f"""
+import sys, obsml
+obsml.Collector("m", "inputs", store={str(store)!r}).collect([[1, "x", None]])
+assert obsml.flush(10)
+print(sorted({{"PIL", "numpy", "pandas"}} & set(sys.modules)))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60)
+    assert result.stdout == "[]\n"
 
 
 def test_sampling_keeps_or_skips_every_identifier_of_one_correlation_id_together(
@@ -261,6 +309,7 @@ def test_a_collector_turned_off_writes_nothing(store: Path, monkeypatch: pytest.
         ({"model": "m", "identifier": "in/puts"}, "service="),
         ({"model": "m", "identifier": "inputs", "format": "xml"}, "format="),
         ({"model": "m", "identifier": "inputs", "media": "inline"}, "media="),
+        ({"model": "m", "identifier": "inputs", "feature_names": ["p", "row"]}, "feature_names row: "),
     ],
 )
 def test_a_bad_name_or_option_is_a_config_error_at_construction(arguments: dict[str, Any], message: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -37,6 +38,9 @@ def test_counters_are_observable_metrics_on_the_applications_meter_provider(tmp_
                     await client.get("/")
 
         asyncio.run(traffic())
+        collector = obsml.Collector("m", "inputs", ["a"], store={str(tmp_path / "store")!r})
+        collector.collect([[1], [2]])
+        collector.collect([[1, 2]])  # a row of the wrong width: refused, and counted (OBSML_STRICT=false)
         obsml.flush()
         points = {{}}
         for resource in reader.get_metrics_data().resource_metrics:
@@ -47,7 +51,10 @@ def test_counters_are_observable_metrics_on_the_applications_meter_provider(tmp_
                         points[key] = point.value
         print(json.dumps({{"points": points, "stats": obsml.stats()}}))
     """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    env = {**os.environ, "OBSML_STRICT": "false"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True, env=env
+    )
     report = __import__("json").loads(result.stdout.splitlines()[-1])
     points, stats = report["points"], report["stats"]
     assert points["obsml.requests.captured{}"] == stats["requests_captured"] >= 1
@@ -56,3 +63,6 @@ def test_counters_are_observable_metrics_on_the_applications_meter_provider(tmp_
     dropped = stats["dropped"].get("queue_full", {}).get("span", 0)
     assert points.get('obsml.items.dropped{"obsml.kind": "span", "obsml.reason": "queue_full"}', 0) == dropped
     assert stats["requests_captured"] + dropped == 5
+    assert points["obsml.rows.collected{}"] == stats["rows_collected"] == 2
+    assert points['obsml.objects.written{"obsml.object": "modeldata_file"}'] == stats["modeldata_files_written"] == 1
+    assert points['obsml.items.dropped{"obsml.kind": "row", "obsml.reason": "invalid"}'] == 1

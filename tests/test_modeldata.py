@@ -239,3 +239,52 @@ def test_rows_a_collector_writes_in_every_format_read_back_and_join(tmp_path: Pa
     assert table["p"].tolist() == [0.25] * 3
     assert table.loc["loan-csv", "defaulted"] == True  # noqa: E712 (a numpy bool)
     assert table["defaulted"].isna().sum() == 2
+
+
+def test_the_rows_of_one_collect_join_row_by_row_not_each_to_each(tmp_path: Path) -> None:
+    store = str(tmp_path / "store")
+    inputs = obsml.Collector("best_model", "inputs", ["income"], store=store)
+    predictions = obsml.Collector("best_model", "predictions", ["p"], store=store, format="csv")
+    labels = obsml.Collector("best_model", "labels", ["defaulted"], store=store, format="parquet")
+    ctx = inputs.collect([[10.0], [20.0], [30.0]], correlation_id="loan-3")
+    predictions.collect([[0.1], [0.2], [0.3]], correlation_id=ctx.correlation_id)
+    labels.collect([[False], [True]], correlation_id=ctx.correlation_id)  # the third not known yet
+    inputs.collect([[40.0]], correlation_id="loan-1")
+    assert obsml.flush(10)
+
+    table = modeldata.joined(store, "best_model")
+
+    assert table[["correlation_id", "row", "income"]].values.tolist() == [
+        ["loan-3", 0, 10.0], ["loan-3", 1, 20.0], ["loan-3", 2, 30.0], ["loan-1", 0, 40.0],
+    ]
+    by_row = table.set_index(["correlation_id", "row"])
+    assert by_row["p"].loc["loan-3"].tolist() == [0.1, 0.2, 0.3] and pd.isna(by_row.loc[("loan-1", 0), "p"])
+    assert by_row["defaulted"].loc["loan-3"].tolist()[:2] == [False, True]
+    assert pd.isna(by_row.loc[("loan-3", 2), "defaulted"])
+    assert len(table) == 4 and "row_predictions" not in table.columns
+
+
+# Text that looks like something else, read back per format: exact in parquet and (but for dates) in
+# jsonl; csv is text, typed by DuckDB's sniffing. The README's "Model data: reading back" says so.
+LOOKALIKES = ["0042", "1e3", "true", "2024-05-06"]
+READ_BACK = {
+    "parquet": ["0042", "1e3", "true", "2024-05-06"],
+    "jsonl": ["0042", "1e3", "true", datetime(2024, 5, 6)],
+    "csv": ["0042", 1000.0, True, datetime(2024, 5, 6)],
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(READ_BACK))
+def test_text_that_looks_like_a_number_a_boolean_or_a_date_reads_back_as_documented(
+    tmp_path: Path, fmt: str
+) -> None:
+    store = str(tmp_path / "store")
+    names = ["zip", "code", "flag", "day"]
+    collector = obsml.Collector("best_model", "inputs", names, store=store, format=fmt)
+    collector.collect([LOOKALIKES, LOOKALIKES])
+    assert obsml.flush(10)
+
+    frame = modeldata.read(store, "best_model", "inputs")
+
+    got = [value.to_pydatetime() if isinstance(value, pd.Timestamp) else value for value in frame[names].iloc[0]]
+    assert got == READ_BACK[fmt]

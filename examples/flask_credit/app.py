@@ -11,7 +11,9 @@ The model is trained once, at import: with ``--preload`` gunicorn imports this m
 master and forks the workers with the model already in memory. A row with a missing or
 non-numeric feature makes the model code raise ``ValueError``; Flask turns it into a 500 as
 in production, and obsml records the exception on the request's span (it listens to Flask's
-``got_request_exception``), so the span holds what a real bug looks like.
+``got_request_exception``), so the span holds what a real bug looks like. As in the FastAPI
+example, each scored request's rows (floats, in ``FEATURES`` order) and predictions are collected
+as model data (``obsml.Collector``) under the request's correlation id.
 """
 
 from __future__ import annotations
@@ -23,15 +25,27 @@ from typing import Any
 
 from flask import Flask, Response, request
 
-from examples.credit_model import FEATURES, MODEL_NAME, MODEL_VERSION, score_rows, train_model, validate_rows
-from obsml import ObsmlWSGIMiddleware
+from examples.credit_model import (
+    FEATURES,
+    MODEL_NAME,
+    MODEL_VERSION,
+    PREDICTIONS,
+    SERVICE,
+    score_matrix,
+    train_model,
+    validate_rows,
+)
+from obsml import Collector, ObsmlWSGIMiddleware
 
 STREAM_DELAY_S = 0.01  # between two events of /score/stream, as a slower model would
 
 MODEL = train_model()
 
 app = Flask(__name__)
-app.wsgi_app = ObsmlWSGIMiddleware(app.wsgi_app, service="credit", model=MODEL_NAME, version=MODEL_VERSION)
+app.wsgi_app = ObsmlWSGIMiddleware(app.wsgi_app, service=SERVICE, model=MODEL_NAME, version=MODEL_VERSION)
+# Store, service and version come from the middleware serving the request.
+inputs = Collector(MODEL_NAME, "inputs", FEATURES)
+predictions = Collector(MODEL_NAME, "predictions", PREDICTIONS)
 
 
 def _rows(body: Any) -> Any:
@@ -40,26 +54,36 @@ def _rows(body: Any) -> Any:
     return body["rows"]
 
 
+def _score_and_collect(rows: Any) -> list[dict[str, Any]]:
+    """The predictions of ``rows``; a bad row raises before anything is collected."""
+    matrix = validate_rows(rows)
+    answers = score_matrix(MODEL, matrix)
+    seen = inputs.collect(matrix)  # under the correlation id of the request being served
+    predictions.collect(answers, correlation_id=seen.correlation_id)
+    return answers
+
+
 @app.get("/health")
 def health() -> dict[str, Any]:
-    return {"status": "ok", "model": MODEL_NAME, "version": MODEL_VERSION, "features": list(FEATURES)}
+    return {
+        "status": "ok", "service": SERVICE, "model": MODEL_NAME, "version": MODEL_VERSION, "features": list(FEATURES),
+    }
 
 
 @app.post("/score")
 def score() -> dict[str, Any]:
-    rows = _rows(request.get_json(force=True))
-    return {"model": MODEL_NAME, "version": MODEL_VERSION, "predictions": score_rows(MODEL, rows)}
+    answers = _score_and_collect(_rows(request.get_json(force=True)))
+    return {"model": MODEL_NAME, "version": MODEL_VERSION, "predictions": answers}
 
 
 @app.post("/score/stream")
 def score_stream() -> Response:
-    rows = _rows(request.get_json(force=True))
-    validate_rows(rows)  # a bad row fails the request before the stream starts: a clean 500
+    # Scored (and collected) before the stream starts: a bad row fails the request with a clean 500.
+    answers = _score_and_collect(_rows(request.get_json(force=True)))
 
     def events() -> Iterator[str]:
-        for index, row in enumerate(rows):
-            (prediction,) = score_rows(MODEL, [row])
-            yield f"data: {json.dumps({'row': index, **prediction})}\n\n"
+        for index, answer in enumerate(answers):
+            yield f"data: {json.dumps({'row': index, **answer})}\n\n"
             time.sleep(STREAM_DELAY_S)
 
     return Response(events(), mimetype="text/event-stream", headers={"cache-control": "no-cache"})
