@@ -11,11 +11,14 @@ from collections.abc import Mapping
 from hashlib import sha256
 from typing import TYPE_CHECKING
 
+from ._body_redaction import redact_or_drop
 from ._headers import header_value
 from ._payloads import BodyTee
 from ._redact import MAX_HEADER_VALUE_LENGTH, header_text
+from ._stats import record_drop
 
 if TYPE_CHECKING:
+    from ._body_redaction import Redacted
     from ._capture import Capture
     from ._redact import RedactionPolicy
     from ._types import Attributes
@@ -128,17 +131,41 @@ def _body(attributes: Attributes, tee: BodyTee, unread: int = 0, kept: bool = Tr
         attributes[f"{prefix}.unread_size"] = unread
     stream = tee.stream
     if stream is None:
-        data = b"".join(tee.chunks)
-        attributes[f"{prefix}.sha256"] = sha256(data).hexdigest()
-        try:
-            attributes[prefix] = data.decode("utf-8")
-            attributes[f"{prefix}.encoding"] = "utf-8"
-        except UnicodeDecodeError:
-            attributes[prefix] = base64.b64encode(data).decode("ascii")
-            attributes[f"{prefix}.encoding"] = "base64"
+        _inline_body(attributes, tee, prefix)
         return
     if stream.uri is not None:
         attributes[f"{prefix}.uri"] = stream.uri
         attributes[f"{prefix}.sha256"] = stream.hasher.hexdigest()
+        if stream.redacted is not None:
+            _redacted(attributes, prefix, stream.redacted)
     else:
         attributes[f"{prefix}.lost"] = stream.failure or "queue_full"
+
+
+def _inline_body(attributes: Attributes, tee: BodyTee, prefix: str) -> None:
+    data = b"".join(tee.chunks)
+    redactor = tee.capture.capturer.body_redaction
+    if redactor.active:
+        result = redact_or_drop(redactor, data, tee.media_type(), tee.direction, tee.whole)
+        if isinstance(result, str):  # never stored unredacted
+            attributes[f"{prefix}.lost"] = result
+            record_drop("payload", result)
+            return
+        data = result.data
+        _redacted(attributes, prefix, result)
+    attributes[f"{prefix}.sha256"] = sha256(data).hexdigest()
+    try:
+        attributes[prefix] = data.decode("utf-8")
+        attributes[f"{prefix}.encoding"] = "utf-8"
+    except UnicodeDecodeError:
+        attributes[prefix] = base64.b64encode(data).decode("ascii")
+        attributes[f"{prefix}.encoding"] = "base64"
+
+
+def _redacted(attributes: Attributes, prefix: str, result: Redacted) -> None:
+    """What redaction replaced: ``.size`` and ``.sha256`` then describe the stored bytes (issue 15)."""
+    if result.rebuilt:
+        attributes[f"{prefix}.size"] = len(result.data)
+        attributes[f"{prefix}.redacted"] = result.replaced
+        if result.paths:
+            attributes[f"{prefix}.redacted_paths"] = list(result.paths)

@@ -20,12 +20,14 @@ from typing import Any, NamedTuple
 
 from ._capture import CURRENT_CAPTURE
 from ._exceptions import ConfigError
+from ._field_rules import FieldRules
 from ._formats import encoder
 from ._ids import correlation_keep, sampling_threshold
 from ._objects import utc_folders
 from ._parts import PartFiles
 from ._pipeline import Pipeline, pipeline_for
 from ._rows import RESERVED, RowError, Rows, fingerprint, is_media, row_count
+from ._secrets import REDACTED
 from ._settings import Settings
 from ._stats import STATS, enable_strict, is_strict, logger, record_drop
 
@@ -45,13 +47,25 @@ class Collected(NamedTuple):
 class _Destination:
     """A pipeline's part files for one format, and the sampling of the settings it came from."""
 
-    __slots__ = ("parts", "pipeline", "sample_all", "service", "threshold", "version")
+    __slots__ = ("fields", "hidden", "parts", "pipeline", "sample_all", "service", "threshold", "version")
 
     def __init__(self, settings: Settings, parts: PartFiles, pipeline: Pipeline) -> None:
         self.pipeline, self.parts = pipeline, parts
         self.service, self.version = settings.service, settings.version
         self.sample_all = settings.sample_rate >= 1.0
         self.threshold = sampling_threshold(settings.sample_rate)
+        # The body field rules apply to feature names (issue 15): such a column keeps its name,
+        # its values are replaced by the marker.
+        self.fields = FieldRules(settings.redact_fields)
+        self.hidden: dict[tuple[str, ...], frozenset[str]] = {}  # columns -> those redacted (writer only)
+
+    def hidden_columns(self, columns: tuple[str, ...]) -> frozenset[str]:
+        hidden = self.hidden.get(columns)
+        if hidden is None:
+            hidden = self.fields.hidden_columns(columns)
+            if len(self.hidden) < 256:
+                self.hidden[columns] = hidden
+        return hidden
 
 
 _PARTS: dict[tuple[int, str], PartFiles] = {}
@@ -87,11 +101,14 @@ class _RowsJob:
         path = f"{destination.service}/{collector.model}/{destination.version}/{collector.identifier}"
         folder = f"modeldata/{path}/{utc_folders(self.time_ns)}"
         columns, media = self.rows.columns, self.rows.media
+        hidden = destination.hidden_columns(tuple(columns))
         schema = ""
         for index, row in enumerate(self.rows.values()):
             record: dict[str, Any] = {}
             for column, value in zip(columns, row, strict=True):
-                if media and is_media(value):
+                if column in hidden:
+                    record[column] = REDACTED
+                elif media and is_media(value):
                     data, suffix = _media_bytes(value)
                     name = f"{sha256(data).hexdigest()[:32]}-{token_hex(4)}{suffix}"
                     stored = destination.pipeline.store.offload(

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import time
 from hashlib import sha256
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
+from ._body_redaction import redact_or_drop
 from ._headers import header_value
 from ._objects import failure_reason, utc_folders
 from ._stats import logger, record_drop
 
 if TYPE_CHECKING:
+    from ._body_redaction import BodyRedactor, Plan, Redacted
     from ._stats import DropReason
     from ._store import Store
     from ._writer import Writer
@@ -34,6 +36,8 @@ class BodyLimits(Protocol):
     def writer(self) -> Writer: ...
     @property
     def store(self) -> Store: ...
+    @property
+    def body_redaction(self) -> BodyRedactor: ...
 
 
 class BodyOwner(Protocol):
@@ -49,6 +53,10 @@ class BodyOwner(Protocol):
     def span_id(self) -> int: ...
     @property
     def response_headers(self) -> Any: ...
+    @property
+    def declared_length(self) -> bytes | None: ...
+    @property
+    def disconnected(self) -> bool: ...
 
 
 class BodyTee:
@@ -77,6 +85,19 @@ class BodyTee:
     @property
     def truncated(self) -> bool:
         return self.held < self.size
+
+    @property
+    def whole(self) -> bool:
+        """Writer side, once the request is over: the body kept is all of it (redaction parses only
+        whole documents): not cut at the capture limit, nor short of its Content-Length, nor left
+        by a client that went away."""
+        if self.truncated:
+            return False
+        capture = self.capture
+        if self.direction == "response":
+            return not capture.disconnected
+        declared = capture.declared_length
+        return declared is None or not declared.isdigit() or int(declared) == self.size
 
     def feed(self, chunk: bytes) -> None:
         size = len(chunk)
@@ -115,8 +136,8 @@ class PayloadStream:
     """A body on its way to ``payloads/``. Chunks travel through the writer queue in order."""
 
     __slots__ = (
-        "alone", "bound", "error", "failure", "hasher", "lost", "queued", "relative", "store", "target", "tee",
-        "uri", "writer",
+        "alone", "bound", "error", "failure", "hasher", "lost", "plan", "queued", "raw", "raw_size", "redacted",
+        "relative", "store", "target", "tee", "uri", "writer",
     )
 
     def __init__(self, tee: BodyTee, writer: Writer, store: Store, bound: int) -> None:
@@ -132,6 +153,12 @@ class PayloadStream:
         self.error: DropReason | None = None  # the store refused a write
         self.target: Any = None  # the store's AtomicTarget
         self.hasher: Any = None
+        # With body redaction (issue 15), the raw bytes wait in a private file off the store until
+        # the body is whole; only the redacted document is written to the store, at the finish.
+        self.plan: Plan = "direct"
+        self.raw: IO[bytes] | None = None
+        self.raw_size = 0
+        self.redacted: Redacted | None = None  # what redaction stored, for the span
         # Once finished: where the whole payload is, or why it was lost.
         self.uri: str | None = None
         self.failure: DropReason | None = None
@@ -153,14 +180,23 @@ class PayloadStream:
     # Writer side.
 
     def write(self, data: bytes) -> None:
-        """Open on the first chunk, hash and write as chunks arrive."""
+        """Open on the first chunk, hash and write as chunks arrive (or keep them for redaction)."""
         if self.error is not None:
             return
         try:
             if self.relative is None:
                 self.relative = payload_path(self.tee)
-                self.hasher = sha256()
-                self.target = self.store.open_atomic(self.relative)
+                self.plan = self.tee.capture.capturer.body_redaction.plan(self.tee.media_type())
+                if self.plan == "redact":
+                    self.raw = self.tee.capture.capturer.body_redaction.raw_file()
+                elif self.plan == "direct":
+                    self.hasher = sha256()
+                    self.target = self.store.open_atomic(self.relative)
+            if self.raw is not None:
+                self._keep_raw(data)
+                return
+            if self.target is None:  # "drop": nothing of this body is kept
+                return
             self.target.write(data)
         except Exception as exc:
             # Counted (and logged once a minute) when its span is built.
@@ -169,9 +205,25 @@ class PayloadStream:
             return
         self.hasher.update(data)
 
+    def _keep_raw(self, data: bytes) -> None:
+        assert self.raw is not None
+        self.raw_size += len(data)
+        redactor = self.tee.capture.capturer.body_redaction
+        if self.raw_size > redactor.max_bytes and redactor.drop_unparseable:
+            self.raw.close()  # over the budget and to be dropped: keep no more of it
+            self.raw = None
+            self.plan = "drop"
+            return
+        self.raw.write(data)
+
     def finish(self, commit: bool) -> None:
         """Commit the payload (setting :attr:`uri`), or abort it; :attr:`failure` says why it was lost."""
         reason = self.lost or self.error
+        if self.plan != "direct" and reason is None and commit and self.relative is not None:
+            reason = self._redact_and_write()
+        raw, self.raw = self.raw, None
+        if raw is not None:
+            raw.close()  # its bytes go with it (a file without a name)
         target, self.target = self.target, None
         try:
             if target is not None:
@@ -186,6 +238,41 @@ class PayloadStream:
         self.failure = reason
         if commit and reason is None and self.relative is not None:
             self.uri = self.store.uri(self.relative)
+
+    def _redact_and_write(self) -> DropReason | None:
+        """Writer side, the body whole: redact it and open the store's object with the result."""
+        assert self.relative is not None
+        redactor = self.tee.capture.capturer.body_redaction
+        raw = self.raw
+        if raw is None:  # "drop": unparseable, or over the budget, and OBSML_REDACT_UNPARSEABLE=drop
+            return "unredactable"
+        raw.seek(0)
+        whole = self.tee.whole
+        if self.raw_size > redactor.max_bytes and whole:
+            result: Redacted | None = None  # over the budget, kept as received (copied in pieces below)
+        else:
+            redacted = redact_or_drop(redactor, raw.read(), self.tee.media_type(), self.tee.direction, whole)
+            if isinstance(redacted, str):
+                return redacted
+            result = redacted
+        self.hasher = sha256()
+        try:
+            self.target = self.store.open_atomic(self.relative)
+            if result is not None:
+                self._store_bytes(result.data)
+            else:
+                raw.seek(0)
+                while piece := raw.read(1 << 20):
+                    self._store_bytes(piece)
+        except Exception as exc:
+            logger.debug("obsml could not write a payload to the store", exc_info=True)
+            return failure_reason(exc)
+        self.redacted = result
+        return None
+
+    def _store_bytes(self, data: bytes) -> None:
+        self.target.write(data)
+        self.hasher.update(data)
 
 
 class _Chunk:

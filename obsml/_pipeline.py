@@ -9,17 +9,20 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from opentelemetry import trace
 
 from ._attributes import span_attributes
+from ._body_redaction import BodyRedactor
 from ._capture import Capture
 from ._headers import HeaderSlots
 from ._ids import sampling_threshold
 from ._metrics import register_metrics
 from ._policy import CapturePolicy
 from ._redact import RedactionPolicy
+from ._registry import load_redactor
 from ._settings import Settings
 from ._stats import count
 from ._status import StatusReport
@@ -101,6 +104,24 @@ def flush(timeout: float | None = None) -> bool:
     return all(results)
 
 
+def body_redactor(settings: Settings) -> BodyRedactor:
+    """The body redaction of ``settings``: field rules, patterns and hooks, loaded at start-up."""
+    from ._spool import default_spool_dir
+
+    hooks = [settings.redact] if settings.redact is not None else []
+    hooks.extend(load_redactor(name) for name in settings.redactors)
+    # Raw bodies wait for redaction beside the spool, never under the store root.
+    base = Path(settings.spool_dir).expanduser() if settings.spool_dir else default_spool_dir()
+    return BodyRedactor(
+        settings.redact_fields,
+        settings.redact_patterns,
+        hooks=hooks,
+        unparseable=settings.redact_unparseable,
+        max_bytes=settings.redact_max_bytes,
+        raw_dir=base / "raw",
+    )
+
+
 Describe = Callable[[Any, "Capturer"], Attributes]
 
 
@@ -115,7 +136,10 @@ class Capturer:
         self.writer = self.pipeline.writer
         self.store = self.pipeline.store
         self.describe = describe
-        self.redaction = RedactionPolicy(settings.redact_headers, settings.correlation_headers, settings.redact_query)
+        self.body_redaction = body_redactor(settings)
+        self.redaction = RedactionPolicy(
+            settings.redact_headers, settings.correlation_headers, settings.redact_query, self.body_redaction.fields
+        )
         self.policy = CapturePolicy(settings.capture_bodies, settings.capture_routes, settings.skip_routes)
         self.skip_path = self.policy.skip  # the one match on the request path (None: nothing is skipped)
         self.inline_limit = settings.inline_limit

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 from urllib.parse import unquote_plus
 
 from ._ids import recordable_correlation_value
 from ._secrets import REDACTED
 from ._types import Attributes
+
+if TYPE_CHECKING:
+    from ._field_rules import FieldRules
 
 DEFAULT_REDACTED_HEADERS = (
     "api-key",  # Azure OpenAI's and Azure ML online endpoints' key
@@ -64,6 +68,7 @@ class RedactionPolicy:
         extra_headers: Iterable[str],
         correlation_headers: Iterable[str] = (),
         extra_query_keys: Iterable[str] = (),
+        fields: FieldRules | None = None,
     ) -> None:
         self.headers = frozenset(h.lower() for h in (*DEFAULT_REDACTED_HEADERS, *extra_headers))
         self.correlation_headers = frozenset(h.lower() for h in correlation_headers)
@@ -71,6 +76,9 @@ class RedactionPolicy:
         # A query can hold one of the keys only if it has one literally (in any case) or has a
         # percent-escape: the cheap test before parsing. Keys with '+' (a space) are never among them.
         self._may_hold_a_key = re.compile("%|" + "|".join(sorted(map(re.escape, self.query_keys))))
+        # The body field rules (OBSML_REDACT_FIELDS) apply to query keys too (issue 15); normalized
+        # and by suffix, they have no cheap test, so a query is then always parsed (on the writer).
+        self.fields = fields if fields else None
 
     def header_attributes(self, prefix: str, pairs: Iterable[tuple[bytes, bytes]]) -> Attributes:
         """``http.{request,response}.header.<name>`` attributes, credentials replaced, sizes capped."""
@@ -118,17 +126,22 @@ class RedactionPolicy:
     def query(self, raw_query: str) -> str:
         """The query string with credential values replaced; every other byte kept as it came.
 
+        Credential keys are the built-in ones, ``OBSML_REDACT_QUERY`` and the body field names.
         Keys are compared decoded (``%73ig`` is ``sig``) and in any case; only the values of
         matching keys are rewritten, so an unrelated query is never re-encoded.
         """
-        if not self._may_hold_a_key.search(raw_query.lower()):
+        rules = self.fields
+        if rules is None and not self._may_hold_a_key.search(raw_query.lower()):
             return raw_query
         keys = self.query_keys
         fields = raw_query.split("&")
         changed = False
         for index, field in enumerate(fields):
             key, equals, _ = field.partition("=")
-            if equals and unquote_plus(key).lower() in keys:
+            if not equals:
+                continue
+            name = unquote_plus(key).lower()
+            if name in keys or (rules is not None and rules.redacts_name(name)):
                 fields[index] = f"{key}={REDACTED}"
                 changed = True
         return "&".join(fields) if changed else raw_query

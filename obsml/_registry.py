@@ -1,4 +1,5 @@
-"""The exporter registry: built-ins by name, plugins through the ``obsml.exporters`` entry points.
+"""The plugin registry: exporters (built-ins by name, plugins through ``obsml.exporters``) and
+body redactors (``obsml.redactors``, named in ``OBSML_REDACTORS``).
 
 Only configured names are imported, at start-up. An unknown name, a package that is not
 installed and a package whose own import fails each get their own message.
@@ -71,3 +72,28 @@ def load_exporter(name: str) -> Callable[..., Any]:
     if not callable(factory):
         raise PluginError(f"exporter {name!r}: entry point {target} is not callable")
     return factory  # type: ignore[no-any-return]
+
+
+REDACTOR_GROUP = "obsml.redactors"
+
+
+def load_redactor(name: str) -> Callable[..., Any]:
+    """The hook registered as ``name`` in ``obsml.redactors`` (named in ``OBSML_REDACTORS``), loaded
+    at start-up; one that is missing or fails to import fails start-up, as a configured exporter does."""
+    found = [ep for ep in entry_points(group=REDACTOR_GROUP) if ep.name == name]
+    if not found:
+        known = sorted(ep.name for ep in entry_points(group=REDACTOR_GROUP))
+        raise PluginImportError(
+            f"OBSML_REDACTORS: unknown redactor {name!r} (available: {', '.join(known) or 'none'}); install a "
+            f"package that registers it in the entry-point group {REDACTOR_GROUP!r}"
+        )
+    target = str(found[0].value)
+    try:
+        hook = import_target(target)
+    except Exception as exc:  # a plugin's own import may fail with anything
+        raise PluginImportError(
+            f"redactor {name!r} ({target}) is installed but its import failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    if not callable(hook):
+        raise PluginError(f"redactor {name!r}: entry point {target} is not callable")
+    return hook  # type: ignore[no-any-return]

@@ -7,6 +7,7 @@ setting and what it accepts. Nothing in this module runs per request.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -53,6 +54,13 @@ class Settings:
     capture_bodies: str = "all"
     capture_routes: tuple[str, ...] = ()
     skip_routes: tuple[str, ...] = ()
+    # Body redaction (issue 15 items 1-5 and 7; README "Privacy: redaction"): compiled in _body_redaction.
+    redact_fields: tuple[str, ...] = ()  # added to the default list; "none" turns the default list off
+    redact_patterns: tuple[str, ...] = ()
+    redact_max_bytes: int = 8 * 1024 * 1024
+    redact_unparseable: str = "keep"
+    redactors: tuple[str, ...] = ()  # names of obsml.redactors entry points
+    redact: Callable[..., Any] | None = None  # a hook given as a keyword argument only
 
     def __repr__(self) -> str:
         # The store URL may carry credentials (a SAS token in a query string): show its scheme only.
@@ -80,6 +88,8 @@ class Settings:
             parse, accepted = _PARSERS[name]
             try:
                 values[name] = parse(raw)
+            except ConfigError:
+                raise  # a parser that names the problem itself (a redaction pattern RE2 refuses)
             except (TypeError, ValueError):
                 shown = "<hidden>" if name == "store" else repr(raw)
                 raise ConfigError(f"{label}{shown} is not valid: expected {accepted}") from None
@@ -171,6 +181,28 @@ def _path_or_empty(raw: Any) -> str:
     return text.strip()
 
 
+def _patterns(raw: Any) -> tuple[str, ...]:
+    # Regular expressions hold commas, so the variable is one pattern or a JSON array of them;
+    # each is compiled here, so that a bad one fails start-up with RE2's reason.
+    from ._field_rules import compile_patterns
+
+    if isinstance(raw, str):
+        text = raw.strip()
+        patterns = json.loads(text) if text.startswith("[") else [text] if text else []
+    else:
+        patterns = list(raw)
+    if not all(isinstance(p, str) and p for p in patterns):
+        raise ValueError(raw)
+    compile_patterns(patterns)
+    return tuple(patterns)
+
+
+def _hook(raw: Any) -> Callable[..., Any]:
+    if not callable(raw):
+        raise TypeError(raw)
+    return raw  # type: ignore[no-any-return]
+
+
 _PARSERS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "service": (_safe_name, "1-128 characters of A-Z a-z 0-9 . _ -"),
     "model": (_safe_name, "1-128 characters of A-Z a-z 0-9 . _ -"),
@@ -206,6 +238,19 @@ _PARSERS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "strict": (_boolean, "true or false"),
     "collect_format": (_choice("jsonl", "csv", "parquet"), "one of jsonl, csv, parquet"),
     "collect_enabled": (_boolean, "true or false (also 1/0, yes/no, on/off)"),
+    # Body redaction (issue 15).
+    "redact_fields": (
+        _names(re.compile(r"[A-Za-z0-9_*-]+(\.[A-Za-z0-9_*-]+)*"), lower=False, allow_empty=True),
+        "a comma-separated list of field names or dotted paths (applicant.ssn, items.*.card), or none",
+    ),
+    "redact_patterns": (_patterns, "a regular expression, or a JSON array of them"),
+    "redact_max_bytes": (_integer(0), "an integer number of bytes >= 0"),
+    "redact_unparseable": (_choice("keep", "drop"), "keep or drop"),
+    "redactors": (
+        _names(re.compile(r"[A-Za-z0-9_.-]+"), lower=False, allow_empty=True),
+        "a comma-separated list of obsml.redactors entry-point names",
+    ),
+    "redact": (_hook, "a callable (keyword argument only; packages use OBSML_REDACTORS)"),
     "status": (_boolean, "true or false (also 1/0, yes/no, on/off)"),
 }
 

@@ -36,6 +36,7 @@ DropReason = Literal[
     "export_error",  # an exporter raised or reported failure
     "flush_timeout",  # still queued when a shutdown flush ran out of time
     "after_exit",  # finished after this process's exit flush had run (a request still in flight)
+    "unredactable",  # a body redaction could not read (with OBSML_REDACT_UNPARSEABLE=drop), or a redact hook raised
     "invalid",  # rows a Collector refused: width not matching its columns, unsupported or media values
 ]
 # Reasons that arise only while the process ends: each is logged, since nothing reads the

@@ -55,6 +55,18 @@ def test_the_sink_outage_benchmark_measures_both_claims_and_leaves_nothing_behin
     assert list(tmp_path.iterdir()) == []  # plugin, spool: all in a temporary directory, removed
 
 
+def test_the_redaction_benchmark_times_every_policy_at_both_sizes() -> None:
+    # A smoke run: the writer-side cost of body redaction (issue 15); no timing is asserted.
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "redact_cost.py"), "--rounds", "20"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    for size in ("1 KB", "100 KB"):
+        assert result.stdout.count(f"| {size} |") == 8  # four policies, with and without secrets
+    assert "private temporary file" in result.stdout
+
+
 def test_the_query_scale_benchmark_agrees_with_raw_duckdb_and_leaves_nothing_behind(tmp_path: Path) -> None:
     # A smoke run on 5,000 spans: obsml query and both raw DuckDB reads must count the same statuses.
     import os

@@ -1,14 +1,23 @@
-"""Query redaction: keys compared decoded and in any case, only their values rewritten."""
+"""Query redaction (keys compared decoded and in any case, only their values rewritten) and body
+redaction (field rules, patterns) on documents of any shape."""
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from obsml._body_redaction import BodyRedactor
+from obsml._field_rules import FieldRules
 from obsml._redact import REDACTED_QUERY_KEYS, RedactionPolicy
+from obsml._secrets import REDACTED
 
 BUILT_IN = RedactionPolicy(())  # no extra headers or query keys
 
@@ -71,3 +80,135 @@ def spelled(key: str) -> st.SearchStrategy[str]:
 def test_a_credential_key_however_spelled_loses_its_value_and_nothing_else(key: str, before: str, after: str) -> None:
     query = f"{before}{key}=CANARY-secret{after}"
     assert BUILT_IN.query(query) == f"{before}{key}=[REDACTED]{after}"
+
+
+# Body redaction (issue 15): field rules, patterns, documents of any shape.
+
+SECRET_KEYS = ["password", "Password", "API-Key", "api_key", "x-api-key", "db_password", "accessToken",
+               "client_secret", "SSN", "credit_card", "cvv", "iban", "Authorization", "refresh_token", "auth"]
+# Near misses that must keep their values: LLM token counts, authors, a key that only starts like one.
+SAFE_KEYS = ["name", "age", "tokens", "total_tokens", "author", "authors", "pass", "password_hint", "items", "a"]
+DEFAULTS = BodyRedactor((), ())
+
+
+def reference(document: Any) -> Any:
+    """The naive redaction the fast walk must agree with: every value under a secret key replaced."""
+    if isinstance(document, dict):
+        return {k: REDACTED if k in SECRET_KEYS else reference(v) for k, v in document.items()}
+    if isinstance(document, list):
+        return [reference(v) for v in document]
+    return document
+
+
+leaves = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False, allow_infinity=False),
+                   st.text(max_size=8), st.just("CANARY-secret"))
+documents = st.recursive(
+    leaves,
+    lambda children: st.one_of(
+        st.lists(children, max_size=4),
+        st.dictionaries(st.sampled_from(SECRET_KEYS + SAFE_KEYS), children, max_size=5),
+    ),
+    max_leaves=40,
+)
+
+
+@given(documents)
+def test_secret_keys_at_any_depth_lose_their_values_and_nothing_else_changes(document: Any) -> None:
+    data = json.dumps(document).encode()
+    stored = DEFAULTS.redact(data, b"application/json", "request")
+    assert stored is not None
+    assert json.loads(stored.data) == reference(document)
+    if stored.replaced == 0:
+        assert stored.data == data  # nothing to redact: byte-exact
+    if "CANARY" not in json.dumps(reference(document)):
+        assert b"CANARY" not in stored.data
+
+
+@given(st.lists(documents, min_size=1, max_size=5))
+def test_each_json_line_is_redacted_and_unchanged_lines_keep_their_bytes(lines: list[Any]) -> None:
+    data = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+    stored = DEFAULTS.redact(data, b"application/x-ndjson", "request")
+    assert stored is not None
+    assert [json.loads(line) for line in stored.data.splitlines()] == [reference(line) for line in lines]
+    for raw, kept in zip(data.splitlines(), stored.data.splitlines(), strict=True):
+        if json.loads(raw) == reference(json.loads(raw)):
+            assert kept == raw
+
+
+@given(st.lists(st.tuples(st.sampled_from(SECRET_KEYS + SAFE_KEYS), st.text(max_size=8)), max_size=6))
+def test_form_fields_named_as_secrets_lose_their_values(pairs: list[tuple[str, str]]) -> None:
+    stored = DEFAULTS.redact(urlencode(pairs).encode(), b"application/x-www-form-urlencoded", "request")
+    assert stored is not None
+    assert parse_qsl(stored.data.decode(), keep_blank_values=True) == [
+        (k, REDACTED if k in SECRET_KEYS else v) for k, v in pairs
+    ]
+
+
+@pytest.mark.parametrize(
+    ("fields", "document", "redacted"),
+    [
+        pytest.param("applicant.ssn", {"applicant": {"SSN": 1, "n": 2}, "ssn": 3},
+                     {"applicant": {"SSN": "*"}, "ssn": "*"}, id="dotted-path-and-default-name"),
+        pytest.param("none,applicant.ssn", {"applicant": {"ssn": 1}, "ssn": 3, "password": 4},
+                     {"applicant": {"ssn": "*"}, "ssn": 3, "password": 4}, id="none-turns-the-defaults-off"),
+        pytest.param("items.*.card", {"items": [{"card": 1, "n": 2}, {"card": 3}], "card": 4},
+                     {"items": [{"card": "*", "n": 2}, {"card": "*"}], "card": 4}, id="wildcard-over-a-list"),
+        pytest.param("Customer_Email", {"customer-email": "a@b", "a": {"customerEmail": "c@d"}},
+                     {"customer-email": "*", "a": {"customerEmail": "*"}}, id="names-compared-normalized"),
+    ],
+)
+def test_field_rules(fields: str, document: dict[str, Any], redacted: dict[str, Any]) -> None:
+    def expected(original: Any, marks: Any) -> Any:
+        if marks == "*":
+            return REDACTED
+        if isinstance(original, dict):
+            return {k: expected(v, marks.get(k) if isinstance(marks, dict) else None) for k, v in original.items()}
+        if isinstance(original, list):
+            return [expected(v, m) for v, m in zip(original, marks or [None] * len(original), strict=True)]
+        return original
+
+    stored = BodyRedactor(fields.split(","), ()).redact(json.dumps(document).encode(), b"application/json", "r")
+    assert stored is not None
+    assert json.loads(stored.data) == expected(document, redacted)
+
+
+def test_a_repeated_key_never_keeps_the_value_it_shadows() -> None:
+    data = b'{"a": {"password": "CANARY-shadowed"}, "a": 1}'  # a parser keeps only the last "a"
+    stored = DEFAULTS.redact(data, b"application/json", "request")
+    assert stored is not None and b"CANARY" not in stored.data
+
+
+def test_patterns_run_in_linear_time_so_a_catastrophic_one_is_harmless() -> None:
+    # Under Python's re, (a+)+$ against "aaa...ab" takes 2**n steps (decades for n = 100,000);
+    # RE2 has no backtracking, so this returns (nothing matches: the text is kept byte-exact).
+    redactor = BodyRedactor(["none"], [r"(a+)+$"])
+    text = b"a" * 100_000 + b"b"
+    assert redactor.redact(text, b"text/plain", "request") == (text, 0, (), False)
+
+
+def test_body_field_names_apply_to_query_keys_on_top_of_the_signed_url_keys() -> None:
+    policy = RedactionPolicy((), fields=FieldRules(["customer_email"]))
+    query = "Password=a&tokens=3&customer-email=x%40y&sig=s&author=me"
+    assert policy.query(query) == "Password=[REDACTED]&tokens=3&customer-email=[REDACTED]&sig=[REDACTED]&author=me"
+
+
+def test_raw_bodies_wait_in_private_files_without_a_name(tmp_path: Path) -> None:
+    redactor = BodyRedactor((), (), raw_dir=tmp_path / "spool" / "raw")
+    with redactor.raw_file() as raw:
+        raw.write(b'{"password": "CANARY"}')
+        assert stat.S_IMODE(os.fstat(raw.fileno()).st_mode) == 0o600
+        assert stat.S_IMODE((tmp_path / "spool" / "raw").stat().st_mode) == 0o700
+        assert list((tmp_path / "spool" / "raw").iterdir()) == []  # a crash leaves nothing to find
+
+
+def test_a_multipart_upload_loses_the_values_of_secret_fields_and_keeps_every_other_byte() -> None:
+    head = b'--b\r\nContent-Disposition: form-data; name="api_key"\r\n\r\nCANARY\r\n'
+    text = b'--b\r\nContent-Disposition: form-data; name="note"\r\n\r\ncard 4111 1111 1111 1234\r\n'
+    file = b'--b\r\nContent-Disposition: form-data; name="f"; filename="a.bin"\r\n\r\n\xff\x00api_key=1\r\n--b--\r\n'
+    stored = BodyRedactor((), [r"\b(?:\d{4}[ -]?){3}\d{4}\b"]).redact(
+        head + text + file, b'multipart/form-data; boundary="b"', "request"
+    )
+    assert stored == (
+        head.replace(b"CANARY", REDACTED.encode()) + text.replace(b"4111 1111 1111 1234", REDACTED.encode()) + file,
+        2, ("api_key", "note"), True,
+    )
