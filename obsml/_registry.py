@@ -62,16 +62,7 @@ def exporter_target(name: str) -> str:
 
 def load_exporter(name: str) -> Callable[..., Any]:
     """The factory registered for exporter ``name``; raises :class:`PluginImportError` if unusable."""
-    target = exporter_target(name)
-    try:
-        factory = import_target(target)
-    except Exception as exc:  # a plugin's own import may fail with anything
-        raise PluginImportError(
-            f"exporter {name!r} ({target}) is installed but its import failed: {type(exc).__name__}: {exc}"
-        ) from exc
-    if not callable(factory):
-        raise PluginError(f"exporter {name!r}: entry point {target} is not callable")
-    return factory  # type: ignore[no-any-return]
+    return _load_callable("exporter", name, exporter_target(name))
 
 
 REDACTOR_GROUP = "obsml.redactors"
@@ -87,13 +78,16 @@ def load_redactor(name: str) -> Callable[..., Any]:
             f"OBSML_REDACTORS: unknown redactor {name!r} (available: {', '.join(known) or 'none'}); install a "
             f"package that registers it in the entry-point group {REDACTOR_GROUP!r}"
         )
-    target = str(found[0].value)
+    return _load_callable("redactor", name, str(found[0].value))
+
+
+def _load_callable(kind: str, name: str, target: str) -> Callable[..., Any]:
     try:
-        hook = import_target(target)
+        loaded = import_target(target)
     except Exception as exc:  # a plugin's own import may fail with anything
         raise PluginImportError(
-            f"redactor {name!r} ({target}) is installed but its import failed: {type(exc).__name__}: {exc}"
+            f"{kind} {name!r} ({target}) is installed but its import failed: {type(exc).__name__}: {exc}"
         ) from exc
-    if not callable(hook):
-        raise PluginError(f"redactor {name!r}: entry point {target} is not callable")
-    return hook  # type: ignore[no-any-return]
+    if not callable(loaded):
+        raise PluginError(f"{kind} {name!r}: entry point {target} is not callable")
+    return loaded  # type: ignore[no-any-return]
