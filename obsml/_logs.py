@@ -1,0 +1,277 @@
+"""``obsml logs`` and ``obsml tail``: the requests in a store, filtered in SQL, newest first or as they come.
+
+Filters become one parameterised ``WHERE`` over the ``spans`` view (user text is always a DuckDB
+parameter, never pasted into SQL). ``logs`` walks the hour folders of ``traces/`` newest first and
+queries them in growing batches until ``--limit`` rows are found: every span of an hour folder
+started in that hour (README: "The store"), so the batches come out in time order and a recent
+window never reads the old ones. ``tail`` polls the current and the previous hour folder: a part
+file is written once, whole, and never rewritten (``_parts.py``), so its name is all it needs to
+remember. DuckDB is imported only here, by the commands (``pip install 'obsml[query]'``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from types import ModuleType
+from typing import Any
+
+import fsspec
+
+from ._logs_format import Printer, Row
+from ._query import subfolders
+from ._reader import StoreReader
+
+_STATUS = re.compile(r"([1-5])(?:(xx)|(\d\d))", re.IGNORECASE)
+# Columns of a line; with --bodies also those of the bodies (encoding and content type are attributes).
+LINE_COLUMNS = (
+    "start_time", "status_code", "duration_ms", "method", "route", "path", "service", "model", "version",
+    "correlation_id", "trace_id", "span_id", "error", "exception_type", "exception_message",
+)
+_BODY_ATTRIBUTES = ("encoding", "content_type", "truncated", "captured_size")
+
+
+def status_range(text: str) -> tuple[int, int]:
+    """``5xx`` (a class) or ``503`` (a code) as the inclusive range of status codes it means."""
+    match = _STATUS.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"expected a status class such as 5xx or 4xx, or a code such as 503, got {text!r}")
+    if match[2]:
+        return int(match[1]) * 100, int(match[1]) * 100 + 99
+    return int(match[0]), int(match[0])
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What ``--status``, ``--model``… ask for; :meth:`where` is the SQL and its parameters."""
+
+    status: tuple[int, int] | None = None
+    model: str | None = None
+    version: str | None = None
+    route: str | None = None
+    correlation_id: str | None = None
+    contains: str | None = None
+    errors: bool = False
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def where(self) -> tuple[str, list[Any]]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        if self.status is not None:
+            clauses.append("status_code BETWEEN ? AND ?")
+            params += self.status
+        for column in ("model", "version", "correlation_id"):
+            if (value := getattr(self, column)) is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if self.route is not None:  # the template (/items/{id}) or the path itself (/items/42)
+            clauses.append("(route = ? OR path = ?)")
+            params += [self.route, self.route]
+        if self.contains is not None:
+            # Inline text bodies only, in any case (as Kusto's `contains`); base64 text would match by accident.
+            clauses.append(" OR ".join(
+                f"(contains(lower({side}_body), lower(?)) AND {_attribute(side, 'encoding')} IS DISTINCT FROM 'base64')"
+                for side in ("request", "response")
+            ).join("()"))
+            params += [self.contains, self.contains]
+        if self.errors:
+            clauses.append("(error OR status_code >= 500)")
+        if self.since is not None:
+            clauses.append("start_time >= ?")
+            params.append(self.since)
+        if self.until is not None:
+            clauses.append("start_time < ?")
+            params.append(self.until)
+        return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def select_sql(filters: Filters, *, bodies: bool, newest_first: bool) -> tuple[str, list[Any]]:
+    """The query of the requests matching ``filters`` over the ``spans`` view (a ``LIMIT ?`` to bind
+    last when ``newest_first``)."""
+    columns = list(LINE_COLUMNS)
+    if bodies:
+        for side in ("request", "response"):
+            columns += [f"{side}_body", f"{side}_body_uri", f"{side}_body_size"]
+            columns += [f"{_attribute(side, name)} AS {side}_body_{name}" for name in _BODY_ATTRIBUTES]
+    where, params = filters.where()
+    order = " ORDER BY start_time DESC LIMIT ?" if newest_first else " ORDER BY start_time"
+    return f"SELECT {', '.join(columns)} FROM spans{where}{order}", params
+
+
+def run_logs(store: str, filters: Filters, *, limit: int, format: str = "text", bodies: bool = False) -> int:
+    """Print the newest ``limit`` requests matching ``filters``; 0, also when there are none."""
+    duckdb = _duckdb()
+    reader = StoreReader.open(store)
+    printer = _printer(reader, format, bodies)
+    sql, params = select_sql(filters, bodies=bodies, newest_first=True)
+    found: list[Row] = []
+    read_any = False
+    with _connect(duckdb, reader) as connection:
+        for files in _batches(hour_folders(reader, filters.since, filters.until), reader):
+            read_any = True
+            _view(connection, reader, files)
+            found += _rows(connection.execute(sql, [*params, limit - len(found)]))
+            if len(found) >= limit:
+                break
+    if found:
+        printer.rows(found)
+    else:
+        printer.note("no requests match in this window" if read_any else "no data in this window")
+    return 0
+
+
+def run_tail(
+    store: str, filters: Filters, *, interval: float, format: str = "text", bodies: bool = False,
+    clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+) -> int:
+    """Print the requests of every part file that appears from now on, until interrupted (then 0)."""
+    duckdb = _duckdb()
+    reader = StoreReader.open(store)
+    printer = _printer(reader, format, bodies)
+    sql, params = select_sql(filters, bodies=bodies, newest_first=False)
+    try:
+        with _connect(duckdb, reader) as connection:
+            seen = set(_recent_files(reader, clock()))
+            printer.note("following new requests (Ctrl-C to stop)")
+            while True:
+                time.sleep(interval)
+                current = _recent_files(reader, clock())
+                if new := [path for path in current if path not in seen]:
+                    _view(connection, reader, new)
+                    printer.rows(_rows(connection.execute(sql, params)))
+                seen = set(current)  # the folders polled: files of older hours will not come again
+    except KeyboardInterrupt:  # Ctrl-C is how tail ends
+        return 0
+
+
+def _printer(reader: StoreReader, format: str, bodies: bool) -> Printer:
+    out = sys.stdout.buffer
+    terminal = out.isatty()
+    columns = os.environ.get("COLUMNS", "")
+    width = int(columns) if columns.isdigit() else shutil.get_terminal_size().columns if terminal else None
+
+    def fetch(uri: str) -> bytes:
+        """An offloaded body, through the store's filesystem (and its credentials) when it is the store's."""
+        protocols = (reader.fs.protocol,) if isinstance(reader.fs.protocol, str) else reader.fs.protocol
+        if uri.partition("://")[0] in protocols:
+            return bytes(reader.fs.cat_file(reader.fs._strip_protocol(uri)))
+        with fsspec.open(uri, "rb") as file:
+            return bytes(file.read())
+
+    return Printer(out, format=format, bodies=bodies, width=width, terminal=terminal, fetch=fetch,
+                   notes=sys.stderr.buffer)
+
+
+def hour_folders(reader: StoreReader, since: datetime | None, until: datetime | None) -> Iterator[str]:
+    """The ``traces/<yyyy>/<mm>/<dd>/<hh>`` folders overlapping ``[since, until)``, newest first, each
+    level listed only when reached."""
+    for year in reversed(subfolders(reader, "traces")):
+        for month in reversed(subfolders(reader, f"traces/{year}")):
+            for day in reversed(subfolders(reader, f"traces/{year}/{month}")):
+                if _outside(f"{year}-{month}-{day}", timedelta(days=1), since, until):
+                    continue
+                for hour in reversed(subfolders(reader, f"traces/{year}/{month}/{day}")):
+                    if not _outside(f"{year}-{month}-{day}T{hour}", timedelta(hours=1), since, until):
+                        yield f"traces/{year}/{month}/{day}/{hour}"
+
+
+def _outside(start: str, length: timedelta, since: datetime | None, until: datetime | None) -> bool:
+    try:
+        first = datetime.fromisoformat(start).replace(tzinfo=timezone.utc)
+    except ValueError:  # not a date folder: never read
+        return True
+    return (since is not None and first + length <= since) or (until is not None and first >= until)
+
+
+def _batches(folders: Iterator[str], reader: StoreReader) -> Iterator[list[str]]:
+    """The part files of ``folders`` in batches of 1, 2, 4… folders: a rare match costs a few queries."""
+    batch: list[str] = []
+    size = 1
+    for n, folder in enumerate(folders, start=1):
+        batch += _part_files(reader, folder)
+        if n == size:
+            if batch:
+                yield batch
+            batch, size = [], size * 2
+    if batch:
+        yield batch
+
+
+def _recent_files(reader: StoreReader, now: datetime) -> list[str]:
+    """The part files of the previous and the current hour (a part file lands after its spans' hour)."""
+    folders = [f"traces/{moment:%Y/%m/%d/%H}" for moment in (now - timedelta(hours=1), now)]
+    for folder in folders:  # a remote filesystem caches listings
+        reader.fs.invalidate_cache(f"{reader.root}/{folder}")
+    return [path for folder in folders for path in _part_files(reader, folder)]
+
+
+def _part_files(reader: StoreReader, folder: str) -> list[str]:
+    return [path for path in reader.files(folder) if path.endswith(".jsonl")]
+
+
+def _rows(result: Any) -> list[Row]:
+    names = [column[0] for column in result.description]
+    return [dict(zip(names, values, strict=True)) for values in result.fetchall()]
+
+
+def _attribute(side: str, name: str) -> str:
+    return f"json_extract_string(attributes, '$.\"obsml.{side}.body.{name}\"')"
+
+
+def _duckdb() -> ModuleType:
+    try:
+        import duckdb
+    except ImportError:
+        raise ImportError("reading the store needs DuckDB: pip install 'obsml[query]'") from None
+    return duckdb
+
+
+def _connect(duckdb: ModuleType, reader: StoreReader) -> Any:
+    connection = duckdb.connect()
+    connection.execute("SET TimeZone = 'UTC'")
+    protocols = (reader.fs.protocol,) if isinstance(reader.fs.protocol, str) else reader.fs.protocol
+    if "file" not in protocols:
+        connection.register_filesystem(reader.fs)
+    return connection
+
+
+# Stand-in for the reader module's `spans` view (same columns), until it lands.
+def _view(connection: Any, reader: StoreReader, files: Sequence[str]) -> None:
+    protocols = (reader.fs.protocol,) if isinstance(reader.fs.protocol, str) else reader.fs.protocol
+    paths = [
+        f"{reader.root}/{path}" if "file" in protocols else str(reader.fs.unstrip_protocol(f"{reader.root}/{path}"))
+        for path in files
+    ]
+    listed = "[" + ", ".join("'" + path.replace("'", "''") + "'" for path in paths) + "]"
+    attribute = "json_extract_string(attributes, '$.\"{}\"')".format
+    connection.execute(f"""
+        CREATE OR REPLACE VIEW spans AS SELECT
+            CAST(start_time AS TIMESTAMPTZ) AS start_time, CAST(end_time AS TIMESTAMPTZ) AS end_time,
+            duration_ms, trace_id, span_id, parent_span_id, name,
+            {attribute('obsml.service')} AS service, {attribute('obsml.model.name')} AS model,
+            {attribute('obsml.model.version')} AS version, {attribute('http.request.method')} AS method,
+            {attribute('http.route')} AS route, {attribute('url.path')} AS path,
+            CAST({attribute('http.response.status_code')} AS INTEGER) AS status_code,
+            json_extract_string(status, '$.code') = 'ERROR' AS error,
+            {attribute('obsml.correlation_id')} AS correlation_id,
+            json_extract_string(events, '$[0].attributes."exception.type"') AS exception_type,
+            json_extract_string(events, '$[0].attributes."exception.message"') AS exception_message,
+            {attribute('obsml.request.body')} AS request_body, {attribute('obsml.request.body.uri')} AS request_body_uri,
+            CAST({attribute('obsml.request.body.size')} AS BIGINT) AS request_body_size,
+            {attribute('obsml.response.body')} AS response_body,
+            {attribute('obsml.response.body.uri')} AS response_body_uri,
+            CAST({attribute('obsml.response.body.size')} AS BIGINT) AS response_body_size,
+            {attribute('client.address')} AS client_address,
+            regexp_extract(filename, '([^/]+)-[0-9]+\\.jsonl$', 1) AS writer, attributes
+        FROM read_json({listed}, format='newline_delimited', filename=true, columns={{
+            name: 'VARCHAR', trace_id: 'VARCHAR', span_id: 'VARCHAR', parent_span_id: 'VARCHAR',
+            start_time: 'VARCHAR', end_time: 'VARCHAR', duration_ms: 'DOUBLE', status: 'JSON',
+            attributes: 'JSON', events: 'JSON'}})
+    """)
