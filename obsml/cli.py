@@ -77,7 +77,7 @@ def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 def _add_logs(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     logs = commands.add_parser(
         "logs",
-        help="recent requests, newest first, one line each (time, status, duration, route, model, correlation id, exception)",
+        help="recent requests, newest first, one line each (time, status, duration, route, model, correlation id…)",
         description=(
             "Print the requests in the store, newest first, one line each: time (UTC), status, duration, "
             "method and route, model/version, correlation id and exception. Filters combine (all must hold). "
@@ -90,7 +90,7 @@ def _add_logs(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     logs.add_argument("--limit", type=_at_least(1), default=50, metavar="N",
                       help="print at most N requests, the newest (default: 50)")
     logs.add_argument("-f", "--follow", action="store_true",
-                      help="print requests as they arrive, as obsml tail does (--since, --until and --limit then do not apply)")
+                      help="print requests as they arrive, as obsml tail does (--since, --until, --limit do not apply)")
     logs.set_defaults(handler=_run_logs)
 
 

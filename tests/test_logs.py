@@ -1,0 +1,331 @@
+"""``obsml logs`` and ``obsml tail`` over a store written by the real middleware under uvicorn and gunicorn."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from apps import make_app, pattern
+from conftest import running_gunicorn, running_server
+
+import obsml
+from obsml.cli import main
+
+# Over the inline limit (64 KiB), so offloaded: one UTF-8 text, one binary.
+LARGE_TEXT = json.dumps({"rows": [f"row-{n:05d} é" for n in range(8000)]}, ensure_ascii=False).encode()
+LARGE_BINARY = pattern(70_000)
+ASGI = {"service": "credit", "model": "best_model", "version": "10"}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One store, written by two uvicorn apps (two models) and a gunicorn worker (a third)."""
+    store = tmp_path_factory.mktemp("logs") / "store"
+    sent: list[tuple[str, str, str, dict[str, Any]]] = [
+        ("asgi-needle", "POST", "/echo", {"json": {"income": 5, "note": "a Needle-In-Body here"}}),
+        ("asgi-large-text", "POST", "/echo", {"content": LARGE_TEXT, "headers": {"content-type": "application/json"}}),
+        ("asgi-large-binary", "POST", "/echo", {"content": LARGE_BINARY}),
+        ("asgi-binary", "POST", "/echo", {"content": bytes(range(256)), "headers": {"content-type": "image/png"}}),
+        ("asgi-fail", "GET", "/fail/before", {}),
+        ("asgi-fail-during", "GET", "/fail/during", {}),  # a 200 already sent, then an exception: an error
+        ("asgi-404", "GET", "/status/404", {}),
+        ("asgi-503", "GET", "/status/503", {}),
+        ("asgi-escape", "GET", "/status/404/%1b[31mred", {}),  # an unknown route: the path, with ESC in it
+    ]
+    with running_server(make_app(store=str(store), **ASGI)) as url, httpx.Client(base_url=url) as client:
+        for correlation_id, method, path, options in sent:
+            headers = {"x-correlation-id": correlation_id, **options.pop("headers", {})}
+            with contextlib.suppress(httpx.RemoteProtocolError):  # /fail/during breaks the response off
+                client.request(method, path, headers=headers, **options)
+    other = make_app(store=str(store), service="credit", model="other_model", version="11")
+    with running_server(other) as url:
+        httpx.post(f"{url}/echo", content=b"{}", headers={"x-correlation-id": "asgi-other"})
+    env = {"OBSML_SERVICE": "credit", "OBSML_MODEL": "flask_model", "OBSML_VERSION": "3"}
+    with running_gunicorn("wsgi_apps:flask_app", store, "--workers", "1", env=env) as server:
+        httpx.post(f"{server.url}/echo", content=b"flask says hi", headers={"x-correlation-id": "wsgi-echo"})
+        httpx.get(f"{server.url}/fail/before", headers={"x-correlation-id": "wsgi-fail"})
+    return store
+
+
+ALL = {
+    "asgi-needle", "asgi-large-text", "asgi-large-binary", "asgi-binary", "asgi-fail", "asgi-fail-during",
+    "asgi-404", "asgi-503", "asgi-escape", "asgi-other", "wsgi-echo", "wsgi-fail",
+}
+
+
+@pytest.fixture(autouse=True)
+def no_terminal_width(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("COLUMNS", raising=False)
+
+
+def logs(capsysbinary: pytest.CaptureFixture[bytes], *args: str) -> tuple[int, bytes, bytes]:
+    code = main(["logs", *args])
+    captured = capsysbinary.readouterr()
+    return code, captured.out, captured.err
+
+
+def json_lines(capsysbinary: pytest.CaptureFixture[bytes], store: Path, *args: str) -> list[dict[str, Any]]:
+    code, out, err = logs(capsysbinary, "--store", str(store), "--format", "json", *args)
+    assert code == 0, err
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def test_logs_prints_one_line_per_request_newest_first(
+    store: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    code, out, err = logs(capsysbinary, "--store", str(store))
+    assert code == 0 and err == b""
+    lines = out.decode().splitlines()
+    assert len(lines) == len(ALL)
+    times = [line.split()[0] for line in lines]
+    assert times == sorted(times, reverse=True)
+    [failed] = [line for line in lines if "asgi-fail " in line + " "]
+    assert failed.split()[1:4] == ["500", failed.split()[2], "GET"]
+    assert "/fail/before" in failed and "best_model/10" in failed
+    assert failed.endswith("RuntimeError: model exploded before answering")
+    # Columns are aligned: the correlation ids all start at the same place.
+    starts = {line.index(cid) for line in lines for cid in ALL if f" {cid} " in line + " "}
+    assert len(starts) == 1
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        pytest.param(["--status", "5xx"], {"asgi-fail", "asgi-503", "wsgi-fail"}, id="status class 5xx"),
+        pytest.param(["--status", "4XX"], {"asgi-404", "asgi-escape"}, id="status class 4xx"),
+        pytest.param(["--status", "503"], {"asgi-503"}, id="exact status"),
+        pytest.param(["--model", "other_model"], {"asgi-other"}, id="model"),
+        pytest.param(["--version", "3"], {"wsgi-echo", "wsgi-fail"}, id="version"),
+        pytest.param(["--route", "/status/{code}"], {"asgi-404", "asgi-503"}, id="route template"),
+        pytest.param(["--route", "/status/404"], {"asgi-404"}, id="route as a path"),
+        pytest.param(["--correlation-id", "wsgi-echo"], {"wsgi-echo"}, id="correlation id"),
+        pytest.param(["--contains", "needle-in-BODY"], {"asgi-needle"}, id="contains, in any case"),
+        pytest.param(["--contains", "flask says"], {"wsgi-echo"}, id="contains, in a gunicorn request"),
+        pytest.param(["--errors"], {"asgi-fail", "asgi-fail-during", "asgi-503", "wsgi-fail"}, id="errors"),
+        pytest.param(["--errors", "--model", "best_model"], {"asgi-fail", "asgi-fail-during", "asgi-503"},
+                     id="filters combine"),
+        pytest.param(["--correlation-id", "x' OR '1'='1"], set(), id="text is a parameter, not SQL"),
+    ],
+)
+def test_each_filter_keeps_the_requests_it_names_and_only_those(
+    store: Path, capsysbinary: pytest.CaptureFixture[bytes], options: list[str], expected: set[str]
+) -> None:
+    assert {row["correlation_id"] for row in json_lines(capsysbinary, store, *options)} == expected
+
+
+def test_contains_does_not_search_offloaded_bodies(store: Path, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    assert json_lines(capsysbinary, store, "--contains", "row-00042") == []
+
+
+def test_limit_keeps_the_newest(store: Path, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    every = json_lines(capsysbinary, store)
+    assert json_lines(capsysbinary, store, "--limit", "3") == every[:3]
+    assert [row["correlation_id"] for row in every[:2]] == ["wsgi-fail", "wsgi-echo"]
+
+
+@pytest.mark.parametrize("status", ["5x", "600", "abc", "50", "5xxx"])
+def test_a_status_that_is_neither_a_class_nor_a_code_is_a_usage_error(
+    store: Path, capsysbinary: pytest.CaptureFixture[bytes], status: str
+) -> None:
+    code, out, err = logs(capsysbinary, "--store", str(store), "--status", status)
+    assert code == 2 and out == b""
+    assert b"expected a status class such as 5xx" in err and b"Traceback" not in err
+
+
+def test_json_lines_parse_back_with_the_views_column_names(
+    store: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    [row] = json_lines(capsysbinary, store, "--correlation-id", "asgi-fail")
+    assert row["status_code"] == 500 and row["error"] is True
+    assert (row["model"], row["version"], row["service"]) == ("best_model", "10", "credit")
+    assert (row["method"], row["route"], row["path"]) == ("GET", "/fail/before", "/fail/before")
+    assert row["exception_type"] == "RuntimeError"
+    assert datetime.fromisoformat(row["start_time"]).utcoffset() is not None
+    assert len(row["trace_id"]) == 32 and len(row["span_id"]) == 16
+    assert row["duration_ms"] > 0
+    assert "request_body" not in row  # bodies only with --bodies
+
+
+def test_bodies_fetch_offloaded_bodies_byte_identical(store: Path, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    [text] = json_lines(capsysbinary, store, "--bodies", "--correlation-id", "asgi-large-text")
+    assert text["request_body_uri"] and text["request_body_encoding"] == "utf-8"
+    assert text["request_body"].encode() == LARGE_TEXT and text["response_body"].encode() == LARGE_TEXT
+    [binary] = json_lines(capsysbinary, store, "--bodies", "--correlation-id", "asgi-large-binary")
+    assert binary["request_body_uri"] and binary["request_body_encoding"] == "base64"
+    assert base64.b64decode(binary["request_body"]) == LARGE_BINARY == base64.b64decode(binary["response_body"])
+    # As text lines, into a pipe: the bytes as they are.
+    code, out, _ = logs(capsysbinary, "--store", str(store), "--bodies", "--correlation-id", "asgi-large-text")
+    assert code == 0
+    assert out.count(b"\n" + LARGE_TEXT + b"\n") == 2
+    assert f"request: application/json, {len(LARGE_TEXT)} bytes\n".encode() in out
+
+
+def test_bodies_show_binary_ones_as_a_size_and_content_type_line(
+    store: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    code, out, _ = logs(capsysbinary, "--store", str(store), "--bodies", "--correlation-id", "asgi-binary")
+    assert code == 0
+    line, request, response = out.decode().splitlines()
+    assert "asgi-binary" in line
+    assert request == "  request: image/png, 256 bytes, binary, not shown (--format json has it as base64)"
+    assert response.startswith("  response: image/png, 256 bytes, binary")
+    [row] = json_lines(capsysbinary, store, "--bodies", "--correlation-id", "asgi-binary")
+    assert base64.b64decode(row["request_body"]) == bytes(range(256))
+
+
+def test_inline_bodies_print_under_their_line(store: Path, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    code, out, _ = logs(capsysbinary, "--store", str(store), "--bodies", "--correlation-id", "wsgi-echo")
+    assert code == 0
+    assert out.decode().splitlines()[1:] == [
+        "  request: 13 bytes", "flask says hi", "  response: application/octet-stream, 13 bytes", "flask says hi",
+    ]
+
+
+def test_control_characters_from_a_request_are_escaped_on_the_line(
+    store: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    code, out, _ = logs(capsysbinary, "--store", str(store), "--correlation-id", "asgi-escape")
+    assert code == 0
+    assert b"\x1b" not in out and b"GET /status/404/\\x1b[31mred" in out
+
+
+def test_lines_are_cut_to_the_terminal_width(
+    store: Path, capsysbinary: pytest.CaptureFixture[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "120")
+    code, out, _ = logs(capsysbinary, "--store", str(store))
+    lines = out.decode().splitlines()
+    assert code == 0 and len(lines) == len(ALL)
+    assert max(map(len, lines)) == 120
+    [failed] = [line for line in lines if "asgi-fail " in line + " "]
+    assert failed.endswith("…") and "RuntimeError" in failed
+
+
+@pytest.mark.parametrize(
+    "window", [["--until", "2001-01-01"], ["--since", "2001-01-01", "--until", "2001-01-02T00:00"]]
+)
+def test_a_window_with_no_data_says_so_in_one_line(
+    store: Path, capsysbinary: pytest.CaptureFixture[bytes], window: list[str]
+) -> None:
+    code, out, err = logs(capsysbinary, "--store", str(store), *window)
+    assert (code, out, err) == (0, b"", b"obsml: no data in this window\n")
+
+
+def test_an_empty_store_has_no_data(tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    assert logs(capsysbinary, "--store", str(tmp_path / "nothing")) == (0, b"", b"obsml: no data in this window\n")
+
+
+def test_a_window_where_nothing_matches_says_so(store: Path, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    code, out, err = logs(capsysbinary, "--store", str(store), "--model", "nobody")
+    assert (code, out, err) == (0, b"", b"obsml: no requests match in this window\n")
+
+
+def test_since_keeps_the_window(store: Path, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    every = json_lines(capsysbinary, store)
+    third = every[2]["start_time"]
+    assert json_lines(capsysbinary, store, "--since", third) == every[:3]
+    assert json_lines(capsysbinary, store, "--until", third) == every[3:]
+
+
+class Follower:
+    """``obsml tail`` (or ``logs --follow``) as a subprocess, its output read line by line on a thread."""
+
+    def __init__(self, *args: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "obsml.cli", *args, "--interval", "0.05"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        assert self.process.stdout is not None and self.process.stderr is not None
+        self.reader = threading.Thread(target=self._read, args=(self.process.stdout,), daemon=True)
+        self.reader.start()
+        assert self.process.stderr.readline() == b"obsml: following new requests (Ctrl-C to stop)\n"
+
+    def _read(self, stream: Any) -> None:
+        for line in stream:
+            self.lines.put(line.decode())
+
+    def line_with(self, text: str) -> str:
+        """The next line holding ``text`` (the lines before it are skipped)."""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if text in line:
+                return line
+        raise AssertionError(f"no line with {text!r}")
+
+    def interrupt(self) -> tuple[int, list[str], bytes]:
+        """Ctrl-C: the exit code, the lines not read yet, and stderr."""
+        self.process.send_signal(signal.SIGINT)
+        code = self.process.wait(30)
+        self.reader.join(30)
+        assert self.process.stderr is not None
+        return code, list(self.lines.queue), self.process.stderr.read()
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        self.reader.join(30)
+        for stream in (self.process.stdout, self.process.stderr):
+            assert stream is not None
+            stream.close()
+
+
+@pytest.fixture
+def follow() -> Iterator[Any]:
+    started: list[Follower] = []
+
+    def start(*args: str) -> Follower:
+        started.append(Follower(*args))
+        return started[-1]
+
+    yield start
+    for follower in started:
+        follower.close()
+
+
+@pytest.mark.parametrize("command", [["tail"], ["logs", "--follow"]])
+def test_tail_prints_requests_made_after_it_started_and_stops_cleanly_on_sigint(
+    tmp_path: Path, follow: Any, command: list[str]
+) -> None:
+    store = tmp_path / "store"
+    app = make_app(store=str(store), flush_interval=0.05, **ASGI)
+    with running_server(app) as url, httpx.Client(base_url=url) as client:
+        client.get("/status/503", headers={"x-correlation-id": "before-tail"})
+        assert obsml.flush(10)
+        follower = follow(*command, "--store", str(store), "--status", "5xx")
+        client.get("/status/201", headers={"x-correlation-id": "filtered-out"})
+        client.get("/status/503", headers={"x-correlation-id": "after-tail"})
+        line = follower.line_with("after-tail")
+        client.get("/status/504", headers={"x-correlation-id": "last"})
+        follower.line_with("last")
+    assert line.split()[1] == "503" and "GET /status/{code}" in line and "best_model/10" in line
+    code, unread, stderr = follower.interrupt()
+    assert (code, unread, stderr) == (0, [], b"")
+
+
+def test_tail_prints_json_lines_and_bodies(tmp_path: Path, follow: Any) -> None:
+    store = tmp_path / "store"
+    with running_server(make_app(store=str(store), flush_interval=0.05, **ASGI)) as url:
+        follower = follow("tail", "--store", str(store), "--format", "json", "--bodies")
+        httpx.post(f"{url}/echo", content=LARGE_TEXT, headers={"x-correlation-id": "tailed"})
+        row = json.loads(follower.line_with("tailed"))
+    assert row["request_body"].encode() == LARGE_TEXT and row["status_code"] == 200
+    assert follower.interrupt()[0] == 0
