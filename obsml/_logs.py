@@ -17,6 +17,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from types import ModuleType
@@ -24,6 +25,7 @@ from typing import Any
 
 import fsspec
 
+from ._exceptions import ConfigError
 from ._logs_format import Printer, Row
 from ._query import subfolders
 from ._reader import StoreReader
@@ -106,24 +108,26 @@ def select_sql(filters: Filters, *, bodies: bool, newest_first: bool) -> tuple[s
 
 
 def run_logs(store: str, filters: Filters, *, limit: int, format: str = "text", bodies: bool = False) -> int:
-    """Print the newest ``limit`` requests matching ``filters``; 0, also when there are none."""
-    duckdb = _duckdb()
-    reader = StoreReader.open(store)
+    """Print the newest ``limit`` requests matching ``filters``: 0, also when there are none; 2 when the
+    store cannot be read."""
+    if (opened := _open(store)) is None:
+        return 2
+    duckdb, reader = opened
     printer = _printer(reader, format, bodies)
     sql, params = select_sql(filters, bodies=bodies, newest_first=True)
     found: list[Row] = []
     read_any = False
-    with _connect(duckdb, reader) as connection:
+    with _connect(duckdb, reader) as connection, _quiet_when_output_closes():
         for files in _batches(hour_folders(reader, filters.since, filters.until), reader):
             read_any = True
             _view(connection, reader, files)
             found += _rows(connection.execute(sql, [*params, limit - len(found)]))
             if len(found) >= limit:
                 break
-    if found:
-        printer.rows(found)
-    else:
-        printer.note("no requests match in this window" if read_any else "no data in this window")
+        if found:
+            printer.rows(found)
+        else:
+            printer.note("no requests match in this window" if read_any else "no data in this window")
     return 0
 
 
@@ -131,15 +135,16 @@ def run_tail(
     store: str, filters: Filters, *, interval: float, format: str = "text", bodies: bool = False,
     clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
 ) -> int:
-    """Print the requests of every part file that appears from now on, until interrupted (then 0)."""
-    duckdb = _duckdb()
-    reader = StoreReader.open(store)
+    """Print the requests of every part file that appears from now on, until interrupted: then 0."""
+    if (opened := _open(store)) is None:
+        return 2
+    duckdb, reader = opened
     printer = _printer(reader, format, bodies)
     sql, params = select_sql(filters, bodies=bodies, newest_first=False)
-    try:
-        with _connect(duckdb, reader) as connection:
-            seen = set(_recent_files(reader, clock()))
-            printer.note("following new requests (Ctrl-C to stop)")
+    with _connect(duckdb, reader) as connection, _quiet_when_output_closes():
+        seen = set(_recent_files(reader, clock()))
+        printer.note("following new requests (Ctrl-C to stop)")
+        try:
             while True:
                 time.sleep(interval)
                 current = _recent_files(reader, clock())
@@ -147,8 +152,27 @@ def run_tail(
                     _view(connection, reader, new)
                     printer.rows(_rows(connection.execute(sql, params)))
                 seen = set(current)  # the folders polled: files of older hours will not come again
-    except KeyboardInterrupt:  # Ctrl-C is how tail ends
-        return 0
+        except KeyboardInterrupt:  # Ctrl-C is how tail ends
+            pass
+    return 0
+
+
+def _open(store: str) -> tuple[ModuleType, StoreReader] | None:
+    """DuckDB and a reader of ``store``, or None once it is said (one line) why the store cannot be read."""
+    try:
+        return _duckdb(), StoreReader.open(store)
+    except (ImportError, ConfigError) as exc:
+        sys.stderr.write(f"obsml: {exc}\n")
+        return None
+
+
+@contextmanager
+def _quiet_when_output_closes() -> Iterator[None]:
+    """A reader of the output gone away (``| head``) ends the command, without a second error at exit."""
+    try:
+        yield
+    except BrokenPipeError:  # as Python's documentation for SIGPIPE advises
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _printer(reader: StoreReader, format: str, bodies: bool) -> Printer:

@@ -329,3 +329,12 @@ def test_tail_prints_json_lines_and_bodies(tmp_path: Path, follow: Any) -> None:
         row = json.loads(follower.line_with("tailed"))
     assert row["request_body"].encode() == LARGE_TEXT and row["status_code"] == 200
     assert follower.interrupt()[0] == 0
+
+
+@pytest.mark.parametrize("command", ["logs", "tail"])
+def test_without_duckdb_the_commands_say_which_install_brings_it(
+    store: Path, capsysbinary: pytest.CaptureFixture[bytes], monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    monkeypatch.setitem(sys.modules, "duckdb", None)  # what `import duckdb` does when it is not installed
+    assert main([command, "--store", str(store)]) == 2
+    assert capsysbinary.readouterr() == (b"", b"obsml: reading the store needs DuckDB: pip install 'obsml[query]'\n")
