@@ -18,7 +18,10 @@ from typing import Any
 
 import httpx
 import pytest
+from adlfs import AzureBlobFileSystem
 from apps import make_app, pattern
+from azure.storage.blob import ContainerClient
+from azurite import Azurite
 from conftest import running_gunicorn, running_server
 
 import obsml
@@ -338,3 +341,27 @@ def test_without_duckdb_the_commands_say_which_install_brings_it(
     monkeypatch.setitem(sys.modules, "duckdb", None)  # what `import duckdb` does when it is not installed
     assert main([command, "--store", str(store)]) == 2
     assert capsysbinary.readouterr() == (b"", b"obsml: reading the store needs DuckDB: pip install 'obsml[query]'\n")
+
+
+def test_logs_and_tail_read_an_azure_blob_store(
+    azurite: Azurite, azure_container: ContainerClient, monkeypatch: pytest.MonkeyPatch,
+    capsysbinary: pytest.CaptureFixture[bytes], follow: Any,
+) -> None:
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)  # tail inherits it
+    AzureBlobFileSystem.clear_instance_cache()  # fsspec caches filesystems by arguments, not by environment
+    store = f"abfs://{azure_container.container_name}/obsml"
+    try:
+        with running_server(make_app(store=store, flush_interval=0.05, **ASGI)) as url:
+            httpx.get(f"{url}/status/503", headers={"x-correlation-id": "azure-before"})
+            assert obsml.flush(10)
+            follower = follow("tail", "--store", store, "--format", "json", "--bodies")
+            httpx.post(f"{url}/echo", content=LARGE_TEXT, headers={"x-correlation-id": "azure-large"})
+            tailed = json.loads(follower.line_with("azure-large"))
+        assert obsml.flush(10)
+        assert [row["correlation_id"] for row in json_lines(capsysbinary, store)] == ["azure-large", "azure-before"]
+        [row] = json_lines(capsysbinary, store, "--bodies", "--correlation-id", "azure-large")
+    finally:
+        AzureBlobFileSystem.clear_instance_cache()
+    assert row["request_body_uri"].startswith(f"{store}/payloads/")
+    assert row["request_body"].encode() == LARGE_TEXT == tailed["response_body"].encode()
+    assert follower.interrupt()[0] == 0
