@@ -217,13 +217,14 @@ def _outside(start: str, length: timedelta, since: datetime | None, until: datet
 def _batches(folders: Iterator[str], reader: StoreReader) -> Iterator[list[str]]:
     """The part files of ``folders`` in batches of 1, 2, 4… folders: a rare match costs a few queries."""
     batch: list[str] = []
-    size = 1
-    for n, folder in enumerate(folders, start=1):
+    listed, size = 0, 1
+    for folder in folders:
         batch += _part_files(reader, folder)
-        if n == size:
+        listed += 1
+        if listed == size:
             if batch:
                 yield batch
-            batch, size = [], size * 2
+            batch, listed, size = [], 0, size * 2
     if batch:
         yield batch
 

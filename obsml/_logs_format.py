@@ -63,18 +63,18 @@ class Printer:
         self._widths = {"request": 0, "model": 0, "correlation_id": 0}
 
     def rows(self, rows: list[Row]) -> None:
-        cells = [_cells(row) for row in rows]
-        for name, width in self._widths.items():  # grown to the widest so far, never shrunk
-            self._widths[name] = min(_MAX_WIDTHS[name], max([width, *(len(line[name]) for line in cells)]))
-        for row, line in zip(rows, cells, strict=True):
-            bodies = {side: self._body(row, side) for side in SIDES} if self.bodies else {}
-            if self._json:
-                self._write(json.dumps(_json_object(row, bodies), ensure_ascii=False) + "\n")
-                continue
-            self._write(self._line(line) + "\n")
-            for side, body in bodies.items():
-                if body is not None:
-                    self._write_body(side, body)
+        if self._json:
+            for row in rows:
+                self._write(json.dumps(_json_object(row, self._bodies(row)), ensure_ascii=False) + "\n")
+        else:
+            cells = [_cells(row) for row in rows]
+            for name, width in self._widths.items():  # grown to the widest so far, never shrunk
+                self._widths[name] = min(_MAX_WIDTHS[name], max([width, *(len(line[name]) for line in cells)]))
+            for row, line in zip(rows, cells, strict=True):
+                self._write(self._line(line) + "\n")
+                for side, body in self._bodies(row).items():
+                    if body is not None:
+                        self._write_body(side, body)
         self._out.flush()
 
     def note(self, message: str) -> None:
@@ -86,7 +86,11 @@ class Printer:
         parts = [cells["time"], f"{cells['status']:>3}", f"{cells['duration']:>9}"]
         parts += [_fit(cells[name], width) for name, width in self._widths.items()]
         line = "  ".join(parts) + ("  " + cells["exception"] if cells["exception"] else "")
-        return _fit(line, self._width) if self._width else line.rstrip()
+        line = line.rstrip()
+        return _fit(line, self._width) if self._width and len(line) > self._width else line
+
+    def _bodies(self, row: Row) -> dict[str, Body | None]:
+        return {side: self._body(row, side) for side in SIDES} if self.bodies else {}
 
     def _body(self, row: Row, side: str) -> Body | None:
         inline, uri = row[f"{side}_body"], row[f"{side}_body_uri"]

@@ -102,6 +102,7 @@ def test_logs_prints_one_line_per_request_newest_first(
     # Columns are aligned: the correlation ids all start at the same place.
     starts = {line.index(cid) for line in lines for cid in ALL if f" {cid} " in line + " "}
     assert len(starts) == 1
+    assert all(line == line.rstrip() for line in lines)
 
 
 @pytest.mark.parametrize(
