@@ -1,10 +1,12 @@
-"""SQL over the model-data part files of a store: which files a window needs, and the query reading them.
+"""Which part files of a store a time window needs, and the SQL reading model data: no DuckDB here.
 
-The read side of the collector's layout (README: "Model data: reading back"),
-``modeldata/<service>/<model>/<version>/<identifier>/<yyyy>/<mm>/<dd>/<writer-id>-<seq>.<suffix>``.
-The file list is built here from the date folders, never by DuckDB's globbing or hive partitioning
-(the folders are plain ``yyyy/mm/dd``), so a window reads only its days. Nothing here imports DuckDB:
-``obsml.modeldata`` owns the connection.
+Spans are ``traces/<yyyy>/<mm>/<dd>/<hh>/<writer-id>-<seq>.jsonl`` (README: "The store"): a window
+reads only its hour folders (:func:`span_files`). Model data is the collector's layout (README:
+"Model data: reading back"),
+``modeldata/<service>/<model>/<version>/<identifier>/<yyyy>/<mm>/<dd>/<writer-id>-<seq>.<suffix>``:
+a window reads only its days. The file lists are built here from the date folders, never by DuckDB's
+globbing or hive partitioning (the folders are plain ``yyyy/mm/dd/hh``). The connection and its views
+are ``obsml._views``'s (and ``obsml.modeldata``'s).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from ._exceptions import ConfigError
 from ._reader import StoreReader
 
 ROOT = "modeldata"
+SPANS = "traces"
 # Columns DuckDB's sniffing could guess wrong ("0042" as an integer, an all-null span_id as JSON):
 # declared for csv, cast for jsonl, as the write side means them.
 TEXT_COLUMNS = ("correlation_id", "trace_id", "span_id", "schema")
@@ -55,6 +58,43 @@ def subfolders(reader: StoreReader, folder: str) -> list[str]:
     return sorted(name for name in names if not name.startswith("."))
 
 
+def span_files(reader: StoreReader, since: datetime | None, until: datetime | None) -> list[str]:
+    """The span part files whose hour folder overlaps ``[since, until)``, as paths DuckDB opens.
+
+    A day wholly inside the window is listed in one call; the first and last days hour by hour,
+    so an hour of a full day lists one folder, not the day's.
+    """
+    if since is None and until is None:
+        listed = reader.part_files()
+    else:
+        start = (since or datetime(1970, 1, 1, tzinfo=timezone.utc)).replace(minute=0, second=0, microsecond=0)
+        end = until or datetime.now(timezone.utc)
+        if since is None:  # open at its start: every day folder there is, up to ``until``
+            day_list = [d for d in _span_days(reader) if d <= end.date()]
+        else:
+            day_list = [start.date() + timedelta(days=n) for n in range((end.date() - start.date()).days + 1)]
+        listed = []
+        for day in day_list:
+            first = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+            if start <= first and first + timedelta(days=1) <= end:
+                listed += reader.files(f"{SPANS}/{day:%Y/%m/%d}")
+            else:
+                listed += [path for hour in range(24) if start <= first + timedelta(hours=hour) < end
+                           for path in reader.files(f"{SPANS}/{day:%Y/%m/%d}/{hour:02d}")]
+    return [_openable(reader, path) for path in listed if path.endswith(".jsonl") and path.count("/") == 5]
+
+
+def _span_days(reader: StoreReader) -> list[date]:
+    """The day folders under ``traces/``."""
+    found = []
+    for yyyy in subfolders(reader, SPANS):
+        for mm in subfolders(reader, f"{SPANS}/{yyyy}"):
+            for dd in subfolders(reader, f"{SPANS}/{yyyy}/{mm}"):
+                if (day := _day(yyyy, mm, dd)) is not None:
+                    found.append(day)
+    return found
+
+
 def days(since: datetime | None, until: datetime | None) -> list[date] | None:
     """The date folders of a window, or None for every day (a window open at its start)."""
     if since is None:
@@ -64,35 +104,56 @@ def days(since: datetime | None, until: datetime | None) -> list[date] | None:
 
 
 def part_files(
-    reader: StoreReader, model: str, identifier: str, *, service: str | None, version: str | None,
+    reader: StoreReader, model: str | None, identifier: str, *, service: str | None, version: str | None,
     since: datetime | None, until: datetime | None,
-) -> dict[tuple[str, str, str], list[str]]:
-    """The part files of a window, by (service, version, suffix), as paths DuckDB opens."""
-    found: dict[tuple[str, str, str], list[str]] = defaultdict(list)
+) -> dict[tuple[str, str, str, str], list[str]]:
+    """The part files of a window, by (service, model, version, suffix), as paths DuckDB opens.
+
+    ``None`` for ``model``, ``service`` or ``version`` means every one found in the store.
+    """
+    found: dict[tuple[str, str, str, str], list[str]] = defaultdict(list)
     first, last = (since.date() if since else date.min), (until.date() if until else date.max)
     window = days(since, until)
     for service_name in [service] if service else subfolders(reader, ROOT):
-        model_folder = f"{ROOT}/{service_name}/{model}"
-        for version_name in [version] if version else subfolders(reader, model_folder):
-            folder = f"{model_folder}/{version_name}/{identifier}"
-            # A long window lists the identifier once rather than one call per day.
-            listed = reader.files(folder) if window is None or len(window) > 31 else [
-                path for day in window for path in reader.files(f"{folder}/{day:%Y/%m/%d}")
-            ]
-            for path in listed:
-                below = path[len(folder) + 1:].split("/")  # yyyy, mm, dd, name
-                day = _day(*below[:3]) if len(below) == 4 else None
-                if day is not None and first <= day <= last and (suffix := below[-1].rpartition(".")[2]) in _READERS:
-                    found[(service_name, version_name, suffix)].append(_openable(reader, path))
+        for model_name in [model] if model else subfolders(reader, f"{ROOT}/{service_name}"):
+            model_folder = f"{ROOT}/{service_name}/{model_name}"
+            for version_name in [version] if version else subfolders(reader, model_folder):
+                folder = f"{model_folder}/{version_name}/{identifier}"
+                # A long window lists the identifier once rather than one call per day.
+                listed = reader.files(folder) if window is None or len(window) > 31 else [
+                    path for day in window for path in reader.files(f"{folder}/{day:%Y/%m/%d}")
+                ]
+                for path in listed:
+                    below = path[len(folder) + 1:].split("/")  # yyyy, mm, dd, name
+                    day = _day(*below[:3]) if len(below) == 4 else None
+                    suffix = below[-1].rpartition(".")[2]
+                    if day is not None and first <= day <= last and suffix in _READERS:
+                        found[(service_name, model_name, version_name, suffix)].append(_openable(reader, path))
     return found
 
 
-def union_sql(files: dict[tuple[str, str, str], list[str]], *, with_service: bool, with_version: bool) -> str | None:
+def identifiers(reader: StoreReader) -> list[str]:
+    """Every identifier (``inputs``, ``predictions``…) of any model, version and service in the store."""
+    found = {
+        identifier
+        for service in subfolders(reader, ROOT)
+        for model in subfolders(reader, f"{ROOT}/{service}")
+        for version in subfolders(reader, f"{ROOT}/{service}/{model}")
+        for identifier in subfolders(reader, f"{ROOT}/{service}/{model}/{version}")
+    }
+    return sorted(found)
+
+
+def union_sql(
+    files: dict[tuple[str, str, str, str], list[str]], *, with_service: bool, with_version: bool,
+    with_model: bool = False,
+) -> str | None:
     """One query over ``files``, formats and schemas unioned by name; None when there is no file."""
     selects = []
-    for (service, version, suffix), paths in sorted(files.items()):
+    for (service, model, version, suffix), paths in sorted(files.items()):
         source = _READERS[suffix].format(files=_list(paths), types=_CSV_TYPES)
         extra = (f", {_text(service)} AS service" if with_service else "") + (
+            f", {_text(model)} AS model" if with_model else "") + (
             f", {_text(version)} AS version" if with_version else ""
         )
         selects.append(f"SELECT *{extra} FROM {source}")

@@ -1,9 +1,12 @@
 """The ``obsml`` command line: ``obsml <command> [options]``.
 
 Each command is a function ``(args) -> int`` registered by a ``_add_<command>`` helper; its
-work lives in a module of its own (``obsml demo`` in :mod:`obsml._demo`). This is the only
-module that ends the process, and only from ``__main__``; the ``obsml`` console script calls
-:func:`main` and exits with what it returns.
+work lives in a module of its own (``obsml demo`` in :mod:`obsml._demo`, ``obsml query`` in
+:mod:`obsml._cli_query`), imported only when the command runs, so that ``obsml --help`` stays quick.
+A command that reads the store adds ``--store``, ``--since`` and ``--until`` with
+:func:`add_store_options` and gets them back, parsed, as ``args.store``, ``args.since`` and
+``args.until``. This is the only module that ends the process, and only from ``__main__``; the
+``obsml`` console script calls :func:`main` and exits with what it returns.
 """
 
 from __future__ import annotations
@@ -31,9 +34,71 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"obsml {__version__}")
     commands = parser.add_subparsers(title="commands", dest="command", metavar="<command>")
     _add_demo(commands)
+    _add_query(commands)
     _add_logs(commands)
     _add_tail(commands)
     return parser
+
+
+def add_store_options(parser: argparse.ArgumentParser, *, since: str | None = None) -> None:
+    """``--store`` (default ``OBSML_STORE``, else ./obsml-data) and the window ``--since``/``--until``.
+
+    ``since`` is the default of ``--since`` (a duration such as ``"1h"``; None: from the start).
+    The command gets ``args.store`` (a URL or path) and ``args.since``/``args.until`` (aware UTC
+    datetimes, or None); a bad time is a usage error.
+    """
+    parser.add_argument(
+        "--store", default=os.environ.get("OBSML_STORE") or DEFAULT_STORE, metavar="URL",
+        help="the store: a local path, file://, abfs://container/prefix or another fsspec URL "
+             f"(default: $OBSML_STORE, else {DEFAULT_STORE})",
+    )  # fmt: skip
+    window = "a duration before now (15m, 2h, 7d, 1w) or an ISO time (naive means UTC)"
+    parser.add_argument("--since", type=_moment("--since"), default=since, metavar="WHEN",
+                        help=f"from this time on: {window} (default: {since or 'from the start'})")
+    parser.add_argument("--until", type=_moment("--until"), default=None, metavar="WHEN",
+                        help=f"before this time: {window} (default: now)")
+
+
+DEFAULT_STORE = "./obsml-data"  # as obsml.Settings' default store
+
+
+def _moment(setting: str) -> Callable[[str], datetime | None]:
+    def parse(text: str) -> datetime | None:
+        from ._exceptions import ConfigError
+        from ._query import moment
+
+        try:
+            return moment(text, datetime.now(timezone.utc), setting)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{setting}: ")) from None
+
+    return parse
+
+
+def _add_query(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    query = commands.add_parser(
+        "query",
+        help="run SQL over the store's spans and model data (DuckDB)",
+        description=(
+            "Run SQL over views of the store in the window: spans (one row per request), modeldata, one view "
+            "per model-data identifier (inputs, predictions, labels...) and joined. The README's \"Reading the "
+            "store\" lists their columns. Needs pip install 'obsml[query]'."
+        ),
+        epilog="example: obsml query \"select route, status_code, count(*) from spans group by all\" --since 1h",
+    )
+    query.add_argument("sql", metavar="SQL", help="the query (DuckDB's SQL)")
+    add_store_options(query)
+    query.add_argument("--format", choices=("table", "csv", "json", "jsonl", "parquet"), default="table",
+                       help="table (default, fitted to the terminal), csv, json, jsonl, or parquet (needs --output)")
+    query.add_argument("--output", metavar="FILE", help="write the result to FILE instead of standard output")
+    query.set_defaults(handler=_run_query)
+
+
+def _run_query(args: argparse.Namespace) -> int:
+    from ._cli_query import run_query
+
+    return run_query(args.sql, store=args.store, since=args.since, until=args.until, format=args.format,
+                     output=args.output)
 
 
 def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 from ._query import moment, part_files, union_sql, window_sql
 from ._reader import StoreReader
+from ._views import connect, join_sql
 
 __all__ = ["IDENTIFIERS", "joined", "read"]
 
@@ -75,27 +76,7 @@ def joined(
             return pandas.DataFrame()
         present = [(name, sql) for name, sql in zip(identifiers, sources, strict=True) if sql is not None]
         columns = {name: session.connection.sql(sql).columns for name, sql in present}
-        return session.connection.sql(_join_sql(present, columns)).df()
-
-
-def _join_sql(present: list[tuple[str, str]], columns: dict[str, list[str]]) -> str:
-    """One query joining ``present`` (identifier, query) by correlation_id, colliding names suffixed."""
-    seen: dict[str, int] = {}
-    for names in columns.values():
-        for name in names:
-            seen[name] = seen.get(name, 0) + 1
-    selected = ['"t0"."correlation_id"']
-    for n, (identifier, _) in enumerate(present):
-        for name in columns[identifier]:
-            if name == "correlation_id":
-                continue
-            alias = f"{name}_{identifier}" if seen[name] > 1 else name
-            selected.append(f'"t{n}"."{_quoted(name)}" AS "{_quoted(alias)}"')
-    sources = f"({present[0][1]}) AS t0" + "".join(
-        f" LEFT JOIN ({sql}) AS t{n} ON t{n}.correlation_id = t0.correlation_id"
-        for n, (_, sql) in enumerate(present[1:], start=1)
-    )
-    return f'SELECT {", ".join(selected)} FROM {sources} ORDER BY "t0"."collected_at"'
+        return session.connection.sql(join_sql(present, columns, keys=("correlation_id",))).df()
 
 
 class _Session:
@@ -104,11 +85,7 @@ class _Session:
     def __init__(self, duckdb: ModuleType, store: str) -> None:
         self.reader = StoreReader.open(store)
         self.now = datetime.now(timezone.utc)
-        self.connection = duckdb.connect()
-        self.connection.execute("SET TimeZone = 'UTC'")  # TIMESTAMPTZ comes back as UTC, not local time
-        protocols = (self.reader.fs.protocol,) if isinstance(self.reader.fs.protocol, str) else self.reader.fs.protocol
-        if "file" not in protocols:
-            self.connection.register_filesystem(self.reader.fs)
+        self.connection = connect(duckdb, self.reader)
 
     def __enter__(self) -> _Session:
         return self
@@ -138,7 +115,3 @@ def _modules() -> tuple[ModuleType, ModuleType]:
         missing = exc.name or "duckdb or pandas"
         raise ImportError(f"obsml.modeldata reads with DuckDB and pandas, and {missing} is missing: "
                           "pip install 'obsml[query]'") from None
-
-
-def _quoted(name: str) -> str:
-    return name.replace('"', '""')

@@ -1,0 +1,299 @@
+"""DuckDB views over one store and one time window: what ``obsml query`` (and ``obsml logs``) read.
+
+::
+
+    with StoreViews.open(store, since=since, until=until) as views:   # DuckDB imported here
+        if not views.define(["spans"]):                                # which of them hold data
+            ...  # "no data in this window"
+        rows = views.connection.sql("SELECT status_code, count(*) FROM spans GROUP BY 1").fetchall()
+
+The views (README: "Reading the store"):
+
+- ``spans``: one row per request, the columns of :data:`SPAN_COLUMNS`, read from the hour folders of
+  the window only (``obsml._query.span_files``) with a declared schema, so a key that first appears
+  late, or changes type, breaks nothing.
+- one view per model-data identifier (``inputs``, ``predictions``, ``labels``…): its real columns,
+  every model, version and service unioned by name, plus ``service``, ``model`` and ``version``;
+- ``modeldata``: every identifier's rows, the features as one JSON column;
+- ``joined``: inputs ⋈ predictions ⋈ labels by model and correlation id, as :func:`obsml.modeldata.joined`.
+
+A view is defined only when asked for (:meth:`StoreViews.define`, or :meth:`StoreViews.define_for`
+with the names an SQL text reads): model data has no declared schema, and DuckDB reads every file of
+an identifier to learn its columns. A view asked for that has no file in the window is empty, with
+its columns where they are known.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
+from types import ModuleType
+from typing import Any
+
+from ._query import identifiers, part_files, span_files, union_sql, window_sql
+from ._reader import StoreReader
+
+__all__ = ["MODELDATA_COLUMNS", "SPAN_COLUMNS", "StoreViews", "join_sql", "load_duckdb"]
+
+#: The ``spans`` view: (column, DuckDB type, where it comes from in the span's JSON line).
+SPAN_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("start_time", "TIMESTAMPTZ", "start_time"),
+    ("end_time", "TIMESTAMPTZ", "end_time"),
+    ("duration_ms", "DOUBLE", "duration_ms"),
+    ("trace_id", "VARCHAR", "trace_id"),
+    ("span_id", "VARCHAR", "span_id"),
+    ("parent_span_id", "VARCHAR", "parent_span_id"),
+    ("name", "VARCHAR", "name"),
+    ("service", "VARCHAR", "obsml.service"),
+    ("model", "VARCHAR", "obsml.model.name"),
+    ("version", "VARCHAR", "obsml.model.version"),
+    ("method", "VARCHAR", "http.request.method"),
+    ("route", "VARCHAR", "http.route"),
+    ("path", "VARCHAR", "url.path"),
+    ("status_code", "INTEGER", "http.response.status_code"),
+    ("error", "BOOLEAN", "status.code = 'ERROR'"),
+    ("correlation_id", "VARCHAR", "obsml.correlation_id"),
+    ("exception_type", "VARCHAR", "exception.type of the first exception event"),
+    ("exception_message", "VARCHAR", "exception.message of the first exception event"),
+    ("request_body", "VARCHAR", "obsml.request.body"),
+    ("request_body_uri", "VARCHAR", "obsml.request.body.uri"),
+    ("request_body_size", "BIGINT", "obsml.request.body.size"),
+    ("response_body", "VARCHAR", "obsml.response.body"),
+    ("response_body_uri", "VARCHAR", "obsml.response.body.uri"),
+    ("response_body_size", "BIGINT", "obsml.response.body.size"),
+    ("client_address", "VARCHAR", "client.address"),
+    ("writer", "VARCHAR", "the part file's <pid>-<random>"),
+    ("attributes", "JSON", "attributes (all of them)"),
+    ("events", "JSON", "events"),
+    ("resource", "JSON", "resource"),
+)
+#: Columns every model-data view has (``modeldata`` adds ``identifier`` and ``features``).
+MODELDATA_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("service", "VARCHAR"), ("model", "VARCHAR"), ("version", "VARCHAR"), ("correlation_id", "VARCHAR"),
+    ("trace_id", "VARCHAR"), ("span_id", "VARCHAR"), ("collected_at", "TIMESTAMPTZ"), ("schema", "VARCHAR"),
+)  # fmt: skip
+#: The identifiers ``joined`` joins, in order: the first is the left side of both left joins.
+JOINED = ("inputs", "predictions", "labels")
+FIXED_VIEWS = ("spans", "modeldata", "joined")
+
+# Every top-level key of a span line is declared: DuckDB reads a file whose lines hold an undeclared
+# key many times slower (measured: 45x), and a declared schema never depends on which file came first.
+_SPAN_LINE = {
+    "name": "VARCHAR", "trace_id": "VARCHAR", "span_id": "VARCHAR", "parent_span_id": "VARCHAR",
+    "kind": "VARCHAR", "start_time": "TIMESTAMPTZ", "end_time": "TIMESTAMPTZ", "duration_ms": "DOUBLE",
+    "status": "STRUCT(code VARCHAR, description VARCHAR)", "attributes": "JSON", "events": "JSON",
+    "resource": "JSON", "dropped_attributes": "BIGINT",
+}  # fmt: skip
+_FROM_ATTRIBUTES = {
+    name: key for name, _, key in SPAN_COLUMNS if key.startswith(("obsml.", "http.", "url.", "client."))
+}
+# The first exception event (README: several are possible; the first is the one that failed the request).
+_EXCEPTION = "list_filter(json_extract(events, '$[*]'), lambda e: e->>'name' = 'exception')[1]"
+_DERIVED = {
+    "error": "coalesce(status.code = 'ERROR', false)",
+    "exception_type": f"json_extract_string({_EXCEPTION}, '$.attributes.\"exception.type\"')",
+    "exception_message": f"json_extract_string({_EXCEPTION}, '$.attributes.\"exception.message\"')",
+    "writer": r"regexp_extract(filename, '([^/]+)-[0-9]+\.jsonl$', 1)",
+}
+
+
+def load_duckdb() -> ModuleType:
+    """The ``duckdb`` module, or an ImportError naming the install that brings it."""
+    try:
+        return importlib.import_module("duckdb")
+    except ImportError:
+        raise ImportError("reading the store needs DuckDB: pip install 'obsml[query]'") from None
+
+
+def connect(duckdb: ModuleType, reader: StoreReader) -> Any:
+    """A new DuckDB connection that can open ``reader``'s files (fsspec stores other than local registered)."""
+    connection = duckdb.connect()
+    connection.execute("SET TimeZone = 'UTC'")  # TIMESTAMPTZ comes back as UTC, not local time
+    connection.execute("SET enable_progress_bar = false")  # it would draw on the terminal over the output
+    protocols = (reader.fs.protocol,) if isinstance(reader.fs.protocol, str) else reader.fs.protocol
+    if "file" not in protocols:
+        connection.register_filesystem(reader.fs)
+    return connection
+
+
+class StoreViews:
+    """One DuckDB connection over one store, with views over ``[since, until)`` defined on demand."""
+
+    def __init__(self, reader: StoreReader, connection: Any, since: datetime | None, until: datetime | None) -> None:
+        self.reader = reader
+        self.connection = connection
+        self.since = since
+        self.until = until
+        self.defined: dict[str, bool] = {}  # view name -> whether it has data in the window
+        self._identifiers: list[str] | None = None
+
+    @classmethod
+    def open(cls, store: str, *, since: datetime | None = None, until: datetime | None = None) -> StoreViews:
+        """Views over the store at ``store`` (an ``OBSML_STORE`` value), rows with a time in ``[since, until)``.
+
+        Raises ImportError without DuckDB, ``obsml.ConfigError`` for a store that cannot be read.
+        """
+        duckdb = load_duckdb()
+        reader = StoreReader.open(store)
+        return cls(reader, connect(duckdb, reader), since, until)
+
+    def __enter__(self) -> StoreViews:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.connection.close()
+
+    @property
+    def identifiers(self) -> list[str]:
+        """The model-data identifiers with a view: those in the store, and always inputs, predictions, labels."""
+        if self._identifiers is None:
+            found = {*identifiers(self.reader), *JOINED} - set(FIXED_VIEWS)
+            self._identifiers = sorted(found)
+        return self._identifiers
+
+    def define_for(self, sql: str) -> list[str]:
+        """Define the views ``sql`` reads; returns those of them that hold data in the window.
+
+        Raises DuckDB's ParserException when ``sql`` does not parse.
+        """
+        duckdb = load_duckdb()
+        try:
+            names = duckdb.get_table_names(sql)
+        except duckdb.ParserException:
+            raise
+        except duckdb.Error:  # it can fail to bind what the query does: then every view, and DuckDB says what
+            names = {"spans", "modeldata", "joined", *self.identifiers}
+        wanted = [name for name in sorted(names) if name in FIXED_VIEWS or name in self.identifiers]
+        return self.define(wanted)
+
+    def define(self, names: Iterable[str]) -> list[str]:
+        """Define the views ``names`` (unknown names are ignored); returns those that hold data in the window."""
+        for name in names:
+            if name in self.defined:
+                continue
+            if name == "spans":
+                sql = self._spans_sql()
+                self._create(name, sql or _empty([(column, kind) for column, kind, _ in SPAN_COLUMNS]), sql)
+            elif name == "modeldata":
+                self._create(name, *self._modeldata_sql())
+            elif name == "joined":
+                self._create(name, *self._joined_sql())
+            elif name in self.identifiers:
+                sql = self._identifier_sql(name, self.since, self.until)
+                self._create(name, sql or _empty(MODELDATA_COLUMNS), sql)
+        return [name for name in names if self.defined.get(name)]
+
+    def _create(self, name: str, sql: str, data: str | None) -> None:
+        self.connection.execute(f"CREATE OR REPLACE TEMP VIEW {_quoted(name)} AS {sql}")
+        self.defined[name] = data is not None
+
+    def _spans_sql(self) -> str | None:
+        files = span_files(self.reader, self.since, self.until)
+        if not files:
+            return None
+        declared = "{" + ", ".join(f"{_text(key)}: {_text(kind)}" for key, kind in _SPAN_LINE.items()) + "}"
+        columns = []
+        for name, kind, _ in SPAN_COLUMNS:
+            if name in _DERIVED:
+                columns.append(f"{_DERIVED[name]} AS {name}")
+            elif name in _FROM_ATTRIBUTES:
+                text = f"json_extract_string(attributes, {_text('$.' + _json_text(_FROM_ATTRIBUTES[name]))})"
+                columns.append(f"TRY_CAST({text} AS {kind}) AS {name}" if kind != "VARCHAR" else f"{text} AS {name}")
+            else:
+                columns.append(_quoted(name))
+        where = [f"start_time >= {_instant(self.since)}"] if self.since else []
+        where += [f"start_time < {_instant(self.until)}"] if self.until else []
+        # Each attribute column is its own json_extract, computed only when a query uses it: cheaper than
+        # one json_transform of them all (measured) for the few columns a query reads. Likewise the
+        # exception, kept out of a subquery, where DuckDB would compute it for every row whatever is read.
+        return (
+            f"SELECT {', '.join(columns)} "
+            f"FROM read_json({_list(files)}, format='newline_delimited', filename=true, columns={declared})"
+            + (f" WHERE {' AND '.join(where)}" if where else "")
+        )
+
+    def _identifier_sql(self, identifier: str, since: datetime | None, until: datetime | None) -> str | None:
+        files = part_files(self.reader, None, identifier, service=None, version=None, since=since, until=until)
+        union = union_sql(files, with_service=True, with_version=True, with_model=True)
+        if union is None:
+            return None
+        relation = self.connection.sql(union)
+        return window_sql(union, dict(zip(relation.columns, map(str, relation.types), strict=True)), since, until)
+
+    def _modeldata_sql(self) -> tuple[str, str | None]:
+        meta = [name for name, _ in MODELDATA_COLUMNS]
+        selects = []
+        for identifier in self.identifiers:
+            sql = self._identifier_sql(identifier, self.since, self.until)
+            if sql is None:
+                continue
+            columns = self.connection.sql(sql).columns
+            features = ", ".join(f"{_text(c)}: {_quoted(c)}" for c in columns if c not in meta)
+            selected = [_quoted(c) if c in columns else f"CAST(NULL AS {kind}) AS {c}" for c, kind in MODELDATA_COLUMNS]
+            selects.append(f"SELECT {', '.join(selected[:3])}, {_text(identifier)} AS identifier, "
+                           f"{', '.join(selected[3:])}, to_json({{{features}}}) AS features FROM ({sql})")
+        empty = _empty([*MODELDATA_COLUMNS[:3], ("identifier", "VARCHAR"), *MODELDATA_COLUMNS[3:],
+                        ("features", "JSON")])
+        union = " UNION ALL BY NAME ".join(selects) or None
+        return (union or empty), union
+
+    def _joined_sql(self) -> tuple[str, str | None]:
+        first, *others = JOINED
+        # As obsml.modeldata.joined: inputs of the window, their predictions from `since` on, labels of any date.
+        windows = [(self.since, self.until), *((self.since, None) for _ in others[:-1]), (None, None)]
+        present = [(identifier, sql) for identifier, (since, until) in zip(JOINED, windows, strict=True)
+                   if (sql := self._identifier_sql(identifier, since, until)) is not None]
+        if not present or present[0][0] != first:
+            return _empty([("correlation_id", "VARCHAR"), ("model", "VARCHAR")]), None
+        columns = {name: self.connection.sql(sql).columns for name, sql in present}
+        sql = join_sql(present, columns, keys=("correlation_id", "model"))
+        return sql, sql
+
+
+def join_sql(present: Sequence[tuple[str, str]], columns: dict[str, list[str]], keys: Sequence[str]) -> str:
+    """One query left-joining ``present`` (identifier, query) on ``keys``, colliding names suffixed.
+
+    A column found in more than one identifier gets the identifier as a suffix (``collected_at_inputs``);
+    the keys appear once, from the first.
+    """
+    seen: dict[str, int] = {}
+    for names in columns.values():
+        for name in names:
+            seen[name] = seen.get(name, 0) + 1
+    selected = [f"t0.{_quoted(key)}" for key in keys]
+    for n, (identifier, _) in enumerate(present):
+        for name in columns[identifier]:
+            if name in keys:
+                continue
+            alias = f"{name}_{identifier}" if seen[name] > 1 else name
+            selected.append(f"t{n}.{_quoted(name)} AS {_quoted(alias)}")
+    sources = f"({present[0][1]}) AS t0" + "".join(
+        f" LEFT JOIN ({sql}) AS t{n} ON " + " AND ".join(f"t{n}.{_quoted(k)} = t0.{_quoted(k)}" for k in keys)
+        for n, (_, sql) in enumerate(present[1:], start=1)
+    )
+    return f"SELECT {', '.join(selected)} FROM {sources} ORDER BY t0.collected_at"
+
+
+def _empty(columns: Iterable[tuple[str, str]]) -> str:
+    return "SELECT " + ", ".join(f"CAST(NULL AS {kind}) AS {_quoted(name)}" for name, kind in columns) + " LIMIT 0"
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _json_text(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _text(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _list(paths: list[str]) -> str:
+    return "[" + ", ".join(map(_text, paths)) + "]"
+
+
+def _instant(moment: datetime) -> str:
+    return f"TIMESTAMPTZ {_text(moment.astimezone(timezone.utc).isoformat())}"
