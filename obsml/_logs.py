@@ -6,7 +6,8 @@ queries them in growing batches until ``--limit`` rows are found: every span of 
 started in that hour (README: "The store"), so the batches come out in time order and a recent
 window never reads the old ones. ``tail`` polls the current and the previous hour folder: a part
 file is written once, whole, and never rewritten (``_parts.py``), so its name is all it needs to
-remember. DuckDB is imported only here, by the commands (``pip install 'obsml[query]'``).
+remember. The ``spans`` view is :mod:`obsml._views`'s; DuckDB is imported only when a command runs
+(``pip install 'obsml[query]'``).
 """
 
 from __future__ import annotations
@@ -16,19 +17,21 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fsspec
 
-from ._exceptions import ConfigError
+from ._exceptions import ObsmlError
 from ._logs_format import Printer, Row
 from ._query import subfolders
 from ._reader import StoreReader
+
+if TYPE_CHECKING:
+    from ._views import StoreViews
 
 _STATUS = re.compile(r"([1-5])(?:(xx)|(\d\d))", re.IGNORECASE)
 # Columns of a line; with --bodies also those of the bodies (encoding and content type are attributes).
@@ -60,8 +63,6 @@ class Filters:
     correlation_id: str | None = None
     contains: str | None = None
     errors: bool = False
-    since: datetime | None = None
-    until: datetime | None = None
 
     def where(self) -> tuple[str, list[Any]]:
         clauses: list[str] = []
@@ -85,12 +86,6 @@ class Filters:
             params += [self.contains, self.contains]
         if self.errors:
             clauses.append("(error OR status_code >= 500)")
-        if self.since is not None:
-            clauses.append("start_time >= ?")
-            params.append(self.since)
-        if self.until is not None:
-            clauses.append("start_time < ?")
-            params.append(self.until)
         return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
@@ -107,21 +102,23 @@ def select_sql(filters: Filters, *, bodies: bool, newest_first: bool) -> tuple[s
     return f"SELECT {', '.join(columns)} FROM spans{where}{order}", params
 
 
-def run_logs(store: str, filters: Filters, *, limit: int, format: str = "text", bodies: bool = False) -> int:
-    """Print the newest ``limit`` requests matching ``filters``: 0, also when there are none; 2 when the
-    store cannot be read."""
-    if (opened := _open(store)) is None:
+def run_logs(
+    store: str, filters: Filters, *, since: datetime | None, until: datetime | None, limit: int,
+    format: str = "text", bodies: bool = False,
+) -> int:
+    """Print the newest ``limit`` requests in ``[since, until)`` matching ``filters``: 0, also when there
+    are none; 2 when the store cannot be read."""
+    if (views := _open(store, "logs", since, until)) is None:
         return 2
-    duckdb, reader = opened
-    printer = _printer(reader, format, bodies)
+    printer = _printer(views.reader, "logs", format, bodies)
     sql, params = select_sql(filters, bodies=bodies, newest_first=True)
     found: list[Row] = []
     read_any = False
-    with _connect(duckdb, reader) as connection, _quiet_when_output_closes():
-        for files in _batches(hour_folders(reader, filters.since, filters.until), reader):
+    with views, _quiet_when_output_closes():
+        for files in _batches(hour_folders(views.reader, since, until), views.reader):
             read_any = True
-            _view(connection, reader, files)
-            found += _rows(connection.execute(sql, [*params, limit - len(found)]))
+            views.define_spans(files)
+            found += _rows(views.connection.execute(sql, [*params, limit - len(found)]))
             if len(found) >= limit:
                 break
         if found:
@@ -136,33 +133,34 @@ def run_tail(
     clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
 ) -> int:
     """Print the requests of every part file that appears from now on, until interrupted: then 0."""
-    if (opened := _open(store)) is None:
+    if (views := _open(store, "tail", None, None)) is None:
         return 2
-    duckdb, reader = opened
-    printer = _printer(reader, format, bodies)
+    printer = _printer(views.reader, "tail", format, bodies)
     sql, params = select_sql(filters, bodies=bodies, newest_first=False)
-    with _connect(duckdb, reader) as connection, _quiet_when_output_closes():
-        seen = set(_recent_files(reader, clock()))
+    with views, _quiet_when_output_closes():
+        seen = set(_recent_files(views.reader, clock()))
         printer.note("following new requests (Ctrl-C to stop)")
         try:
             while True:
                 time.sleep(interval)
-                current = _recent_files(reader, clock())
+                current = _recent_files(views.reader, clock())
                 if new := [path for path in current if path not in seen]:
-                    _view(connection, reader, new)
-                    printer.rows(_rows(connection.execute(sql, params)))
+                    views.define_spans(new)
+                    printer.rows(_rows(views.connection.execute(sql, params)))
                 seen = set(current)  # the folders polled: files of older hours will not come again
         except KeyboardInterrupt:  # Ctrl-C is how tail ends
             pass
     return 0
 
 
-def _open(store: str) -> tuple[ModuleType, StoreReader] | None:
-    """DuckDB and a reader of ``store``, or None once it is said (one line) why the store cannot be read."""
+def _open(store: str, command: str, since: datetime | None, until: datetime | None) -> StoreViews | None:
+    """Views of ``store`` (DuckDB imported here), or None once it is said in one line why it cannot be read."""
+    from ._views import StoreViews
+
     try:
-        return _duckdb(), StoreReader.open(store)
-    except (ImportError, ConfigError) as exc:
-        sys.stderr.write(f"obsml: {exc}\n")
+        return StoreViews.open(store, since=since, until=until)
+    except (ImportError, ObsmlError) as exc:
+        sys.stderr.write(f"obsml {command}: {exc}\n")
         return None
 
 
@@ -175,7 +173,7 @@ def _quiet_when_output_closes() -> Iterator[None]:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
-def _printer(reader: StoreReader, format: str, bodies: bool) -> Printer:
+def _printer(reader: StoreReader, command: str, format: str, bodies: bool) -> Printer:
     out = sys.stdout.buffer
     terminal = out.isatty()
     columns = os.environ.get("COLUMNS", "")
@@ -190,7 +188,7 @@ def _printer(reader: StoreReader, format: str, bodies: bool) -> Printer:
             return bytes(file.read())
 
     return Printer(out, format=format, bodies=bodies, width=width, terminal=terminal, fetch=fetch,
-                   notes=sys.stderr.buffer)
+                   notes=sys.stderr.buffer, command=command)
 
 
 def hour_folders(reader: StoreReader, since: datetime | None, until: datetime | None) -> Iterator[str]:
@@ -248,56 +246,3 @@ def _rows(result: Any) -> list[Row]:
 
 def _attribute(side: str, name: str) -> str:
     return f"json_extract_string(attributes, '$.\"obsml.{side}.body.{name}\"')"
-
-
-def _duckdb() -> ModuleType:
-    try:
-        import duckdb
-    except ImportError:
-        raise ImportError("reading the store needs DuckDB: pip install 'obsml[query]'") from None
-    return duckdb
-
-
-def _connect(duckdb: ModuleType, reader: StoreReader) -> Any:
-    connection = duckdb.connect()
-    connection.execute("SET TimeZone = 'UTC'")
-    protocols = (reader.fs.protocol,) if isinstance(reader.fs.protocol, str) else reader.fs.protocol
-    if "file" not in protocols:
-        connection.register_filesystem(reader.fs)
-    return connection
-
-
-# Stand-in for the reader module's `spans` view (same columns), until it lands.
-def _view(connection: Any, reader: StoreReader, files: Sequence[str]) -> None:
-    protocols = (reader.fs.protocol,) if isinstance(reader.fs.protocol, str) else reader.fs.protocol
-    paths = [
-        f"{reader.root}/{path}" if "file" in protocols else str(reader.fs.unstrip_protocol(f"{reader.root}/{path}"))
-        for path in files
-    ]
-    listed = "[" + ", ".join("'" + path.replace("'", "''") + "'" for path in paths) + "]"
-    attribute = "json_extract_string(attributes, '$.\"{}\"')".format
-    connection.execute(f"""
-        CREATE OR REPLACE VIEW spans AS SELECT
-            CAST(start_time AS TIMESTAMPTZ) AS start_time, CAST(end_time AS TIMESTAMPTZ) AS end_time,
-            duration_ms, trace_id, span_id, parent_span_id, name,
-            {attribute('obsml.service')} AS service, {attribute('obsml.model.name')} AS model,
-            {attribute('obsml.model.version')} AS version, {attribute('http.request.method')} AS method,
-            {attribute('http.route')} AS route, {attribute('url.path')} AS path,
-            CAST({attribute('http.response.status_code')} AS INTEGER) AS status_code,
-            json_extract_string(status, '$.code') = 'ERROR' AS error,
-            {attribute('obsml.correlation_id')} AS correlation_id,
-            json_extract_string(events, '$[0].attributes."exception.type"') AS exception_type,
-            json_extract_string(events, '$[0].attributes."exception.message"') AS exception_message,
-            {attribute('obsml.request.body')} AS request_body,
-            {attribute('obsml.request.body.uri')} AS request_body_uri,
-            CAST({attribute('obsml.request.body.size')} AS BIGINT) AS request_body_size,
-            {attribute('obsml.response.body')} AS response_body,
-            {attribute('obsml.response.body.uri')} AS response_body_uri,
-            CAST({attribute('obsml.response.body.size')} AS BIGINT) AS response_body_size,
-            {attribute('client.address')} AS client_address,
-            regexp_extract(filename, '([^/]+)-[0-9]+\\.jsonl$', 1) AS writer, attributes
-        FROM read_json({listed}, format='newline_delimited', filename=true, columns={{
-            name: 'VARCHAR', trace_id: 'VARCHAR', span_id: 'VARCHAR', parent_span_id: 'VARCHAR',
-            start_time: 'VARCHAR', end_time: 'VARCHAR', duration_ms: 'DOUBLE', status: 'JSON',
-            attributes: 'JSON', events: 'JSON'}})
-    """)

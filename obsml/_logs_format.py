@@ -52,7 +52,9 @@ class Printer:
     def __init__(
         self, out: BinaryIO, *, format: str = "text", bodies: bool = False, width: int | None = None,
         terminal: bool = False, fetch: Callable[[str], bytes] | None = None, notes: BinaryIO | None = None,
+        command: str = "logs",
     ) -> None:
+        self._command = command
         self.bodies = bodies
         self._out = out
         self._notes = notes or out
@@ -79,7 +81,7 @@ class Printer:
 
     def note(self, message: str) -> None:
         """One line about the output, not in it (on the notes stream, so JSON output stays JSON)."""
-        self._notes.write(f"obsml: {message}\n".encode())
+        self._notes.write(f"obsml {self._command}: {message}\n".encode())
         self._notes.flush()
 
     def _line(self, cells: dict[str, str]) -> str:

@@ -40,8 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_store_options(parser: argparse.ArgumentParser, *, since: str | None = None) -> None:
-    """``--store`` (default ``OBSML_STORE``, else ./obsml-data) and the window ``--since``/``--until``.
+def add_store_options(parser: argparse.ArgumentParser, *, since: str | None = None, window: bool = True) -> None:
+    """``--store`` (default ``OBSML_STORE``, else ./obsml-data) and the window ``--since``/``--until``
+    (not with ``window=False``: ``obsml tail`` has none).
 
     ``since`` is the default of ``--since`` (a duration such as ``"1h"``; None: from the start).
     The command gets ``args.store`` (a URL or path) and ``args.since``/``args.until`` (aware UTC
@@ -52,11 +53,13 @@ def add_store_options(parser: argparse.ArgumentParser, *, since: str | None = No
         help="the store: a local path, file://, abfs://container/prefix or another fsspec URL "
              f"(default: $OBSML_STORE, else {DEFAULT_STORE})",
     )  # fmt: skip
-    window = "a duration before now (15m, 2h, 7d, 1w) or an ISO time (naive means UTC)"
+    if not window:
+        return
+    when = "a duration before now (15m, 2h, 7d, 1w) or an ISO time (naive means UTC)"
     parser.add_argument("--since", type=_moment("--since"), default=since, metavar="WHEN",
-                        help=f"from this time on: {window} (default: {since or 'from the start'})")
+                        help=f"from this time on: {when} (default: {since or 'from the start'})")
     parser.add_argument("--until", type=_moment("--until"), default=None, metavar="WHEN",
-                        help=f"before this time: {window} (default: now)")
+                        help=f"before this time: {when} (default: now)")
 
 
 DEFAULT_STORE = "./obsml-data"  # as obsml.Settings' default store
@@ -149,8 +152,7 @@ def _add_logs(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
             "A window with no data prints one line on stderr and exits 0."
         ),
     )
-    _store_option(logs)
-    _window_options(logs)
+    add_store_options(logs)
     _filter_options(logs)
     logs.add_argument("--limit", type=_at_least(1), default=50, metavar="N",
                       help="print at most N requests, the newest (default: 50)")
@@ -171,7 +173,7 @@ def _add_tail(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
             "for a local store."
         ),
     )
-    _store_option(tail)
+    add_store_options(tail, window=False)
     _filter_options(tail)
     tail.set_defaults(handler=_run_tail)
 
@@ -200,32 +202,6 @@ def _filter_options(command: argparse.ArgumentParser) -> None:
                         help="with tail or --follow: how often the store is looked at (default: 1)")
 
 
-def _store_option(command: argparse.ArgumentParser) -> None:
-    command.add_argument("--store", default=os.environ.get("OBSML_STORE", "./obsml-data"), metavar="URL",
-                         help="the store: a path or an fsspec URL (default: OBSML_STORE, else ./obsml-data)")
-
-
-def _window_options(command: argparse.ArgumentParser) -> None:
-    for name in ("since", "until"):
-        command.add_argument(f"--{name}", type=_moment(name), metavar="WHEN",
-                             help=f"{name} a duration ago (15m, 2h, 7d) or an ISO time (UTC when naive)")
-
-
-def _moment(setting: str) -> Callable[[str], datetime]:
-    def parse(text: str) -> datetime:
-        from ._exceptions import ConfigError
-        from ._query import moment
-
-        try:
-            found = moment(text, datetime.now(timezone.utc), f"--{setting}")
-        except ConfigError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-        assert found is not None
-        return found
-
-    return parse
-
-
 def _status(text: str) -> tuple[int, int]:
     from ._logs import status_range
 
@@ -240,23 +216,22 @@ def _run_logs(args: argparse.Namespace) -> int:
         return _run_tail(args)
     from ._logs import run_logs
 
-    return run_logs(args.store, _filters(args), limit=args.limit, format=args.format, bodies=args.bodies)
+    return run_logs(args.store, _filters(args), since=args.since, until=args.until, limit=args.limit,
+                    format=args.format, bodies=args.bodies)
 
 
 def _run_tail(args: argparse.Namespace) -> int:
     from ._logs import run_tail
 
-    return run_tail(args.store, _filters(args, window=False), interval=args.interval, format=args.format,
-                    bodies=args.bodies)
+    return run_tail(args.store, _filters(args), interval=args.interval, format=args.format, bodies=args.bodies)
 
 
-def _filters(args: argparse.Namespace, window: bool = True) -> Filters:
+def _filters(args: argparse.Namespace) -> Filters:
     from ._logs import Filters
 
     return Filters(
         status=args.status, model=args.model, version=args.version, route=args.route,
         correlation_id=args.correlation_id, contains=args.contains, errors=args.errors,
-        since=args.since if window else None, until=args.until if window else None,
     )
 
 

@@ -225,16 +225,16 @@ def test_a_window_with_no_data_says_so_in_one_line(
     store: Path, capsysbinary: pytest.CaptureFixture[bytes], window: list[str]
 ) -> None:
     code, out, err = logs(capsysbinary, "--store", str(store), *window)
-    assert (code, out, err) == (0, b"", b"obsml: no data in this window\n")
+    assert (code, out, err) == (0, b"", b"obsml logs: no data in this window\n")
 
 
 def test_an_empty_store_has_no_data(tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
-    assert logs(capsysbinary, "--store", str(tmp_path / "nothing")) == (0, b"", b"obsml: no data in this window\n")
+    assert logs(capsysbinary, "--store", str(tmp_path / "nothing")) == (0, b"", b"obsml logs: no data in this window\n")
 
 
 def test_a_window_where_nothing_matches_says_so(store: Path, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
     code, out, err = logs(capsysbinary, "--store", str(store), "--model", "nobody")
-    assert (code, out, err) == (0, b"", b"obsml: no requests match in this window\n")
+    assert (code, out, err) == (0, b"", b"obsml logs: no requests match in this window\n")
 
 
 def test_since_keeps_the_window(store: Path, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
@@ -256,7 +256,7 @@ class Follower:
         assert self.process.stdout is not None and self.process.stderr is not None
         self.reader = threading.Thread(target=self._read, args=(self.process.stdout,), daemon=True)
         self.reader.start()
-        assert self.process.stderr.readline() == b"obsml: following new requests (Ctrl-C to stop)\n"
+        assert self.process.stderr.readline() == b"obsml tail: following new requests (Ctrl-C to stop)\n"
 
     def _read(self, stream: Any) -> None:
         for line in stream:
@@ -341,7 +341,8 @@ def test_without_duckdb_the_commands_say_which_install_brings_it(
 ) -> None:
     monkeypatch.setitem(sys.modules, "duckdb", None)  # what `import duckdb` does when it is not installed
     assert main([command, "--store", str(store)]) == 2
-    assert capsysbinary.readouterr() == (b"", b"obsml: reading the store needs DuckDB: pip install 'obsml[query]'\n")
+    needs = f"obsml {command}: reading the store needs DuckDB: pip install 'obsml[query]'\n"
+    assert capsysbinary.readouterr() == (b"", needs.encode())
 
 
 def test_logs_and_tail_read_an_azure_blob_store(
