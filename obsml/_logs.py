@@ -89,17 +89,33 @@ class Filters:
         return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
-def select_sql(filters: Filters, *, bodies: bool, newest_first: bool) -> tuple[str, list[Any]]:
-    """The query of the requests matching ``filters`` over the ``spans`` view (a ``LIMIT ?`` to bind
-    last when ``newest_first``)."""
+def select_sql(filters: Filters, *, bodies: bool) -> tuple[str, list[Any]]:
+    """The query of the requests matching ``filters`` over the ``spans`` view, oldest first."""
+    where, params = filters.where()
+    return f"SELECT {_columns(bodies)} FROM spans{where} ORDER BY start_time", params
+
+
+def newest_sql(filters: Filters, *, bodies: bool) -> tuple[str, str, list[Any]]:
+    """The queries of the newest requests matching ``filters``: the first finds the start of the n-th
+    newest (``LIMIT ?``), the second reads the requests from it on (``start_time >= ?``, ``LIMIT ?``);
+    both take the filters' parameters first.
+
+    DuckDB computes every selected column of every row before it sorts, and each column is a parse of
+    the span's attributes: sorting the start times alone first is 5x faster on an hour of 5,000 spans.
+    """
+    where, params = filters.where()
+    first = f"SELECT min(start_time) FROM (SELECT start_time FROM spans{where} ORDER BY start_time DESC LIMIT ?)"
+    since = f"{where} AND start_time >= ?" if where else " WHERE start_time >= ?"
+    return first, f"SELECT {_columns(bodies)} FROM spans{since} ORDER BY start_time DESC LIMIT ?", params
+
+
+def _columns(bodies: bool) -> str:
     columns = list(LINE_COLUMNS)
     if bodies:
         for side in ("request", "response"):
             columns += [f"{side}_body", f"{side}_body_uri", f"{side}_body_size"]
             columns += [f"{_attribute(side, name)} AS {side}_body_{name}" for name in _BODY_ATTRIBUTES]
-    where, params = filters.where()
-    order = " ORDER BY start_time DESC LIMIT ?" if newest_first else " ORDER BY start_time"
-    return f"SELECT {', '.join(columns)} FROM spans{where}{order}", params
+    return ", ".join(columns)
 
 
 def run_logs(
@@ -111,16 +127,19 @@ def run_logs(
     if (views := _open(store, "logs", since, until)) is None:
         return 2
     printer = _printer(views.reader, "logs", format, bodies)
-    sql, params = select_sql(filters, bodies=bodies, newest_first=True)
+    first, sql, params = newest_sql(filters, bodies=bodies)
     found: list[Row] = []
     read_any = False
     with views, _quiet_when_output_closes():
         for files in _batches(hour_folders(views.reader, since, until), views.reader):
             read_any = True
             views.define_spans(files)
-            found += _rows(views.connection.execute(sql, [*params, limit - len(found)]))
-            if len(found) >= limit:
-                break
+            wanted = limit - len(found)
+            [(start,)] = views.connection.execute(first, [*params, wanted]).fetchall()
+            if start is not None:
+                found += _rows(views.connection.execute(sql, [*params, start, wanted]))
+                if len(found) >= limit:
+                    break
         if found:
             printer.rows(found)
         else:
@@ -136,7 +155,7 @@ def run_tail(
     if (views := _open(store, "tail", None, None)) is None:
         return 2
     printer = _printer(views.reader, "tail", format, bodies)
-    sql, params = select_sql(filters, bodies=bodies, newest_first=False)
+    sql, params = select_sql(filters, bodies=bodies)
     with views, _quiet_when_output_closes():
         seen = set(_recent_files(views.reader, clock()))
         printer.note("following new requests (Ctrl-C to stop)")

@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -367,3 +367,33 @@ def test_logs_and_tail_read_an_azure_blob_store(
     assert row["request_body_uri"].startswith(f"{store}/payloads/")
     assert row["request_body"].encode() == LARGE_TEXT == tailed["response_body"].encode()
     assert follower.interrupt()[0] == 0
+
+
+def test_logs_reads_hour_folders_newest_first_across_days(
+    store: Path, tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    """Spans of the real store, moved to seven hours over two days (one part file each): the newest come
+    first, whichever batch of hour folders they are read in."""
+    [line] = [
+        line for part in store.glob("traces/*/*/*/*/*.jsonl") for line in part.read_text().splitlines()
+        if '"obsml.correlation_id":"asgi-404"' in line
+    ]
+    moved = tmp_path / "moved"
+    hours = [datetime(2026, 3, 1, 20, tzinfo=timezone.utc) + timedelta(hours=3 * n) for n in range(7)]
+    for n, hour in enumerate(hours):
+        span = json.loads(line)
+        span["start_time"] = span["end_time"] = (hour + timedelta(minutes=59)).isoformat()
+        span["attributes"]["obsml.correlation_id"] = f"hour-{n}"
+        folder = moved / f"traces/{hour:%Y/%m/%d/%H}"
+        folder.mkdir(parents=True)
+        (folder / "1-abcd-000001.jsonl").write_text(json.dumps(span) + "\n")
+    (moved / "traces/2026/03/notaday").mkdir()
+
+    def ids(*options: str) -> list[str]:
+        return [row["correlation_id"] for row in json_lines(capsysbinary, moved, *options)]
+
+    assert ids() == [f"hour-{n}" for n in reversed(range(7))]
+    assert ids("--limit", "4") == ["hour-6", "hour-5", "hour-4", "hour-3"]
+    assert ids("--since", hours[5].isoformat()) == ["hour-6", "hour-5"]
+    assert ids("--until", hours[2].isoformat(), "--limit", "1") == ["hour-1"]
+    assert ids("--since", hours[1].isoformat(), "--until", (hours[1] + timedelta(minutes=59)).isoformat()) == []
