@@ -15,8 +15,9 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import sys
-import time
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -163,20 +164,34 @@ def run_tail(
         return 2
     printer = _printer(views.reader, "tail", format, bodies)
     sql, params = select_sql(filters, bodies=bodies)
-    with views, _quiet_when_output_closes():
+    with views, _quiet_when_output_closes(), _until_interrupted() as interrupted:
         seen = set(_recent_files(views.reader, clock()))
         printer.note("following new requests (Ctrl-C to stop)")
-        try:
-            while True:
-                time.sleep(interval)
-                current = _recent_files(views.reader, clock())
-                if new := [path for path in current if path not in seen]:
-                    views.define_spans(new)
-                    printer.rows(_rows(views.connection.execute(sql, params)))
-                seen = set(current)  # the folders polled: files of older hours will not come again
-        except KeyboardInterrupt:  # Ctrl-C is how tail ends
-            pass
+        while not interrupted.wait(interval):
+            current = _recent_files(views.reader, clock())
+            if new := [path for path in current if path not in seen]:
+                views.define_spans(new)
+                printer.rows(_rows(views.connection.execute(sql, params)))
+            seen = set(current)  # the folders polled: files of older hours will not come again
     return 0
+
+
+@contextmanager
+def _until_interrupted() -> Iterator[threading.Event]:
+    """An event set by Ctrl-C, which ends ``tail`` between two polls: raised inside a DuckDB query,
+    SIGINT would come out as a RuntimeError. A second Ctrl-C interrupts at once (exit code 130)."""
+    interrupted = threading.Event()
+
+    def on_sigint(signum: int, frame: object) -> None:
+        if interrupted.is_set():
+            raise KeyboardInterrupt
+        interrupted.set()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _open(store: str, command: str, since: datetime | None, until: datetime | None) -> StoreViews | None:
@@ -202,8 +217,7 @@ def _quiet_when_output_closes() -> Iterator[None]:
 def _printer(reader: StoreReader, command: str, format: str, bodies: bool) -> Printer:
     out = sys.stdout.buffer
     terminal = out.isatty()
-    columns = os.environ.get("COLUMNS", "")
-    width = int(columns) if columns.isdigit() else shutil.get_terminal_size().columns if terminal else None
+    width = shutil.get_terminal_size().columns if terminal else None  # COLUMNS, else the terminal's
 
     def fetch(uri: str) -> bytes:
         """An offloaded body, through the store's filesystem (and its credentials) when it is the store's."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import os
+import pty
 import queue
 import signal
 import subprocess
@@ -67,11 +69,6 @@ ALL = {
     "asgi-needle", "asgi-large-text", "asgi-large-binary", "asgi-binary", "asgi-fail", "asgi-fail-during",
     "asgi-404", "asgi-503", "asgi-escape", "asgi-other", "wsgi-echo", "wsgi-fail",
 }
-
-
-@pytest.fixture(autouse=True)
-def no_terminal_width(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("COLUMNS", raising=False)
 
 
 def logs(capsysbinary: pytest.CaptureFixture[bytes], *args: str) -> tuple[int, bytes, bytes]:
@@ -206,16 +203,33 @@ def test_control_characters_from_a_request_are_escaped_on_the_line(
     assert b"\x1b" not in out and b"GET /status/404/\\x1b[31mred" in out
 
 
-def test_lines_are_cut_to_the_terminal_width(
-    store: Path, capsysbinary: pytest.CaptureFixture[bytes], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("COLUMNS", "120")
-    code, out, _ = logs(capsysbinary, "--store", str(store))
-    lines = out.decode().splitlines()
-    assert code == 0 and len(lines) == len(ALL)
+def test_on_a_terminal_lines_are_cut_to_its_width(store: Path) -> None:
+    primary, secondary = pty.openpty()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "obsml.cli", "logs", "--store", str(store)], stdout=secondary,
+            stderr=subprocess.PIPE, env={**os.environ, "COLUMNS": "120"}, timeout=120, check=True,
+        )
+        os.close(secondary)
+        out = b""
+        with contextlib.suppress(OSError):  # EIO once everything written is read
+            while chunk := os.read(primary, 65536):
+                out += chunk
+    finally:
+        os.close(primary)
+    lines = out.decode().split("\r\n")[:-1]
+    assert result.stderr == b"" and len(lines) == len(ALL)
     assert max(map(len, lines)) == 120
     [failed] = [line for line in lines if "asgi-fail " in line + " "]
     assert failed.endswith("…") and "RuntimeError" in failed
+
+
+def test_into_a_pipe_lines_are_whole(
+    store: Path, capsysbinary: pytest.CaptureFixture[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "40")
+    code, out, _ = logs(capsysbinary, "--store", str(store), "--correlation-id", "asgi-fail")
+    assert code == 0 and out.decode().endswith("RuntimeError: model exploded before answering\n")
 
 
 @pytest.mark.parametrize(
