@@ -198,8 +198,18 @@ def _filter_options(command: argparse.ArgumentParser) -> None:
                              "binary ones as a size and content type line)")
     output.add_argument("--format", choices=("text", "json"), default="text",
                         help="text lines (default) or one JSON object a line, bodies whole (base64 when binary)")
-    output.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
+    output.add_argument("--interval", type=_seconds, default=1.0, metavar="SECONDS",
                         help="with tail or --follow: how often the store is looked at (default: 1)")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most 3600, got {text}")
+    return value
 
 
 def _status(text: str) -> tuple[int, int]:

@@ -411,3 +411,11 @@ def test_logs_reads_hour_folders_newest_first_across_days(
     assert ids("--since", hours[5].isoformat()) == ["hour-6", "hour-5"]
     assert ids("--until", hours[2].isoformat(), "--limit", "1") == ["hour-1"]
     assert ids("--since", hours[1].isoformat(), "--until", (hours[1] + timedelta(minutes=59)).isoformat()) == []
+
+
+@pytest.mark.parametrize("interval", ["0", "-1", "nan", "soon"])
+def test_tail_refuses_an_interval_that_is_not_a_positive_number_of_seconds(
+    capsysbinary: pytest.CaptureFixture[bytes], interval: str
+) -> None:
+    assert main(["tail", "--interval", interval]) == 2
+    assert b"--interval" in capsysbinary.readouterr().err
