@@ -71,8 +71,7 @@ SPAN = (
     '"server.address":"credit.internal","server.port":8000,"http.route":"/score","obsml.service":"credit",'
     '"obsml.model.name":"best_model","obsml.model.version":"10","obsml.correlation_id":"%(correlation)s",'
     '"obsml.correlation_id.source":"x-correlation-id","http.response.status_code":%(status)d,'
-    '"http.request.header.content-type":["application/json"],"user_agent.original":"python-httpx/0.28.1",'
-    '"obsml.request.body.size":%(size)d,"obsml.request.body.sha256":"%(sha)s",'
+    '"user_agent.original":"python-httpx/0.28.1","obsml.request.body.size":%(size)d,'
     '"obsml.request.body":"{\\"income\\": %(income).1f, \\"age\\": %(age)d, \\"debt_ratio\\": 0.31}",'
     '"obsml.request.body.encoding":"utf-8","obsml.response.body.size":29,'
     '"obsml.response.body":"{\\"approved\\": true, \\"p\\": 0.81}","obsml.response.body.encoding":"utf-8",'
@@ -100,7 +99,7 @@ def synthesize(root: str, spans: int, writers: int, part_spans: int) -> tuple[in
                 "description": '"ValueError: income must be a number"' if status >= 500 else "null",
                 "a": rng.randrange(256), "b": rng.randrange(256), "port": rng.randrange(1024, 65536),
                 "correlation": f"{rng.getrandbits(128):032x}", "status": status, "size": rng.randrange(50, 60),
-                "sha": f"{rng.getrandbits(256):064x}", "income": rng.uniform(10, 200), "age": rng.randrange(18, 80),
+                "income": rng.uniform(10, 200), "age": rng.randrange(18, 80),
                 "ttfb": ms * 0.9,
             })  # fmt: skip
         folder = os.path.join(root, "traces", f"{start:%Y/%m/%d/%H}")

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from ._headers import header_value
 from ._payloads import BodyTee
-from ._redact import header_text
+from ._redact import MAX_HEADER_VALUE_LENGTH, header_text
 
 if TYPE_CHECKING:
     from ._capture import Capture
@@ -22,9 +22,12 @@ if TYPE_CHECKING:
 
 
 def span_attributes(
-    capture: Capture, attributes: Attributes, base_attributes: Mapping[str, str], redaction: RedactionPolicy
+    capture: Capture, attributes: Attributes, base_attributes: Mapping[str, str], redaction: RedactionPolicy,
+    keep_bodies: bool = True,
 ) -> tuple[str, Attributes]:
     """The span's name and attributes, from what the adapter ``described`` (``attributes``, filled in).
+
+    Without ``keep_bodies`` (the capture policy's decision) bodies appear by size and type only.
 
     Pure: the capture's payloads were committed or aborted before (``Capturer.emit``).
     """
@@ -43,9 +46,9 @@ def span_attributes(
     user_agent = header_value(capture.request_headers, b"user-agent")
     if user_agent is not None:
         attributes["user_agent.original"] = header_text(user_agent)
-    cut_off = _request_body(attributes, capture)
+    cut_off = _request_body(attributes, capture, keep_bodies)
     if capture.responded:
-        _body(attributes, capture.response_body)
+        _body(attributes, capture.response_body, kept=keep_bodies)
     if capture.response_body.first_perf:
         attributes["obsml.response.time_to_first_byte_ms"] = (
             capture.response_body.first_perf - capture.start_perf
@@ -61,19 +64,19 @@ def span_attributes(
     return (f"{method} {route}" if route else str(method)), attributes
 
 
-def _request_body(attributes: Attributes, capture: Capture) -> bool:
+def _request_body(attributes: Attributes, capture: Capture, kept: bool) -> bool:
     """The request body's attributes; True when it ended short of its Content-Length (the client went away)."""
     tee, length = capture.request_body, capture.declared_length
     if length is None or not length.isdigit():
-        _body(attributes, tee)
+        _body(attributes, tee, kept=kept)
         return False
     declared = int(length)
     attributes["obsml.request.body.declared_size"] = declared
     if capture.request_ended:
-        _body(attributes, tee)
+        _body(attributes, tee, kept=kept)
         return tee.size < declared
     # The app stopped reading (obsml never reads for it): the rest is announced but unread.
-    _body(attributes, tee, max(0, declared - tee.size))
+    _body(attributes, tee, max(0, declared - tee.size), kept)
     return False
 
 
@@ -90,6 +93,9 @@ def set_port(attributes: Attributes, key: str, value: object) -> None:
 def server_from_host(attributes: Attributes, host: str, scheme: str) -> None:
     """``server.address`` and ``server.port`` parsed from the Host header, as the HTTP semantic
     conventions say; a Host without a port means the scheme's default port (RFC 9110, 7.2)."""
+    if len(host) > MAX_HEADER_VALUE_LENGTH:  # a server with lifted limits passes megabytes: cut, marked
+        attributes["server.address"] = header_text(host.encode("latin-1", "replace"))
+        return
     if host.startswith("["):  # an IPv6 literal: [::1]:8000
         address, _, rest = host[1:].partition("]")
         port = rest[1:] if rest.startswith(":") else ""
@@ -101,14 +107,18 @@ def server_from_host(attributes: Attributes, host: str, scheme: str) -> None:
     set_port(attributes, "server.port", port or (443 if scheme == "https" else 80))
 
 
-def _body(attributes: Attributes, tee: BodyTee, unread: int = 0) -> None:
+def _body(attributes: Attributes, tee: BodyTee, unread: int = 0, kept: bool = True) -> None:
     prefix = f"obsml.{tee.direction}.body"
     media = tee.media_type()
     if media is not None:
-        attributes[f"{prefix}.content_type"] = media.decode("latin-1")
+        attributes[f"{prefix}.content_type"] = header_text(media)  # cut and marked like the header
     if tee.unseen is not None:
         # A server extension sent the body past obsml: its size and bytes are unknown, never "empty".
         attributes[f"{prefix}.not_captured"] = tee.unseen
+        return
+    if not kept:  # the capture policy: its size only, no hash (a short secret's hash can be reversed)
+        attributes[f"{prefix}.size"] = tee.size + unread
+        attributes[f"{prefix}.not_captured"] = "policy"
         return
     attributes[f"{prefix}.size"] = tee.size + unread
     attributes[f"{prefix}.truncated"] = tee.truncated or unread > 0

@@ -22,6 +22,8 @@ from contextlib import contextmanager
 from typing import IO, Any
 
 from ._exceptions import ObsmlError
+from ._objects import describe_error
+from ._secrets import scrub
 
 FORMATS = ("table", "csv", "json", "jsonl", "parquet")
 ELLIPSIS = "…"
@@ -53,6 +55,14 @@ def run_query(
     with views:
         try:
             read = views.define_for(sql)
+        except duckdb.Error as exc:
+            print(f"obsml query: {scrub(str(exc))}", file=err)
+            return 2
+        except Exception as exc:  # listing the store: whatever the filesystem raises (adlfs: the Azure SDK's errors)
+            reason = " ".join(describe_error(exc).split())  # one line: the Azure SDK's messages have several
+            print(f"obsml query: cannot read {scrub(views.reader.shown())}: {reason}", file=err)
+            return 2
+        try:
             if views.defined and not read:
                 print(f"obsml query: no data in this window ({_window(since, until)}): "
                       f"no part file of {', '.join(sorted(views.defined))}", file=err)
@@ -65,7 +75,7 @@ def run_query(
             with _opened(output, out) as target:
                 _write(result, format, target)
         except duckdb.Error as exc:
-            print(f"obsml query: {exc}", file=err)
+            print(f"obsml query: {scrub(str(exc))}", file=err)  # its message may name a file's URL
             return 2
     return 0
 

@@ -16,7 +16,7 @@ import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from ._objects import count_written, describe_error
+from ._objects import count_written, describe_error, is_data
 from ._spool import ADOPT_EVERY_S, CorruptRecord, Spool, read_record
 from ._stats import count, logger, record_drop, report_internal_error
 from ._throttle import LogThrottle
@@ -70,6 +70,8 @@ class Delivery:
         self._retry_at = 0.0
         self._next_adopt = 0.0
         self._log_throttle = LogThrottle()
+        # The sink's latest failure, scrubbed, and when (wall clock): for the writer's status.
+        self.last_error: tuple[str, float] | None = None
 
     def after_fork(self) -> None:
         self.spool.after_fork()
@@ -176,7 +178,7 @@ class Delivery:
             sink.put(relative, _Window(file, offset, size), size)
         self._remove(path)
         count_written(relative)
-        if self._failures:
+        if self._failures and is_data(relative):
             count("objects_drained")
 
     def _next_goes_through(self) -> bool:
@@ -204,6 +206,7 @@ class Delivery:
 
     def _failed(self, exc: Exception) -> None:
         self._failures += 1
+        self.last_error = (describe_error(exc), time.time())
         count("sink_retries")
         delay = min(_BACKOFF_MAX_S, _BACKOFF_FIRST_S * 2 ** min(self._failures - 1, 16))
         delay *= random.uniform(0.5, 1.0)  # jitter: many workers must not retry in step

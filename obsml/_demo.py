@@ -15,6 +15,7 @@ import dataclasses
 import importlib
 import importlib.util
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -24,16 +25,21 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from ._exceptions import ObsmlError
-from ._reader import Span, StoreReader
 from ._settings import Settings
+
+if TYPE_CHECKING:  # imported when the demo runs: fsspec would slow down every `obsml --help`
+    from ._reader import Span, StoreReader
 
 DEFAULT_STORE = "./obsml-data"
 DEFAULT_REQUESTS = 40
 MIN_REQUESTS = 5
 
+# Printed at the end, to run over what the demo wrote: requests and latency by route and status.
+QUERY = ("select route, status_code, count(*) as requests, round(median(duration_ms), 1) as median_ms "
+         "from spans group by all order by all")
 STARTUP_TIMEOUT_S = 30.0
 SHUTDOWN_TIMEOUT_S = 15.0
 
@@ -74,10 +80,19 @@ def run_demo(app: str | None, store: str, requests: int, out: IO[str] | None = N
     """Run the demo; returns the exit status (0 when the server ran and spans were read back)."""
     out = out or sys.stdout
     try:
-        return _run(server, app or server.default_app, store, requests, out)
+        status = _run(server, app or server.default_app, store, requests, out)
     except DemoError as exc:
         print(f"obsml demo: error: {exc}", file=sys.stderr)
         return 1
+    _print_next_commands(out, store)
+    return status
+
+
+def _print_next_commands(out: IO[str], store: str) -> None:
+    """Two commands that read what the demo just wrote, to copy."""
+    where = f"--store {shlex.quote(store)}"
+    print(f"\nRead it back (from this directory):\n  obsml logs --errors {where}\n  obsml query {shlex.quote(QUERY)} "
+          f"{where}", file=out, flush=True)
 
 
 def _run(server: Server, app: str, store_url: str, requests: int, out: IO[str]) -> int:
@@ -91,7 +106,7 @@ def _run(server: Server, app: str, store_url: str, requests: int, out: IO[str]) 
         store_url = os.path.abspath(store_url)
     try:
         settings = Settings.load(store=store_url)
-        reader = StoreReader.open(settings.store)
+        reader = _open_store(settings.store)
     except ObsmlError as exc:
         raise DemoError(str(exc)) from None
     before = {*reader.files("traces"), *reader.files("payloads")}
@@ -223,6 +238,12 @@ def _tail(path: str, lines: int = 20) -> str:
 
 
 # --- reading back --------------------------------------------------------------------------------
+
+
+def _open_store(url: str) -> StoreReader:
+    from ._reader import StoreReader
+
+    return StoreReader.open(url)
 
 
 def _read_back(reader: StoreReader, before: set[str]) -> tuple[list[Span], Counter[str], list[str], list[str]]:

@@ -14,6 +14,9 @@ from ._stats import DropReason, count
 # Folders of part files (spans, model data rows): they may use the disk reserve and the spool
 # budget that bodies and other offloaded values leave them.
 PART_FOLDERS = ("traces/", "modeldata/")
+# Each writer's status (``_status``): obsml's own bookkeeping, not data, so it is counted under none
+# of the data counters (a status counted as written would change what the next status reports).
+STATUS_FOLDER = "_obsml/status"
 
 
 class StoreWriteError(Exception):
@@ -37,7 +40,14 @@ def failure_reason(exc: BaseException) -> DropReason:
     return exc.reason if isinstance(exc, StoreWriteError) else "store_error"
 
 
+def is_data(relative: str) -> bool:
+    """Whether an object is data (spans, bodies, model data), not obsml's status."""
+    return not relative.startswith(STATUS_FOLDER)
+
+
 def count_written(relative: str) -> None:
+    if not is_data(relative):
+        return
     if relative.startswith("traces/"):
         count("trace_files_written")
     elif relative.startswith("modeldata/"):

@@ -18,9 +18,11 @@ from ._capture import Capture
 from ._headers import HeaderSlots
 from ._ids import sampling_threshold
 from ._metrics import register_metrics
+from ._policy import CapturePolicy
 from ._redact import RedactionPolicy
 from ._settings import Settings
 from ._stats import count
+from ._status import StatusReport
 from ._store import Store
 from ._tracing import Tracing
 from ._types import Attributes
@@ -41,12 +43,24 @@ class Pipeline:
             interval=self.store.batch_interval(settings.flush_interval),
             exit_timeout=settings.flush_timeout,
         )
+        self.status: StatusReport | None = None
+        # Not for a sink plugin's store: obsml cannot read it back, and a sink may keep the first put
+        # of a path (the Sink contract: a path is put again only with the same bytes).
+        if settings.status and self.store.fs is not None:
+            self.status = StatusReport(settings, self.store, lambda: self.writer.closed)
+            self.writer.add_ticker(self.status, last=True)
         if self.store.delivery is not None:
             self.writer.exit_hooks.append(self.store.delivery.close)
 
-    def flush(self, timeout: float) -> bool:
-        """Everything captured so far written out (for a remote store: delivered), within ``timeout``."""
+    def flush(self, timeout: float, shutdown: bool = False) -> bool:
+        """Everything captured so far written out (for a remote store: delivered), within ``timeout``.
+
+        ``shutdown``: the server is stopping (an ASGI lifespan shutdown, after which uvicorn skips
+        atexit), so the status written now is the writer's last, marked exited.
+        """
         deadline = time.monotonic() + timeout
+        if shutdown and self.status is not None:
+            self.status.exit_next()
         if not self.writer.flush(timeout):
             return False
         delivery = self.store.delivery
@@ -70,6 +84,7 @@ def pipeline_for(settings: Settings) -> Pipeline:
         settings.queue_max_bytes,
         settings.flush_interval,
         settings.flush_timeout,
+        settings.status,
     )
     with _PIPELINES_LOCK:
         pipeline = _PIPELINES.get(key)
@@ -101,8 +116,11 @@ class Capturer:
         self.store = self.pipeline.store
         self.describe = describe
         self.redaction = RedactionPolicy(settings.redact_headers, settings.correlation_headers, settings.redact_query)
+        self.policy = CapturePolicy(settings.capture_bodies, settings.capture_routes, settings.skip_routes)
+        self.skip_path = self.policy.skip  # the one match on the request path (None: nothing is skipped)
         self.inline_limit = settings.inline_limit
-        self.max_capture = settings.max_capture
+        # capture_bodies=none: no body byte is kept at all (sizes are still counted).
+        self.max_capture = 0 if settings.capture_bodies == "none" else settings.max_capture
         # Body chunks may fill four fifths of the queue: the rest is kept for spans (their headers
         # and inline bodies), so that the span of a body lost to a full queue can still say so.
         self.queue_body_bytes = max(1, settings.queue_max_bytes * 4 // 5)
@@ -146,15 +164,26 @@ class Capturer:
 
     def emit(self, capture: Capture) -> None:
         """Writer side: turn a finished capture into a span."""
+        policy = self.policy
+        if policy.skips_route(capture.route):  # its path did not match, its template does: no span
+            for tee in (capture.request_body, capture.response_body):
+                if tee.stream is not None:
+                    tee.stream.finish(commit=False)
+            count("requests_skipped")
+            return
         count("requests_captured")
-        # Payloads are committed (or aborted) first: building the attributes then touches no file.
-        # A response body counts only once the response started, and a body sent past obsml never.
+        described = self.describe(capture.info, self)
+        keep_bodies = policy.keeps_bodies(
+            str(described.get("url.path", "")), capture.route, capture.failed or bool(capture.exceptions)
+        )
+        # Payloads are committed (or aborted) before the span's attributes: building them then
+        # touches no file. A response body counts only once the response started, and a body sent
+        # past obsml never; a body the policy does not keep is discarded (nothing of it is stored).
         for tee, commit in ((capture.request_body, True), (capture.response_body, capture.responded)):
             if tee.stream is not None:
-                tee.stream.finish(commit=commit and tee.unseen is None)
-        described = self.describe(capture.info, self)
-        name, attributes = span_attributes(capture, described, self.base_attributes, self.redaction)
+                tee.stream.finish(commit=commit and keep_bodies and tee.unseen is None)
+        name, attributes = span_attributes(capture, described, self.base_attributes, self.redaction, keep_bodies)
         self.pipeline.tracing.emit(capture, name, attributes)
 
-    def flush(self) -> bool:
-        return self.pipeline.flush(self.settings.flush_timeout)
+    def flush(self, shutdown: bool = False) -> bool:
+        return self.pipeline.flush(self.settings.flush_timeout, shutdown)

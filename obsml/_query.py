@@ -69,8 +69,8 @@ def span_files(reader: StoreReader, since: datetime | None, until: datetime | No
     else:
         start = (since or datetime(1970, 1, 1, tzinfo=timezone.utc)).replace(minute=0, second=0, microsecond=0)
         end = until or datetime.now(timezone.utc)
-        if since is None:  # open at its start: every day folder there is, up to ``until``
-            day_list = [d for d in _span_days(reader) if d <= end.date()]
+        if end - start > timedelta(days=31):  # a long window: the day folders there are, not every date in it
+            day_list = [day for day in _span_days(reader) if start.date() <= day <= end.date()]
         else:
             day_list = [start.date() + timedelta(days=n) for n in range((end.date() - start.date()).days + 1)]
         listed = []

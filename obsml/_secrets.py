@@ -2,7 +2,8 @@
 
 Connection strings, SAS tokens and keys reach obsml only through the environment (adlfs and
 fsspec read them there). Anything obsml logs or raises about a store passes through
-:func:`scrub`, and a filter on the ``obsml`` logger scrubs every record, traceback included.
+:func:`scrub`, and a filter on the ``obsml`` logger scrubs every record, traceback included, and
+escapes its control characters (no log injection).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import traceback
 from urllib.parse import unquote
 
 # The one marker of a removed credential: in log lines here, in span attributes (obsml/_redact.py).
@@ -47,6 +49,22 @@ def _known_secrets() -> list[str]:
     return sorted(values, key=len, reverse=True)
 
 
+# Control characters (C0 but tab, DEL, C1, the Unicode line separators) in a log line would let
+# text from outside (a path, an error message, a sink's name) forge log lines or drive a terminal
+# (ANSI escapes): each is written escaped instead, as \n or \x1b. A traceback keeps its line breaks.
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+_CONTROL_BUT_NEWLINE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    return match[0].encode("unicode_escape").decode("ascii")
+
+
+def neutralize(text: str) -> str:
+    """``text`` on one line, with no control character left raw (for a log line)."""
+    return _CONTROL.sub(_escaped, text)
+
+
 def scrub(text: str) -> str:
     """``text`` with every credential obsml can know of replaced by ``[REDACTED]``."""
     for secret in _known_secrets():
@@ -55,15 +73,40 @@ def scrub(text: str) -> str:
 
 
 class ScrubFilter(logging.Filter):
-    """Scrubs a log record's message and traceback before any handler formats it."""
+    """Scrubs a log record's message and traceback before any handler formats it, and escapes
+    their control characters: the one place every line obsml logs passes through."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = scrub(record.getMessage())
+        record.msg = neutralize(scrub(record.getMessage()))
         record.args = None
         if record.exc_info:
-            record.exc_text = scrub(logging.Formatter().formatException(record.exc_info))
+            record.exc_text = _traceback_text(record.exc_info[1])
             record.exc_info = None
         return True
+
+
+def _traceback_text(exc: BaseException | None) -> str:
+    """A traceback as logging shows it, scrubbed and escaped. Its frames keep their line breaks;
+    an exception's own text (which may quote anything) is kept on one line."""
+    if exc is None:
+        return ""
+    messages: set[str] = set()
+    seen: set[int] = set()
+    chain: list[BaseException | None] = [exc]
+    while chain:
+        link = chain.pop()
+        if link is None or id(link) in seen:
+            continue
+        seen.add(id(link))
+        messages.update(traceback.format_exception_only(type(link), link))
+        chain += (link.__cause__, link.__context__)
+    parts = []
+    for chunk in traceback.format_exception(type(exc), exc, exc.__traceback__):
+        if chunk in messages:
+            parts.append(neutralize(scrub(chunk.removesuffix("\n"))) + "\n")
+        else:
+            parts.append(_CONTROL_BUT_NEWLINE.sub(_escaped, scrub(chunk)))
+    return "".join(parts).removesuffix("\n")
 
 
 def install_log_scrubbing(logger: logging.Logger) -> None:

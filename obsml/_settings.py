@@ -48,6 +48,11 @@ class Settings:
     strict: bool = False
     collect_format: str = "jsonl"
     collect_enabled: bool = True
+    status: bool = True
+    # Capture policy (README "Capture policies"): which requests get a span, which keep their bodies.
+    capture_bodies: str = "all"
+    capture_routes: tuple[str, ...] = ()
+    skip_routes: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         # The store URL may carry credentials (a SAS token in a query string): show its scheme only.
@@ -201,4 +206,24 @@ _PARSERS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "strict": (_boolean, "true or false"),
     "collect_format": (_choice("jsonl", "csv", "parquet"), "one of jsonl, csv, parquet"),
     "collect_enabled": (_boolean, "true or false (also 1/0, yes/no, on/off)"),
+    "status": (_boolean, "true or false (also 1/0, yes/no, on/off)"),
 }
+
+
+# Capture policy: route globs (README "Capture policies"), matched by obsml/_policy.py.
+
+
+def _globs(raw: Any) -> tuple[str, ...]:
+    items = raw.split(",") if isinstance(raw, str) else list(raw)
+    globs = tuple(str(item).strip() for item in items if str(item).strip())
+    for glob in globs:
+        if any(ord(c) < 32 or ord(c) == 127 for c in glob):
+            raise ValueError(glob)
+    return globs
+
+
+_PARSERS.update({
+    "capture_bodies": (_choice("all", "none", "errors"), "one of all, none, errors"),
+    "capture_routes": (_globs, "a comma-separated list of globs over route templates or paths, such as /predict*"),
+    "skip_routes": (_globs, "a comma-separated list of globs over route templates or paths, such as /health*"),
+})

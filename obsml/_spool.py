@@ -34,7 +34,7 @@ from hashlib import sha256
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from ._objects import PART_FOLDERS, StoreWriteError
+from ._objects import PART_FOLDERS, StoreWriteError, is_data
 from ._stats import count, record_drop, report_internal_error
 
 if TYPE_CHECKING:
@@ -215,6 +215,8 @@ class RecordWriter:
         # data part files count like trace part files (media values offloaded by a collector, under
         # modeldata-media/, like bodies).
         self.limit = spool.max_bytes if relative.startswith(PART_FOLDERS) else int(spool.max_bytes * _PAYLOAD_SHARE)
+        self.relative = relative
+        self.committed: Path | None = None  # the record's file once committed, until delivered
         self.path_bytes = relative.encode("utf-8")
         self.hasher = sha256(self.path_bytes)
         self.size = 0
@@ -254,7 +256,9 @@ class RecordWriter:
             self.abort()
             raise
         self.spool.add(final, self.reserved)
-        count("objects_spooled")
+        self.committed = final
+        if is_data(self.relative):
+            count("objects_spooled")
         self.spool.wake()
 
     def abort(self) -> None:

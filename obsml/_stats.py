@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from types import TracebackType
-from typing import Literal
+from typing import Literal, get_args
 
 from ._secrets import install_log_scrubbing
 from ._throttle import LogThrottle
@@ -45,6 +45,7 @@ _EXIT_REASONS = frozenset({"flush_timeout", "after_exit"})
 Counter = Literal[
     "requests_captured",  # spans handed to the writer
     "requests_sampled_out",  # successful requests skipped by OBSML_SAMPLE_RATE
+    "requests_skipped",  # requests OBSML_SKIP_ROUTES left without a span
     "spans_exported",  # spans the exporters accepted (jsonl: written to the store, or to its spool)
     "payloads_written",  # bodies in the store under payloads/ (for a remote store: delivered)
     "trace_files_written",  # part files in the store under traces/ (for a remote store: delivered)
@@ -56,12 +57,14 @@ Counter = Literal[
     "modeldata_files_written",  # part files in the store under modeldata/ (for a remote store: delivered)
     "rows_collected",  # Collector rows written to the store under modeldata/ (or to its spool)
 ]
+COUNTERS: tuple[str, ...] = get_args(Counter)
 
 
 class _Stats:
     def __init__(self) -> None:
         self._counts: dict[str, int] = {}
         self._drops: dict[str, dict[str, int]] = {}
+        self._last_errors: dict[str, tuple[str, float]] = {}  # reason -> its latest error (or detail), when
         self._reinit()
 
     def _reinit(self) -> None:
@@ -82,6 +85,7 @@ class _Stats:
         """Remember why items are about to be dropped, for the next line of ``reason``."""
         with self._lock:
             self._first_error.setdefault(reason, f"first error: {text}")
+            self._last_errors[reason] = (text, time.time())
 
     def record_drop(self, kind: str, reason: DropReason, n: int = 1, detail: str = "") -> None:
         now = time.monotonic()
@@ -92,6 +96,7 @@ class _Stats:
             unlogged[kind] = unlogged.get(kind, 0) + n
             if detail:
                 self._first_error.setdefault(reason, detail)
+                self._last_errors[reason] = (detail, time.time())
             if reason in _EXIT_REASONS:  # nothing reads the counters afterwards: log each now
                 self.log_throttle.forget(reason)
             line = self._take_line(reason, now)
@@ -135,15 +140,22 @@ class _Stats:
             logger.warning(*line)
 
     def snapshot(self) -> dict[str, object]:
+        """Every counter (0 when nothing was counted yet), then ``dropped[reason][kind]``."""
         with self._lock:
             dropped = {reason: dict(kinds) for reason, kinds in self._drops.items()}
-            return {**self._counts, "dropped": dropped}
+            return {**{name: self._counts.get(name, 0) for name in COUNTERS}, "dropped": dropped}
+
+    def last_errors(self) -> dict[str, tuple[str, float]]:
+        """The latest error (or detail) noted for each drop reason, with its time (``time.time()``)."""
+        with self._lock:
+            return dict(self._last_errors)
 
     def reset(self) -> None:
         with self._lock:
             timer = self._timer
             self._counts.clear()
             self._drops.clear()
+            self._last_errors.clear()
         if timer is not None:
             timer.cancel()
         self._reinit()
@@ -217,5 +229,6 @@ class guarded:  # named as the statement reads: ``with guarded("what"):``
 
 
 def stats() -> dict[str, object]:
-    """Counters since start: captured, sampled out, exported, written, and ``dropped[reason][kind]``."""
+    """Counters since start, every one of them: captured, sampled out, exported, written, and
+    ``dropped[reason][kind]``."""
     return STATS.snapshot()

@@ -28,7 +28,15 @@ from fsspec.implementations.local import LocalFileSystem
 
 from ._contracts import Offloaded
 from ._exceptions import ConfigError
-from ._objects import PART_FOLDERS, AtomicTarget, StoreWriteError, count_written, describe_error, utc_folders
+from ._objects import (
+    PART_FOLDERS,
+    STATUS_FOLDER,
+    AtomicTarget,
+    StoreWriteError,
+    count_written,
+    describe_error,
+    utc_folders,
+)
 from ._secrets import scrub
 from ._stats import count, note_error
 
@@ -44,6 +52,10 @@ _HOST = sha256(socket.gethostname().encode()).hexdigest()[:8]
 _TEMPORARY = re.compile(r"\.(?P<name>.+)\.(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]+)-[0-9a-f]{8}\.tmp")
 _SWEEP_DAYS = 7  # the date folders swept at start: a crash's leftovers sit in the folders of its time
 _SPAN_RESERVE_MAX = 64 << 20  # bodies leave min(this, 5% of the disk) free, for the spans that name them
+# Every object's path under the root, whoever made it up (obsml, an exporter plugin's offload):
+# segments of safe characters, never empty, "." or "..", so that nothing is opened outside the store.
+_SEGMENT = r"(?!\.\.?(?:/|\Z))[A-Za-z0-9._=-]+"
+_SAFE_RELATIVE = re.compile(f"{_SEGMENT}(?:/{_SEGMENT})*")
 # Remote stores commit spans to the spool at least this often: what a SIGKILL can lose (issue 11).
 REMOTE_COMMIT_S = 0.25
 
@@ -100,7 +112,7 @@ class Store:
         self.root = root.rstrip("/")
         if isinstance(self.fs, LocalFileSystem):
             try:
-                self.fs.makedirs(self.root, exist_ok=True)
+                make_private_dirs(self.root)
             except OSError as exc:
                 raise ConfigError(f"OBSML_STORE: cannot create the store directory ({exc.strerror})") from None
             self._sweep_temporaries()
@@ -148,6 +160,8 @@ class Store:
         return str(self.fs.unstrip_protocol(self.path(relative)))
 
     def open_atomic(self, relative: str) -> AtomicTarget:
+        if not _SAFE_RELATIVE.fullmatch(relative):
+            raise ValueError(f"obsml: {relative!r} is not an object path in the store")
         if self.delivery is not None:
             return self.delivery.spool.open_record(relative)
         return AtomicObject(self, relative)
@@ -163,31 +177,36 @@ class Store:
 
     def _ensure_dir(self, folder: str) -> None:
         if folder not in self._known_dirs:
-            self.fs.makedirs(folder, exist_ok=True)
+            make_private_dirs(folder)
             self._known_dirs.add(folder)
 
-    def _open_temporary(self, folder: str, temporary: str) -> Any:
+    def _open_temporary(self, folder: str, temporary: str) -> BinaryIO:
+        # Only the local disk gets here (a remote store writes to the spool): bodies are private,
+        # 0600 files in 0700 folders (SECURITY.md), whatever the process's umask allows beyond.
         self._ensure_dir(folder)
+        flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY
         try:
-            return self.fs.open(temporary, "wb")
+            fd = os.open(temporary, flags, 0o600)
         except FileNotFoundError:
             # The folder was removed or moved away since we made it (a log shipper, a cleaner).
             self._known_dirs.discard(folder)
             self._ensure_dir(folder)
-            return self.fs.open(temporary, "wb")
+            fd = os.open(temporary, flags, 0o600)
+        return open(fd, "wb")  # closed by commit or abort
 
     def _sweep_temporaries(self) -> None:
         """Remove the temporary files this host's dead processes left in the recent date folders.
 
         Those are ``<top>/<yyyy>/<mm>/<dd>`` and ``…/<hh>`` for every top folder (``traces``,
-        ``payloads``, a plugin's), for the last ``_SWEEP_DAYS`` days: a bounded walk at start,
-        however large the store.
+        ``payloads``, a plugin's, ``_obsml/status``), for the last ``_SWEEP_DAYS`` days: a bounded
+        walk at start, however large the store.
         """
         removed = 0
         now = time.time()
         tops: list[str] = []
         with suppress(OSError), os.scandir(self.root) as entries:
             tops = [entry.path for entry in entries if entry.is_dir()]
+        tops.append(f"{self.root}/{STATUS_FOLDER}")
         for days_ago in range(_SWEEP_DAYS):
             day = utc_folders(int((now - days_ago * 86400) * 1e9))
             hours = ["", *(f"/{hour:02d}" for hour in range(24))]
@@ -214,6 +233,21 @@ class Store:
         return Offloaded(self.uri(relative), len(data), sha256(data).hexdigest())
 
 
+def make_private_dirs(path: str) -> None:
+    """``path`` and every missing folder above it, each made 0700 (``os.makedirs`` would give the
+    folders above the umask's default mode, usually 0755). Folders that exist are left as they are."""
+    missing = []
+    while path and not os.path.isdir(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    for folder in reversed(missing):
+        with suppress(FileExistsError):  # another process made it meanwhile
+            os.mkdir(folder, 0o700)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -237,7 +271,7 @@ class AtomicObject:
         # (and plugins' values) stop short of a reserve, which only part files may use.
         self._keeps_room = not relative.startswith(PART_FOLDERS)
         with _noting_errors():
-            self._file: BinaryIO | Any = store._open_temporary(self.folder, self.temporary)
+            self._file: BinaryIO = store._open_temporary(self.folder, self.temporary)
             if self._keeps_room:
                 try:
                     self._check_room(0)

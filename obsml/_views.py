@@ -159,7 +159,7 @@ class StoreViews:
         """
         duckdb = load_duckdb()
         try:
-            names = duckdb.get_table_names(sql)
+            names = self.connection.get_table_names(sql)  # the module's own would start a second database
         except duckdb.ParserException:
             raise
         except duckdb.Error:  # it can fail to bind what the query does: then every view, and DuckDB says what
@@ -169,6 +169,7 @@ class StoreViews:
 
     def define(self, names: Iterable[str]) -> list[str]:
         """Define the views ``names`` (unknown names are ignored); returns those that hold data in the window."""
+        names = list(names)
         for name in names:
             if name in self.defined:
                 continue
@@ -236,10 +237,11 @@ class StoreViews:
             if sql is None:
                 continue
             columns = self.connection.sql(sql).columns
-            features = ", ".join(f"{_text(c)}: {_quoted(c)}" for c in columns if c not in meta)
+            pairs = ", ".join(f"{_text(c)}: {_quoted(c)}" for c in columns if c not in meta)
+            features = "{" + pairs + "}" if pairs else "'{}'::JSON"
             selected = [_quoted(c) if c in columns else f"CAST(NULL AS {kind}) AS {c}" for c, kind in MODELDATA_COLUMNS]
             selects.append(f"SELECT {', '.join(selected[:3])}, {_text(identifier)} AS identifier, "
-                           f"{', '.join(selected[3:])}, to_json({{{features}}}) AS features FROM ({sql})")
+                           f"{', '.join(selected[3:])}, to_json({features}) AS features FROM ({sql})")
         empty = _empty([*MODELDATA_COLUMNS[:3], ("identifier", "VARCHAR"), *MODELDATA_COLUMNS[3:],
                         ("features", "JSON")])
         union = " UNION ALL BY NAME ".join(selects) or None

@@ -77,7 +77,8 @@ class Writer:
     """
 
     def __init__(self, *tickers: Ticker, max_items: int, max_bytes: int, interval: float, exit_timeout: float) -> None:
-        self._tickers = tickers
+        self._first_tickers = self._tickers = tickers
+        self._last_tickers: tuple[Ticker, ...] = ()
         self._max_items = max_items
         self._max_bytes = max_bytes
         self._wake_items = max(1, min(1000, max_items // 4))
@@ -92,10 +93,18 @@ class Writer:
         self._reset()
         _WRITERS.add(self)
 
-    def add_ticker(self, ticker: Ticker) -> None:
-        """Tick ``ticker`` too from now on (a collector's part files, made after the writer)."""
+    def add_ticker(self, ticker: Ticker, last: bool = False) -> None:
+        """Tick ``ticker`` too from now on (a collector's part files, made after the writer).
+
+        A ``last`` ticker is ticked after every other, even those added later: the writer's
+        status, which reports what they wrote.
+        """
         with self._lock:
-            self._tickers = (*self._tickers, ticker)
+            if last:
+                self._last_tickers = (*self._last_tickers, ticker)
+            else:
+                self._first_tickers = (*self._first_tickers, ticker)
+            self._tickers = (*self._first_tickers, *self._last_tickers)
 
     def _reset(self) -> None:
         self._jobs: deque[Job] = deque()

@@ -17,7 +17,7 @@ from ._frameworks import asgi_route, hook_asgi_app, hook_scope
 from ._headers import CORRELATION_HEADER, echo_correlation_id, header_value
 from ._pipeline import Capturer
 from ._settings import Settings
-from ._stats import enable_strict, guarded, logger, report_internal_error
+from ._stats import count, enable_strict, guarded, logger, report_internal_error
 from ._types import ASGIApp, Attributes, Message, Receive, Scope, Send
 
 _CORRELATION_HEADER = CORRELATION_HEADER.encode("latin-1")
@@ -71,6 +71,11 @@ class ObsmlMiddleware:
         if self._hook_first_scope:
             self._hook_first_scope = False
             hook_scope(scope)
+        skip_path = self.capturer.skip_path
+        if skip_path is not None and skip_path(scope["path"]) is not None:  # OBSML_SKIP_ROUTES: no span
+            count("requests_skipped")
+            await self.app(scope, receive, send)
+            return
         try:
             extensions = scope.get("extensions")
             if extensions and (_PATHSEND in extensions or _ZEROCOPYSEND in extensions):
@@ -96,7 +101,7 @@ class ObsmlMiddleware:
     def flush_at_shutdown(self) -> None:
         with guarded("the shutdown flush"):
             self._finish_answered()
-            self.capturer.flush()
+            self.capturer.flush(shutdown=True)
 
 
 def _inside_asgi_call() -> bool:

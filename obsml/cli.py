@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", dest="command", metavar="<command>")
     _add_demo(commands)
     _add_query(commands)
+    _add_status(commands)
     _add_logs(commands)
     _add_tail(commands)
     return parser
@@ -265,6 +266,40 @@ def _run_demo(args: argparse.Namespace) -> int:
     return run_demo(app=args.app, store=args.store, requests=args.requests, server=server)
 
 
+def _add_status(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    status = commands.add_parser(
+        "status",
+        help="whether obsml's writers are alive and dropped anything: exit status 1 when they did",
+        description=(
+            "Read the status files obsml's writers (one per server process) keep in the store, and sum them: "
+            "writers alive, stale (not seen for 3 heartbeats, without having exited) or exited; requests "
+            "captured; objects written and spooled; drops by reason and kind. A writer counts when it was "
+            "alive in the window, with its latest counters: everything since that process started (so no drop "
+            "in the window is missed, and a restart starts afresh). Exit status 0 when nothing was dropped, 1 "
+            "when something was (for a cron job or a CI gate), 2 when the store cannot be read."
+        ),
+    )
+    status.add_argument(
+        "--store",
+        default=os.environ.get("OBSML_STORE", "./obsml-data"),
+        help="the store: a local path or an fsspec URL (default: OBSML_STORE, else ./obsml-data)",
+    )
+    status.add_argument(
+        "--since", default="1d", help="start of the window: a duration before now (15m, 2h, 7d) or an ISO time "
+        "(default: 1d)",
+    )
+    status.add_argument("--until", help="end of the window, as --since (default: now)")
+    status.add_argument("--format", choices=("text", "json"), default="text", dest="output_format",
+                        help="text: a table (default); json: totals and writers, counters named as obsml.stats()")
+    status.set_defaults(handler=_run_status)
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    from ._status_command import run_status
+
+    return run_status(args.store, args.since, args.until, args.output_format)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``obsml`` with ``argv`` (default: the process arguments); returns the exit status."""
     parser = build_parser()
@@ -281,6 +316,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("obsml: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader left (``obsml status | head``): the output is cut, quietly
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python's flush at exit must not fail again
+        return 128 + 13  # as a process killed by SIGPIPE reports it
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from ._frameworks import hook_wsgi_app, wsgi_route
 from ._headers import CORRELATION_HEADER, echo_correlation_id
 from ._pipeline import Capturer
 from ._settings import Settings
-from ._stats import enable_strict, report_internal_error
+from ._stats import count, enable_strict, report_internal_error
 from ._types import Attributes, Environ, ExcInfo, StartResponse, Write, WSGIApp
 from ._writer import flush_on_sigterm
 from ._wsgi_io import EnvironHeaders, InputTee, Latin1Pairs
@@ -42,10 +42,14 @@ class ObsmlWSGIMiddleware:
         hook_wsgi_app(app)
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        if not self.capturer.enabled:
+        capturer = self.capturer
+        if not capturer.enabled:
+            return self.app(environ, start_response)
+        skip_path = capturer.skip_path
+        if skip_path is not None and skip_path(_request_path(environ)) is not None:  # OBSML_SKIP_ROUTES: no span
+            count("requests_skipped")
             return self.app(environ, start_response)
         try:
-            capturer = self.capturer
             found, held_bytes = capturer.header_slots.scan_environ(environ)
             capture = Capture(capturer, found, EnvironHeaders(environ), environ, held_bytes)
             environ["wsgi.input"] = InputTee(environ["wsgi.input"], capture)
@@ -211,6 +215,12 @@ def describe_environ(environ: Environ, capturer: Capturer) -> Attributes:
         attributes["server.address"] = environ["SERVER_NAME"]
         set_port(attributes, "server.port", environ.get("SERVER_PORT"))
     return attributes
+
+
+def _request_path(environ: Environ) -> str:
+    """The path as ``url.path`` records it, for the skip globs (decoded only when not ASCII)."""
+    path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+    return (path if path.isascii() else _text(path)) or "/"
 
 
 def _text(wsgi_string: str) -> str:

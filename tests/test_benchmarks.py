@@ -53,3 +53,17 @@ def test_the_sink_outage_benchmark_measures_both_claims_and_leaves_nothing_behin
     assert "== burst: 2000 requests" in result.stdout
     assert result.stdout.count("VERDICT ") == 2
     assert list(tmp_path.iterdir()) == []  # plugin, spool: all in a temporary directory, removed
+
+
+def test_the_query_scale_benchmark_agrees_with_raw_duckdb_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    # A smoke run on 5,000 spans: obsml query and both raw DuckDB reads must count the same statuses.
+    import os
+
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "query_scale.py"), "--quick"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "== whole day: 5,000 spans, 2 rounds" in result.stdout
+    assert "== one hour: 208 spans, 2 rounds" in result.stdout  # 5,000 over 24 hours: the first 8 hours get 209
+    assert list(tmp_path.iterdir()) == []

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import os
 import re
+import shlex
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 from conftest import read_spans
@@ -24,6 +27,18 @@ def test_the_demo_serves_the_example_and_summarises_what_the_store_holds(tmp_pat
     assert {"/score", "/score/stream"} <= routes
     assert any(span["status"]["code"] == "ERROR" for span in spans)
     assert any("obsml.request.body.uri" in span["attributes"] for span in spans)
+    # It ends with two commands to copy; the query one reads what the demo just wrote.
+    *_, logs, query = result.stdout.splitlines()
+    assert logs == f"  obsml logs --errors --store {shlex.quote(str(store))}"
+    command = shlex.split(query)
+    assert command[:2] == ["obsml", "query"] and command[-2:] == ["--store", str(store)]
+    ran = subprocess.run([sys.executable, "-m", "obsml.cli", *command[1:]], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
+    assert ran.returncode == 0, ran.stderr
+    by_route = Counter({(line.split()[0], line.split()[1]): int(line.split()[2])
+                        for line in ran.stdout.splitlines()[2:-1]})
+    assert by_route == Counter((span["attributes"].get("http.route"),
+                                str(span["attributes"].get("http.response.status_code"))) for span in spans)
 
 
 def test_the_wsgi_demo_serves_the_flask_example_from_two_gunicorn_workers(tmp_path: Path) -> None:
@@ -54,3 +69,13 @@ def test_the_cli_without_a_command_prints_help_and_fails() -> None:
     result = subprocess.run([sys.executable, "-m", "obsml.cli"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "demo" in result.stdout + result.stderr
+
+
+def test_the_command_line_starts_without_duckdb_pandas_fsspec_or_opentelemetry() -> None:
+    # `obsml --help` stays quick: the commands import what they need when they run.
+    heavy = ("duckdb", "pandas", "pyarrow", "fsspec", "adlfs", "opentelemetry.sdk")
+    script = ("import sys; from obsml.cli import build_parser; build_parser(); "
+              f"print([module for module in {heavy!r} if module in sys.modules])")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

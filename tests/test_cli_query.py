@@ -300,3 +300,38 @@ def test_an_azure_blob_store_is_queried_through_adlfs(blob_store: str, capsys: p
     assert found["small-2"]["request_body"] == '{"n": 2}'
     assert found["big-1"]["request_body_uri"].startswith(f"{blob_store}/payloads/")
     assert fsspec.open(found["big-1"]["request_body_uri"], "rb").open().read() == BIG
+
+
+@pytest.mark.parametrize("scheme", ["file", "memory"])
+def test_file_and_memory_urls_are_read_like_a_directory(
+    scheme: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    at = datetime(2026, 11, 2, 10, 0, tzinfo=timezone.utc)
+    line = hand_written_span(at, f"{scheme}-1", 201)
+    if scheme == "file":
+        write_hour(tmp_path, at, [line])
+        store = f"file://{tmp_path}"
+    else:
+        store = f"memory://query-{tmp_path.name}"
+        fsspec.filesystem("memory").pipe_file(f"/query-{tmp_path.name}/traces/{at:%Y/%m/%d/%H}/7-ab-000001.jsonl",
+                                              line.encode())
+    writer = "7-ab" if scheme == "memory" else "4242-0a1b2c3d"
+    assert rows(capsys, store, "select correlation_id, status_code, writer from spans") == [
+        {"correlation_id": f"{scheme}-1", "status_code": 201, "writer": writer}
+    ]
+
+
+def test_a_store_that_refuses_the_listing_says_so_in_one_line(
+    azurite: Azurite, azure_container: ContainerClient, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    wrong_key = azurite.connection_string.replace("AccountKey=Eby8", "AccountKey=AAAA")
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", wrong_key)
+    AzureBlobFileSystem.clear_instance_cache()
+    try:
+        code, out, err = query(capsys, f"abfs://{azure_container.container_name}/obsml", "select * from spans")
+    finally:
+        AzureBlobFileSystem.clear_instance_cache()
+    assert (code, out) == (2, "")
+    assert err.startswith(f"obsml query: cannot read abfs://{azure_container.container_name}/obsml: ")
+    assert err.count("\n") == 1 and "AccountKey" not in err

@@ -152,3 +152,47 @@ def test_drop_lines_give_the_counts_by_kind_since_the_last_line_and_the_os_error
     assert logged == Counter({"payload": 8, "span": 4}), lines
     assert all(line.partition(": ")[2].startswith("store_error (first error: ") for line in lines), lines
     assert re.search(r"\[Errno \d+\] .*traces|\[Errno \d+\] .*payloads", lines[0]), lines[0]
+
+
+def modes_under(root: Path) -> Counter[tuple[str, str]]:
+    """(kind, octal mode) of ``root`` and everything under it."""
+    entries = [root, *root.rglob("*")]
+    return Counter(("dir" if p.is_dir() else "file", oct(p.stat().st_mode & 0o777)) for p in entries)
+
+
+def test_a_local_store_and_a_spool_hold_private_files_in_private_folders_under_the_usual_umask(tmp_path: Path) -> None:
+    store, spool = tmp_path / "deep" / "store", tmp_path / "spool"
+    umask = os.umask(0o022)  # the usual default: files 0644, folders 0755 unless obsml says otherwise
+    try:
+        app = make_app(store=str(store), flush_interval=0.1)
+        with running_server(app) as url:
+            httpx.post(f"{url}/echo", content=b"x" * 100_000, headers={"x-correlation-id": "private"})
+        span_by_correlation_id(store, "private")
+        remote = Store(obsml.Settings.load(store="memory://private-spool", spool_dir=str(spool)))
+        assert remote.delivery is not None
+        record = remote.delivery.spool.open_record("payloads/x.bin")
+        record.write(b"body")
+        spooled = modes_under(spool)  # with a record being written
+        record.abort()
+        remote.delivery.spool.release_directory()
+    finally:
+        os.umask(umask)
+    local = modes_under(tmp_path / "deep")
+    assert set(local) == {("dir", "0o700"), ("file", "0o600")}
+    assert local["file", "0o600"] >= 3  # a span part file and two offloaded bodies
+    assert set(spooled) - {("dir", oct(spool.stat().st_mode & 0o777))} == {
+        ("dir", "0o700"), ("file", "0o600"),
+    }
+
+
+@pytest.mark.parametrize(
+    "relative",
+    ["../escape.json", "payloads/../../escape.json", "payloads/2026/./x", "/etc/escape", "a//b", "", "a/", "sp ace"],
+)
+def test_no_object_is_opened_outside_the_store_whatever_its_path_says(tmp_path: Path, relative: str) -> None:
+    store = Store(obsml.Settings.load(store=str(tmp_path / "store")))
+    with pytest.raises(ValueError, match="is not an object path in the store"):
+        store.open_atomic(relative)
+    with pytest.raises(ValueError, match="is not an object path in the store"):
+        store.offload("plugin", relative, b"x", time_ns=time.time_ns())
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == []
