@@ -28,8 +28,10 @@ import fsspec
 
 from ._exceptions import ObsmlError
 from ._logs_format import Printer, Row
+from ._objects import describe_error
 from ._query import subfolders
 from ._reader import StoreReader
+from ._secrets import scrub
 
 if TYPE_CHECKING:
     from ._views import StoreViews
@@ -130,24 +132,14 @@ def run_logs(
     if (views := _open(store, "logs", since, until)) is None:
         return 2
     printer = _printer(views.reader, "logs", format, bodies)
-    first, sql, params = newest_sql(filters, bodies=bodies)
-    found: list[Row] = []
-    read_any = False
-    with views, _quiet_when_output_closes():
-        for batch in _batches(hour_folders(views.reader, since, until), views.reader):
-            read_any = True
-            views.define_spans([path for files in batch.values() for path in files])
-            wanted = limit - len(found)
-            [(oldest, newest)] = views.connection.execute(first, [*params, wanted]).fetchall()
-            if oldest is None:
-                continue
-            # Only the hours from the oldest to the newest kept hold them: those are read again, not the batch.
-            views.define_spans([
-                path for hour, files in batch.items() if _hour(oldest) <= hour <= _hour(newest) for path in files
-            ])
-            found += _rows(views.connection.execute(sql, [*params, oldest, wanted]))
-            if len(found) >= limit:
-                break
+    with views, _quiet_when_output_closes(), _interrupts(at_once=True) as interrupted:
+        try:
+            found, read_any = _newest(views, filters, since=since, until=until, limit=limit, bodies=bodies)
+        except Exception as exc:  # the store's listing, a part file DuckDB cannot read, or Ctrl-C in a query
+            if interrupted.is_set():
+                raise KeyboardInterrupt from None
+            printer.note(_cannot_read(views, exc))
+            return 2
         if found:
             printer.rows(found)
         else:
@@ -155,43 +147,93 @@ def run_logs(
     return 0
 
 
+def _newest(
+    views: StoreViews, filters: Filters, *, since: datetime | None, until: datetime | None, limit: int, bodies: bool
+) -> tuple[list[Row], bool]:
+    """The newest ``limit`` requests matching ``filters``, and whether the window had any part file."""
+    first, sql, params = newest_sql(filters, bodies=bodies)
+    found: list[Row] = []
+    read_any = False
+    for batch in _batches(hour_folders(views.reader, since, until), views.reader):
+        read_any = True
+        views.define_spans([path for files in batch.values() for path in files])
+        wanted = limit - len(found)
+        [(oldest, newest)] = views.connection.execute(first, [*params, wanted]).fetchall()
+        if oldest is None:
+            continue
+        # Only the hours from the oldest to the newest kept hold them: those are read again, not the batch.
+        views.define_spans([
+            path for hour, files in batch.items() if _hour(oldest) <= hour <= _hour(newest) for path in files
+        ])
+        found += _rows(views.connection.execute(sql, [*params, oldest, wanted]))
+        if len(found) >= limit:
+            break
+    return found, read_any
+
+
 def run_tail(
     store: str, filters: Filters, *, interval: float, format: str = "text", bodies: bool = False,
     clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
 ) -> int:
-    """Print the requests of every part file that appears from now on, until interrupted: then 0."""
+    """Print the requests of every part file that appears from now on, until interrupted: then 0.
+
+    A poll that fails (the store unreachable for a while, a part file DuckDB cannot read) is said on
+    stderr, once until another failure or a success, and the polls go on.
+    """
     if (views := _open(store, "tail", None, None)) is None:
         return 2
     printer = _printer(views.reader, "tail", format, bodies)
     sql, params = select_sql(filters, bodies=bodies)
-    with views, _quiet_when_output_closes(), _until_interrupted() as interrupted:
-        seen = set(_recent_files(views.reader, clock()))
+    with views, _quiet_when_output_closes(), _interrupts(at_once=False) as interrupted:
+        try:
+            seen = set(_recent_files(views.reader, clock()))
+        except Exception as exc:  # the store's listing: whatever the filesystem raises
+            printer.note(_cannot_read(views, exc))
+            return 2
         printer.note("following new requests (Ctrl-C to stop)")
+        failure = ""
         while not interrupted.wait(interval):
-            current = _recent_files(views.reader, clock())
-            if new := [path for path in current if path not in seen]:
-                views.define_spans(new)
-                printer.rows(_rows(views.connection.execute(sql, params)))
-            seen = set(current)  # the folders polled: files of older hours will not come again
+            rows: list[Row] = []
+            try:
+                current = _recent_files(views.reader, clock())
+                # One file at a time, so that one DuckDB cannot read (said once) keeps none of the others back.
+                for path in [path for path in current if path not in seen]:
+                    seen.add(path)
+                    views.define_spans([path])
+                    rows += _rows(views.connection.execute(sql, params))
+                seen &= set(current)  # the folders polled: files of older hours will not come again
+                failure = ""
+            except Exception as exc:
+                if _cannot_read(views, exc) != failure:
+                    failure = _cannot_read(views, exc)
+                    printer.note(failure)
+            printer.rows(sorted(rows, key=lambda row: row["start_time"]))
     return 0
 
 
 @contextmanager
-def _until_interrupted() -> Iterator[threading.Event]:
-    """An event set by Ctrl-C, which ends ``tail`` between two polls: raised inside a DuckDB query,
-    SIGINT would come out as a RuntimeError. A second Ctrl-C interrupts at once (exit code 130)."""
+def _interrupts(*, at_once: bool) -> Iterator[threading.Event]:
+    """An event set by Ctrl-C. ``at_once``: Ctrl-C also raises KeyboardInterrupt where it lands, and
+    inside a DuckDB query, which it stops, that comes out as a RuntimeError: the event tells them
+    apart. Otherwise the event alone ends ``tail`` between two polls, and a second Ctrl-C raises."""
     interrupted = threading.Event()
 
     def on_sigint(signum: int, frame: object) -> None:
-        if interrupted.is_set():
-            raise KeyboardInterrupt
+        raise_now = at_once or interrupted.is_set()
         interrupted.set()
+        if raise_now:
+            raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         yield interrupted
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def _cannot_read(views: StoreViews, exc: Exception) -> str:
+    # One line (the Azure SDK's messages have several), scrubbed: a filesystem's message may hold a URL's secrets.
+    return f"cannot read {scrub(views.reader.shown())}: {' '.join(describe_error(exc).split())}"
 
 
 def _open(store: str, command: str, since: datetime | None, until: datetime | None) -> StoreViews | None:

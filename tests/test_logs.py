@@ -419,3 +419,39 @@ def test_tail_refuses_an_interval_that_is_not_a_positive_number_of_seconds(
 ) -> None:
     assert main(["tail", "--interval", interval]) == 2
     assert b"--interval" in capsysbinary.readouterr().err
+
+
+def real_span_line(store: Path, correlation_id: str) -> str:
+    return next(
+        line for part in store.glob("traces/*/*/*/*/*.jsonl") for line in part.read_text().splitlines()
+        if f'"obsml.correlation_id":"{correlation_id}"' in line
+    )
+
+
+def test_a_part_file_duckdb_cannot_read_is_one_line_and_exit_code_2(
+    store: Path, tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    broken = tmp_path / "broken"
+    folder = broken / "traces/2026/03/01/20"
+    folder.mkdir(parents=True)
+    (folder / "1-abcd-000001.jsonl").write_text(real_span_line(store, "asgi-404") + "\n{not json\n")
+    code, out, err = logs(capsysbinary, "--store", str(broken))
+    assert (code, out) == (2, b"")
+    assert err.startswith(f"obsml logs: cannot read {broken}: ".encode()) and err.count(b"\n") == 1
+
+
+def test_tail_says_once_that_a_part_file_cannot_be_read_and_goes_on(
+    store: Path, tmp_path: Path, follow: Any
+) -> None:
+    followed = tmp_path / "followed"
+    folder = followed / f"traces/{datetime.now(timezone.utc):%Y/%m/%d/%H}"
+    folder.mkdir(parents=True)
+    follower = follow("tail", "--store", str(followed))
+    (folder / "1-abcd-000001.jsonl").write_text("{not json\n")
+    span = json.loads(real_span_line(store, "asgi-404"))
+    span["attributes"]["obsml.correlation_id"] = "after-the-broken-one"
+    (folder / "1-abcd-000002.jsonl").write_text(json.dumps(span) + "\n")
+    assert "after-the-broken-one" in follower.line_with("after-the-broken-one")
+    code, unread, stderr = follower.interrupt()
+    assert (code, unread) == (0, [])
+    assert stderr.startswith(f"obsml tail: cannot read {followed}: ".encode()) and stderr.count(b"\n") == 1
