@@ -83,10 +83,11 @@ class Filters:
             params += [self.route, self.route]
         if self.contains is not None:
             # Inline text bodies only, in any case (as Kusto's `contains`); base64 text would match by accident.
-            clauses.append(" OR ".join(
+            either = " OR ".join(
                 f"(contains(lower({side}_body), lower(?)) AND {_attribute(side, 'encoding')} IS DISTINCT FROM 'base64')"
                 for side in ("request", "response")
-            ).join("()"))
+            )
+            clauses.append(f"({either})")
             params += [self.contains, self.contains]
         if self.errors:
             clauses.append("(error OR status_code >= 500)")
@@ -101,8 +102,8 @@ def select_sql(filters: Filters, *, bodies: bool) -> tuple[str, list[Any]]:
 
 def newest_sql(filters: Filters, *, bodies: bool) -> tuple[str, str, list[Any]]:
     """The queries of the newest requests matching ``filters``: the first finds the starts of the newest
-    and of the n-th newest (``LIMIT ?``), the second reads the requests from it on (``start_time >= ?``, ``LIMIT ?``);
-    both take the filters' parameters first.
+    and of the n-th newest (``LIMIT ?``), the second reads the requests from it on (``start_time >= ?``,
+    ``LIMIT ?``); both take the filters' parameters first.
 
     DuckDB computes every selected column of every row before it sorts, and each column is a parse of
     the span's attributes: sorting the start times alone first is 5x faster on an hour of 5,000 spans.
