@@ -455,3 +455,17 @@ def test_tail_says_once_that_a_part_file_cannot_be_read_and_goes_on(
     code, unread, stderr = follower.interrupt()
     assert (code, unread) == (0, [])
     assert stderr.startswith(f"obsml tail: cannot read {followed}: ".encode()) and stderr.count(b"\n") == 1
+
+
+def test_tail_prints_requests_of_gunicorn_workers(tmp_path: Path, follow: Any) -> None:
+    store = tmp_path / "store"
+    env = {"OBSML_MODEL": "flask_model", "OBSML_VERSION": "3"}
+    with running_gunicorn("wsgi_apps:flask_app", store, "--workers", "2", env=env) as server:
+        follower = follow("tail", "--store", str(store), "--errors")
+        httpx.post(f"{server.url}/echo", content=b"fine", headers={"x-correlation-id": "gunicorn-fine"})
+        httpx.get(f"{server.url}/fail/before", headers={"x-correlation-id": "gunicorn-fail"})
+        line = follower.line_with("gunicorn-")  # the first line of either: the failure only
+    assert "gunicorn-fail" in line and " 500 " in line and "GET /fail/before" in line and "flask_model/3" in line
+    assert line.rstrip().endswith("ValueError: row 3: income must be a number")
+    code, unread, stderr = follower.interrupt()
+    assert (code, stderr) == (0, b"") and not any("gunicorn-fine" in seen for seen in unread)
