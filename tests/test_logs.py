@@ -469,3 +469,17 @@ def test_tail_prints_requests_of_gunicorn_workers(tmp_path: Path, follow: Any) -
     assert line.rstrip().endswith("ValueError: row 3: income must be a number")
     code, unread, stderr = follower.interrupt()
     assert (code, stderr) == (0, b"") and not any("gunicorn-fine" in seen for seen in unread)
+
+
+def test_bodies_say_when_a_body_was_truncated(tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    store = tmp_path / "store"
+    with running_server(make_app(store=str(store), max_capture=1000, **ASGI)) as url:
+        httpx.post(f"{url}/echo", content=b"a" * 5000, headers={"content-type": "text/plain"})
+    assert obsml.flush(10)
+    code, out, _ = logs(capsysbinary, "--store", str(store), "--bodies")
+    assert code == 0
+    request = ["  request: text/plain, 5000 bytes, truncated: 1000 bytes kept", "a" * 1000]
+    assert out.decode().splitlines()[1:3] == request
+    [row] = json_lines(capsysbinary, store, "--bodies")
+    assert row["request_body_truncated"] is True and row["request_body"] == "a" * 1000
+    assert row["request_body_size"] == 5000
