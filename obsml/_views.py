@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 from types import ModuleType
 from typing import Any
 
-from ._query import identifiers, part_files, span_files, union_sql, window_sql
+from ._query import _openable, identifiers, part_files, span_files, union_sql, window_sql
 from ._reader import StoreReader
 
 __all__ = ["MODELDATA_COLUMNS", "SPAN_COLUMNS", "StoreViews", "join_sql", "load_duckdb"]
@@ -186,12 +186,19 @@ class StoreViews:
                 self._create(name, sql or _empty(MODELDATA_COLUMNS), sql)
         return [name for name in names if self.defined.get(name)]
 
+    def define_spans(self, files: Sequence[str]) -> None:
+        """(Re)define ``spans`` over ``files`` (part files, relative to the store) instead of the window's
+        hour folders, still keeping the window's rows: ``obsml logs`` reads a few hours at a time, newest
+        first, and ``obsml tail`` only the part files that are new."""
+        sql = self._spans_sql([_openable(self.reader, path) for path in files])
+        self._create("spans", sql or _empty([(column, kind) for column, kind, _ in SPAN_COLUMNS]), sql)
+
     def _create(self, name: str, sql: str, data: str | None) -> None:
         self.connection.execute(f"CREATE OR REPLACE TEMP VIEW {_quoted(name)} AS {sql}")
         self.defined[name] = data is not None
 
-    def _spans_sql(self) -> str | None:
-        files = span_files(self.reader, self.since, self.until)
+    def _spans_sql(self, files: list[str] | None = None) -> str | None:
+        files = span_files(self.reader, self.since, self.until) if files is None else files
         if not files:
             return None
         declared = "{" + ", ".join(f"{_text(key)}: {_text(kind)}" for key, kind in _SPAN_LINE.items()) + "}"

@@ -16,8 +16,12 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 from .__version__ import __version__
+
+if TYPE_CHECKING:
+    from ._logs import Filters
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -32,11 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(commands)
     _add_query(commands)
     _add_status(commands)
+    _add_logs(commands)
+    _add_tail(commands)
     return parser
 
 
-def add_store_options(parser: argparse.ArgumentParser, *, since: str | None = None) -> None:
-    """``--store`` (default ``OBSML_STORE``, else ./obsml-data) and the window ``--since``/``--until``.
+def add_store_options(parser: argparse.ArgumentParser, *, since: str | None = None, window: bool = True) -> None:
+    """``--store`` (default ``OBSML_STORE``, else ./obsml-data) and the window ``--since``/``--until``
+    (not with ``window=False``: ``obsml tail`` has none).
 
     ``since`` is the default of ``--since`` (a duration such as ``"1h"``; None: from the start).
     The command gets ``args.store`` (a URL or path) and ``args.since``/``args.until`` (aware UTC
@@ -47,11 +54,13 @@ def add_store_options(parser: argparse.ArgumentParser, *, since: str | None = No
         help="the store: a local path, file://, abfs://container/prefix or another fsspec URL "
              f"(default: $OBSML_STORE, else {DEFAULT_STORE})",
     )  # fmt: skip
-    window = "a duration before now (15m, 2h, 7d, 1w) or an ISO time (naive means UTC)"
+    if not window:
+        return
+    when = "a duration before now (15m, 2h, 7d, 1w) or an ISO time (naive means UTC)"
     parser.add_argument("--since", type=_moment("--since"), default=since, metavar="WHEN",
-                        help=f"from this time on: {window} (default: {since or 'from the start'})")
+                        help=f"from this time on: {when} (default: {since or 'from the start'})")
     parser.add_argument("--until", type=_moment("--until"), default=None, metavar="WHEN",
-                        help=f"before this time: {window} (default: now)")
+                        help=f"before this time: {when} (default: now)")
 
 
 DEFAULT_STORE = "./obsml-data"  # as obsml.Settings' default store
@@ -132,6 +141,109 @@ def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         help=f"how many requests to send (default: {DEFAULT_REQUESTS}, at least {MIN_REQUESTS})",
     )
     demo.set_defaults(handler=_run_demo)
+
+
+def _add_logs(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    logs = commands.add_parser(
+        "logs",
+        help="recent requests, newest first, one line each (time, status, duration, route, model, correlation id…)",
+        description=(
+            "Print the requests in the store, newest first, one line each: time (UTC), status, duration, "
+            "method and route, model/version, correlation id and exception. Filters combine (all must hold). "
+            "A window with no data prints one line on stderr and exits 0."
+        ),
+    )
+    add_store_options(logs)
+    _filter_options(logs)
+    logs.add_argument("--limit", type=_at_least(1), default=50, metavar="N",
+                      help="print at most N requests, the newest (default: 50)")
+    logs.add_argument("-f", "--follow", action="store_true",
+                      help="print requests as they arrive, as obsml tail does (--since, --until, --limit do not apply)")
+    logs.set_defaults(handler=_run_logs)
+
+
+def _add_tail(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    tail = commands.add_parser(
+        "tail",
+        help="print requests as they arrive, until Ctrl-C (the same as obsml logs --follow)",
+        description=(
+            "Print each request whose part file appears in the store from now on, oldest first, until "
+            "interrupted (Ctrl-C: exit code 0). The folders of the current and the previous UTC hour are "
+            "polled, so a part file arriving more than an hour late (a remote store after a long outage) is "
+            "not printed. Requests appear once their part file is written: after OBSML_FLUSH_INTERVAL (1 s) "
+            "for a local store."
+        ),
+    )
+    add_store_options(tail, window=False)
+    _filter_options(tail)
+    tail.set_defaults(handler=_run_tail)
+
+
+def _filter_options(command: argparse.ArgumentParser) -> None:
+    filters = command.add_argument_group("filters")
+    filters.add_argument("--status", type=_status, metavar="CODE",
+                         help="a status class (5xx, 4xx...) or an exact code (503)")
+    filters.add_argument("--model", help="this model name only")
+    filters.add_argument("--version", help="this model version only")
+    filters.add_argument("--route", help="this route template (/items/{id}) or this path (/items/42)")
+    filters.add_argument("--correlation-id", metavar="ID", help="the request(s) with this correlation id")
+    filters.add_argument(
+        "--contains", metavar="TEXT",
+        help="TEXT (in any case) in the request or response body; only bodies stored inline are searched "
+             "(not those over OBSML_INLINE_LIMIT, stored apart, nor non-UTF-8 bodies)",
+    )
+    filters.add_argument("--errors", action="store_true", help="failed requests only: status >= 500 or an error")
+    output = command.add_argument_group("output")
+    output.add_argument("--bodies", action="store_true",
+                        help="also print each request's and response's body (offloaded ones fetched from the store; "
+                             "binary ones as a size and content type line)")
+    output.add_argument("--format", choices=("text", "json"), default="text",
+                        help="text lines (default) or one JSON object a line, bodies whole (base64 when binary)")
+    output.add_argument("--interval", type=_seconds, default=1.0, metavar="SECONDS",
+                        help="with tail or --follow: how often the store is looked at (default: 1)")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most 3600, got {text}")
+    return value
+
+
+def _status(text: str) -> tuple[int, int]:
+    from ._logs import status_range
+
+    try:
+        return status_range(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _run_logs(args: argparse.Namespace) -> int:
+    if args.follow:
+        return _run_tail(args)
+    from ._logs import run_logs
+
+    return run_logs(args.store, _filters(args), since=args.since, until=args.until, limit=args.limit,
+                    format=args.format, bodies=args.bodies)
+
+
+def _run_tail(args: argparse.Namespace) -> int:
+    from ._logs import run_tail
+
+    return run_tail(args.store, _filters(args), interval=args.interval, format=args.format, bodies=args.bodies)
+
+
+def _filters(args: argparse.Namespace) -> Filters:
+    from ._logs import Filters
+
+    return Filters(
+        status=args.status, model=args.model, version=args.version, route=args.route,
+        correlation_id=args.correlation_id, contains=args.contains, errors=args.errors,
+    )
 
 
 def _at_least(minimum: int) -> Callable[[str], int]:

@@ -53,6 +53,18 @@ def test_the_demo_serves_the_example_and_summarises_what_the_store_holds(tmp_pat
                         for line in ran.stdout.splitlines()[2:-1]})
     assert by_route == Counter((span["attributes"].get("http.route"),
                                 str(span["attributes"].get("http.response.status_code"))) for span in spans)
+    # The logs one lists the failures the demo sent, one line each, newest first.
+    listed = subprocess.run([sys.executable, "-m", "obsml.cli", *shlex.split(logs)[1:]], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    failed = [span for span in spans if span["status"]["code"] == "ERROR"
+              or span["attributes"].get("http.response.status_code", 0) >= 500]
+    lines = listed.stdout.splitlines()
+    assert len(lines) == len(failed) and [line.split()[0] for line in lines] == sorted(
+        (line.split()[0] for line in lines), reverse=True)
+    for span in failed:
+        [line] = [line for line in lines if f" {span['attributes']['obsml.correlation_id']} " in line]
+        assert all(event["attributes"]["exception.type"] in line for event in span["events"][:1])
 
     # The model data: the head of inputs ⋈ predictions ⋈ labels, each label beside its own input row.
     table_lines = list(itertools.takewhile(str.strip, result.stdout.split("Model data (", 1)[1].splitlines()[2:]))
