@@ -181,7 +181,7 @@ def profile_writer(app: Any, n: int) -> None:
     obsml.flush()
     writer.submit(_Disable(), force=True)
     obsml.flush()
-    pstats.Stats(profiler).sort_stats("cumulative").print_stats(30)
+    pstats.Stats(profiler).sort_stats(os.environ.get("SORT", "cumulative")).print_stats(30)
 
 
 if __name__ == "__main__":
