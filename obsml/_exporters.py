@@ -23,7 +23,6 @@ from ._registry import install_hint
 from ._settings import Settings
 from ._store import Store
 
-
 _NS = 1_000_000_000
 _iso_second: tuple[int, str] = (-1, "")  # the last second formatted: spans come in bursts of the same second
 
