@@ -270,7 +270,8 @@ def main() -> int:
         backlog = 4 * args.requests
         p50, p99, worst, samples, per_span = gil_waits(middlewares["1 KB JSON, default redaction"], backlog)
         print(f"GIL wait of a serving thread behind a {backlog}-span backlog: p50 {p50:.2f} ms, "
-              f"p99 {p99:.2f} ms, max {worst:.2f} ms ({samples} samples); writer CPU meanwhile {per_span:.1f} µs per span")
+              f"p99 {p99:.2f} ms, max {worst:.2f} ms ({samples} samples); "
+              f"writer CPU meanwhile {per_span:.1f} µs per span")
     return 0
 
 
