@@ -220,7 +220,9 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="a smoke run: 200 requests, one round")
-    parser.add_argument("--profile", action="store_true", help="profile the writer thread (cProfile) at 1 KB")
+    parser.add_argument(
+        "--profile", action="store_true", help="cProfile of the writer: the case in $CASE (default the first), by $SORT"
+    )
     args = parser.parse_args()
     if args.quick:
         args.requests, args.rounds = 200, 1
