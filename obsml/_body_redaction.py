@@ -98,6 +98,7 @@ class BodyRedactor:
         self.max_bytes = max_bytes
         self.active = bool(self.fields or self.pattern is not None or self.hooks)
         self._raw_dir = raw_dir
+        self._raw_dir_made = False
 
     def plan(self, media: bytes | None) -> Plan:
         """For a body over the inline limit (at its first chunk, on the writer): stream it to the store
@@ -113,9 +114,16 @@ class BodyRedactor:
         """A private file for a body's raw bytes until it is redacted: 0600, outside the store, and
         without a name where the system allows (Linux's O_TMPFILE), so that a crash leaves nothing."""
         directory = self._raw_dir
-        if directory is not None:
+        if directory is None:
+            return tempfile.TemporaryFile()
+        if not self._raw_dir_made:  # made once, not looked up per body
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return tempfile.TemporaryFile(dir=directory)
+            self._raw_dir_made = True
+        try:
+            return tempfile.TemporaryFile(dir=directory)
+        except FileNotFoundError:  # removed since (a cleaner of temporary folders): made again
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            return tempfile.TemporaryFile(dir=directory)
 
     def redact(self, data: bytes, media: bytes | None, direction: str, whole: bool = True) -> Redacted | None:
         """What to store for ``data``: redacted, unchanged, or None (drop it, as ``unredactable``).

@@ -9,48 +9,90 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
+import orjson
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter, SpanExportResult
 
 from ._exceptions import PluginImportError
-from ._objects import utc_folders
 from ._parts import PartFiles
 from ._registry import install_hint
 from ._settings import Settings
 from ._store import Store
 
+_NS = 1_000_000_000
+_iso_second: tuple[int, str] = (-1, "")  # the last second formatted: spans come in bursts of the same second
+
 
 def _iso(ns: int) -> str:
-    return datetime.fromtimestamp(ns / 1e9, timezone.utc).isoformat(timespec="microseconds")
+    """``ns`` (Unix time) in ISO 8601, UTC, to the microsecond: ``2026-11-30T20:16:23.123456+00:00``."""
+    global _iso_second
+    second, rest = divmod(ns, _NS)
+    cached, text = _iso_second
+    if cached != second:
+        text = datetime.fromtimestamp(second, timezone.utc).replace(tzinfo=None).isoformat()
+        _iso_second = (second, text)
+    return f"{text}.{rest // 1000:06d}+00:00"
 
 
-def span_to_dict(span: ReadableSpan) -> dict[str, Any]:
+def span_record(
+    *, name: str, trace_id: int, span_id: int, parent_span_id: int | None, kind: str, start: int, end: int,
+    status: tuple[str, str | None], attributes: Mapping[str, Any], events: list[dict[str, Any]],
+    resource: Mapping[str, Any], dropped_attributes: int = 0,
+) -> dict[str, Any]:
     """The JSON object of one span in ``traces/…/*.jsonl`` (documented in the README)."""
-    context = span.context
-    start = span.start_time or 0
-    end = span.end_time or start
     return {
-        "name": span.name,
-        "trace_id": f"{context.trace_id:032x}" if context else None,
-        "span_id": f"{context.span_id:016x}" if context else None,
-        "parent_span_id": f"{span.parent.span_id:016x}" if span.parent else None,
-        "kind": span.kind.name,
+        "name": name,
+        "trace_id": f"{trace_id:032x}",
+        "span_id": f"{span_id:016x}",
+        "parent_span_id": f"{parent_span_id:016x}" if parent_span_id is not None else None,
+        "kind": kind,
         "start_time": _iso(start),
         "end_time": _iso(end),
         "duration_ms": (end - start) / 1e6,
-        "status": {"code": span.status.status_code.name, "description": span.status.description},
-        "attributes": dict(span.attributes or {}),
-        "events": [
-            {"name": event.name, "time": _iso(event.timestamp), "attributes": dict(event.attributes or {})}
-            for event in span.events
-        ],
-        "resource": dict(span.resource.attributes),
-        "dropped_attributes": span.dropped_attributes,
+        "status": {"code": status[0], "description": status[1]},
+        "attributes": attributes,
+        "events": events,
+        "resource": resource,
+        "dropped_attributes": dropped_attributes,
     }
+
+
+def event_record(name: str, time_ns: int, attributes: Mapping[str, Any]) -> dict[str, Any]:
+    return {"name": name, "time": _iso(time_ns), "attributes": attributes}
+
+
+def span_to_dict(span: ReadableSpan) -> dict[str, Any]:
+    """:func:`span_record` of an OpenTelemetry span (one that went through the application's provider)."""
+    context = span.context
+    start = span.start_time or 0
+    return span_record(
+        name=span.name,
+        trace_id=context.trace_id if context else 0,
+        span_id=context.span_id if context else 0,
+        parent_span_id=span.parent.span_id if span.parent else None,
+        kind=span.kind.name,
+        start=start,
+        end=span.end_time or start,
+        status=(span.status.status_code.name, span.status.description),
+        attributes=dict(span.attributes or {}),
+        events=[event_record(e.name, e.timestamp, dict(e.attributes or {})) for e in span.events],
+        resource=dict(span.resource.attributes),
+        dropped_attributes=span.dropped_attributes,
+    )
+
+
+def json_line(record: Mapping[str, Any]) -> bytes:
+    """One JSON line. orjson is some fifteen times faster than the stdlib here (issue 16); what it
+    refuses (a lone surrogate, an integer past 64 bits, a type of a plugin's) goes the stdlib's way."""
+    try:
+        return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+    except TypeError:  # orjson.JSONEncodeError
+        line = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+        return line.encode("utf-8", "surrogatepass") + b"\n"
 
 
 class JsonlExporter(SpanExporter):
@@ -64,10 +106,14 @@ class JsonlExporter(SpanExporter):
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         for span in spans:
-            line = json.dumps(span_to_dict(span), ensure_ascii=False, separators=(",", ":"))
-            hour = utc_folders(span.start_time or 0, hourly=True)
-            self._parts.add(f"traces/{hour}", line.encode("utf-8", "surrogatepass") + b"\n")
+            self.add(span_to_dict(span))
         return SpanExportResult.SUCCESS
+
+    def add(self, record: Mapping[str, Any]) -> None:
+        """Batch one :func:`span_record`: obsml's own spans come here straight, never built as
+        OpenTelemetry objects when no other exporter needs them (issue 16)."""
+        start = record["start_time"]
+        self._parts.add(f"traces/{start[0:4]}/{start[5:7]}/{start[8:10]}/{start[11:13]}", json_line(record))
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return self._parts.flush()

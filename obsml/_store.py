@@ -110,7 +110,9 @@ class Store:
             # Never echo the URL: it may carry credentials.
             raise ConfigError(f"OBSML_STORE: cannot open the store: {_store_hint(scheme, exc)}") from None
         self.root = root.rstrip("/")
+        self._uri_prefix = ""
         if isinstance(self.fs, LocalFileSystem):
+            self._uri_prefix = str(self.fs.unstrip_protocol(self.root or "/")).rstrip("/")  # once, not per body
             try:
                 make_private_dirs(self.root)
             except OSError as exc:
@@ -155,7 +157,7 @@ class Store:
 
     def uri(self, relative: str) -> str:
         """The full URL of an object, as recorded in spans."""
-        if self.fs is None:
+        if self._uri_prefix:
             return f"{self._uri_prefix}/{relative}"
         return str(self.fs.unstrip_protocol(self.path(relative)))
 
@@ -287,20 +289,25 @@ class AtomicObject:
             raise StoreWriteError("disk_full")
 
     def write(self, data: bytes) -> None:
-        with _noting_errors():
+        # Called once per record of a part file: no context manager (see _noting_errors).
+        try:
             if self._keeps_room:
                 self._check_room(len(data))
             self._file.write(data)
+        except OSError as exc:
+            note_error("store_error", describe_error(exc))
+            raise
 
     def commit(self) -> None:
+        # Straight system calls: fsspec's mv and rm on the local disk add their path layers per object.
         with _noting_errors():
             self._file.close()
-            self.store.fs.mv(self.temporary, self.final)
+            os.replace(self.temporary, self.final)
         count_written(self.relative)
 
     def abort(self) -> None:
         try:
             self._file.close()
         finally:
-            if self.store.fs.exists(self.temporary):
-                self.store.fs.rm(self.temporary)
+            with suppress(FileNotFoundError):
+                os.unlink(self.temporary)

@@ -33,6 +33,15 @@ from typing import Protocol
 from ._stats import STATS, DropReason, guarded, report_internal_error
 
 _POLL_S = 0.05  # the longest a captured item waits for the writer when nothing wakes it
+# While requests are coming in, a backlog is worked through in stretches of at most this much
+# time, each ending in a release of the GIL (``time.sleep(0)``) that lets a waiting request thread
+# (or event loop) take it: otherwise it waits up to the interpreter's switch interval (5 ms) every
+# time, behind a writer that never blocks (issue 16: p99). The switch interval itself is left
+# alone: it is the application's. A release costs CPU (a trip through the scheduler), so the
+# writer makes it only while requests came in within the last ``_BUSY_NS``: a request waiting
+# for the GIL cannot submit, but its neighbours do.
+_STRETCH_NS = 500_000
+_BUSY_NS = 20_000_000
 # Before multiprocessing's own finalizers (a Pool's is 15, a Queue's 10), so that a logging
 # queue still carries what obsml logs at exit.
 _FINALIZE_PRIORITY = 100
@@ -112,6 +121,7 @@ class Writer:
         self._lock = threading.Lock()
         self._items = 0
         self._bytes = 0
+        self._submitted = 0  # ever: the writer tells from it whether requests are coming in
         self._running = False
         self._closed = False
         self._stop: _Stop | None = None
@@ -138,6 +148,7 @@ class Writer:
                 return False
             self._items += 1
             self._bytes += nbytes
+            self._submitted += 1
             urgent = force or self._items >= self._wake_items or self._bytes >= self._wake_bytes
             self._jobs.append(job)  # under the lock: never behind the close's stop marker
         if urgent:
@@ -212,7 +223,16 @@ class Writer:
         while True:
             wake.wait(min(_POLL_S, max(0.0, next_tick - time.monotonic())))
             wake.clear()
+            now = time.perf_counter_ns()
+            stretch_end, submitted, busy_until = now + _STRETCH_NS, self._submitted, now + _BUSY_NS
             while jobs:
+                now = time.perf_counter_ns()
+                if now >= stretch_end:
+                    if self._submitted != submitted:
+                        submitted, busy_until = self._submitted, now + _BUSY_NS
+                    if now < busy_until:
+                        time.sleep(0)
+                    stretch_end = time.perf_counter_ns() + _STRETCH_NS
                 job = jobs.popleft()
                 try:
                     job.run()

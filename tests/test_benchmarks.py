@@ -79,3 +79,20 @@ def test_the_query_scale_benchmark_agrees_with_raw_duckdb_and_leaves_nothing_beh
     assert "== whole day: 5,000 spans, 2 rounds" in result.stdout
     assert "== one hour: 208 spans, 2 rounds" in result.stdout  # 5,000 over 24 hours: the first 8 hours get 209
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_writer_cost_benchmark_reports_every_case_against_the_floor(tmp_path: Path) -> None:
+    # A smoke run (issue 16): writer CPU per span and per body, the floor, the GIL wait; nothing asserted on time.
+    import os
+
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "writer_cost.py"), "--quick"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    for case in ("1 KB JSON, default redaction", "1 KB JSON, redact_fields=none", "100 KB octet-stream",
+                 "100 KB JSON, default redaction", "floor: sha256 + plain file write"):
+        assert f"| {case} |" in result.stdout
+    assert "span serialization alone: ReadableSpan + json.dumps (old)" in result.stdout
+    assert "GIL wait of a serving thread" in result.stdout
+    assert list(tmp_path.iterdir()) == []

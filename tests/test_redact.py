@@ -201,6 +201,17 @@ def test_raw_bodies_wait_in_private_files_without_a_name(tmp_path: Path) -> None
         assert list((tmp_path / "spool" / "raw").iterdir()) == []  # a crash leaves nothing to find
 
 
+def test_the_folder_of_raw_bodies_is_made_again_when_a_cleaner_removed_it(tmp_path: Path) -> None:
+    # It is made once, not looked up per body (issue 16); a cleaner of temporary folders may remove it.
+    folder = tmp_path / "spool" / "raw"
+    redactor = BodyRedactor((), (), raw_dir=folder)
+    redactor.raw_file().close()
+    folder.rmdir()
+    with redactor.raw_file() as raw:
+        raw.write(b"{}")
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+
+
 def test_a_multipart_upload_loses_the_values_of_secret_fields_and_keeps_every_other_byte() -> None:
     head = b'--b\r\nContent-Disposition: form-data; name="api_key"\r\n\r\nCANARY\r\n'
     text = b'--b\r\nContent-Disposition: form-data; name="note"\r\n\r\ncard 4111 1111 1111 1234\r\n'
