@@ -88,9 +88,40 @@ def server_table(server: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def target_lines(result: dict[str, Any]) -> list[str]:
+    """Issue 16's targets that this run measures, each with its value and whether it is met."""
+    steps, checks = result["steps"], []
+    servers = steps["server"].get("results", {}).get("servers", {})
+    for kind, key, target, at_least in (
+        ("uvicorn-httptools", "rps_ratio", 0.75, True), ("uvicorn-httptools", "p99_ratio", 2.0, False),
+        ("uvicorn-h11", "rps_ratio", 0.85, True), ("gunicorn-sync", "rps_ratio", 0.75, True),
+    ):
+        row = servers.get(kind, {}).get("1 KB", {}).get("variants", {}).get("obsml")
+        if row:
+            met = row[key] >= target if at_least else row[key] <= target
+            what = "requests/s" if key == "rps_ratio" else "p99 latency"
+            checks.append((f"{kind}, 1 KB: obsml {what} {'>=' if at_least else '<='} {target:g}x bare",
+                           f"{row[key]:.2f}x", met))
+    for step, cells_key, target in (("wsgi", "cases", 0.25), ("asgi", "sizes", 0.1)):
+        for cell in steps[step].get("results", {}).get(cells_key, {}).values():
+            if cell["bytes"] >= 1024:
+                ours, otel = (cell["variants"][v]["added_median_us"] for v in ("obsml", "otel"))
+                checks.append((f"{step.upper()} request path, {cell['label']}: obsml added <= {target:g}x OTel's",
+                               f"{ours / otel:.2f}x ({_signed(ours)} vs {_signed(otel)} µs)", ours <= target * otel))
+    for kind, cell in steps["server"].get("results", {}).get("ttfb", {}).items():
+        added = cell["variants"]["obsml"]["ttfb_added_ms"]
+        checks.append((f"{kind}: time to first byte within 1 ms of bare", f"{added * 1e3:+.0f} µs", added <= 1.0))
+    if not checks:
+        return []
+    lines = ["### Targets of issue 16 measured here", "", "| target | this run | met |", "| --- | ---: | --- |"]
+    lines += [f"| {what} | {value} | {'yes' if met else '**no**'} |" for what, value, met in checks]
+    return [*lines, ""]
+
+
 def markdown(result: dict[str, Any], png_name: str) -> str:
     steps = result["steps"]
     lines = [f"# obsml benchmarks, {result['date'][:10]}", "", *machine_lines(result), "", f"![plot]({png_name})", ""]
+    lines += target_lines(result)
     if "results" in steps["asgi"]:
         asgi = steps["asgi"]["results"]
         lines += inprocess_table("In process, ASGI (raw echo app)", asgi["sizes"], "label")
