@@ -44,8 +44,8 @@ def steps(quick: bool, scratch: Path) -> dict[str, list[str]]:
         inprocess, server, outage, collect = ["--quick"], ["--quick"], ["--quick"], ["--rounds", "50"]
     else:
         inprocess = ["--rounds", "10", "--requests", "200"]
-        server, collect = ["--duration", "8", "--rounds", "2"], ["--rounds", "1000"]
-        outage = ["--rounds", "10", "--requests", "100", "--burst", "5000"]
+        server, collect = ["--duration", "6", "--rounds", "3"], ["--rounds", "1000"]
+        outage = ["--rounds", "10", "--requests", "100"]  # and its default burst, 20,000 requests
     return {
         "asgi": ["asgi_overhead.py", *inprocess, "--sizes", SIZES, "--peers", "--json", str(scratch / "asgi.json")],
         "wsgi": ["wsgi_overhead.py", *inprocess, "--sizes", SIZES, "--json", str(scratch / "wsgi.json")],

@@ -16,7 +16,7 @@ under ``uvicorn-httptools`` only, sentry and logfire (see ``asgi_overhead.py``).
 Streaming: time to the first body byte of a chunked response (first chunk at once, the rest
 20 ms later), bare vs obsml, under uvicorn-httptools and gunicorn-sync, one connection at a time.
 
-    python benchmarks/server_load.py [--duration 8] [--rounds 2] [--quick] [--json out.json]
+    python benchmarks/server_load.py [--duration 6] [--rounds 3] [--quick] [--json out.json]
 """
 
 from __future__ import annotations
@@ -166,11 +166,13 @@ def parse_wrk(output: str) -> dict[str, float]:
 def load(server: Server, script: Path, duration: int, path: str) -> dict[str, float]:
     command = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{duration}s", "--latency", "--timeout", "10s",
                "-s", str(script), f"http://127.0.0.1:{server.port}{path}"]
+    load_average = os.getloadavg()[0]  # the machine may be shared: say how busy it was
     cpu_before = server.cpu_seconds()
     output = subprocess.run(command, capture_output=True, text=True, timeout=duration + 60, check=True).stdout
     cpu = server.cpu_seconds() - cpu_before
     result = parse_wrk(output)
     result["cpu_us_per_request"] = cpu / max(1, result["requests"]) * 1e6
+    result["load_average_1min"] = load_average
     return result
 
 
@@ -299,8 +301,8 @@ def run(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
-    parser.add_argument("--duration", type=int, default=8, help="seconds of wrk per run (default 8)")
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds at 1 KB (default 2)")
+    parser.add_argument("--duration", type=int, default=6, help="seconds of wrk per run (default 6)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds at 1 KB (default 3)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 s runs, 1 KB only, one round")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
