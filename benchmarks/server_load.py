@@ -76,9 +76,10 @@ class Server:
         self.store = folder / f"store-{kind}-{variant}"
         self.log = folder / f"{kind}-{variant}-{app}.log"
         env = {**os.environ, "OBSML_BENCH_VARIANT": variant, "OBSML_BENCH_STORE": str(self.store)}
-        with open(self.log, "wb") as log:
+        with open(self.log, "wb") as log:  # its own session: on a hung stop, the whole group is killed
             self.process = subprocess.Popen(
-                server_command(kind, app, self.port), env=env, stdout=log, stderr=subprocess.STDOUT
+                server_command(kind, app, self.port), env=env, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
 
     def wait_ready(self, timeout: float = 60) -> None:
@@ -110,9 +111,9 @@ class Server:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(15)
+                self.process.wait(40)  # gunicorn's graceful timeout is 30 s
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
 
 
@@ -122,8 +123,17 @@ def running(kind: str, variants: Sequence[str], app: str, folder: Path) -> Itera
     try:
         for variant in variants:
             servers[variant] = Server(kind, variant, app, folder)
-        for server in servers.values():
-            server.wait_ready()
+        for variant in variants:
+            for attempt in range(3):
+                try:
+                    servers[variant].wait_ready()
+                    break
+                except RuntimeError:
+                    # The free port can be taken by another process before the server binds it
+                    # (the machine is shared): start it again on another one.
+                    if attempt == 2 or servers[variant].process.poll() is None:
+                        raise
+                    servers[variant] = Server(kind, variant, app, folder)
         yield servers
     finally:
         for server in servers.values():
