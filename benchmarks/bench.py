@@ -9,6 +9,7 @@ first byte); the sink-outage benchmark (``sink_outage.py``) and the collector's 
 and the versions of everything measured. ``--quick`` is a smoke run of the whole, under a minute.
 
     python benchmarks/bench.py [--quick] [--out benchmarks/results]
+    python benchmarks/bench.py --steps asgi,server --servers uvicorn-httptools --out /tmp/b   # a part of it
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ PACKAGES = (
 )
 
 
-def steps(quick: bool, scratch: Path) -> dict[str, list[str]]:
+def steps(quick: bool, scratch: Path, servers: str | None) -> dict[str, list[str]]:
     """Each step's arguments; the ones writing JSON write it to ``scratch/<step>.json``."""
     if quick:
         inprocess, server, outage, collect = ["--quick"], ["--quick"], ["--quick"], ["--rounds", "50"]
@@ -49,7 +50,8 @@ def steps(quick: bool, scratch: Path) -> dict[str, list[str]]:
     return {
         "asgi": ["asgi_overhead.py", *inprocess, "--sizes", SIZES, "--peers", "--json", str(scratch / "asgi.json")],
         "wsgi": ["wsgi_overhead.py", *inprocess, "--sizes", SIZES, "--json", str(scratch / "wsgi.json")],
-        "server": ["server_load.py", *server, "--json", str(scratch / "server.json")],
+        "server": ["server_load.py", *server, *(["--servers", servers] if servers else []),
+                   "--json", str(scratch / "server.json")],
         "sink_outage": ["sink_outage.py", *outage],
         "collector": ["collect_overhead.py", *collect],
     }
@@ -109,6 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="smoke run of every step, under a minute")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="folder of the results")
+    parser.add_argument(
+        "--steps", help="comma-separated steps to run (default: all): asgi,wsgi,server,sink_outage,collector"
+    )
+    parser.add_argument("--servers", help="comma-separated server kinds for the server step (default: all)")
     args = parser.parse_args(argv)
     started = datetime.datetime.now(datetime.timezone.utc)
     result: dict[str, Any] = {
@@ -116,8 +122,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": machine(), "versions": versions(), "steps": {},
     }
     with tempfile.TemporaryDirectory(prefix="obsml-bench-all-") as scratch:
-        for name, step_argv in steps(args.quick, Path(scratch)).items():
-            result["steps"][name] = run_step(name, step_argv, Path(scratch))
+        planned = steps(args.quick, Path(scratch), args.servers)
+        chosen = args.steps.split(",") if args.steps else list(planned)
+        if unknown := set(chosen) - set(planned):
+            parser.error(f"unknown steps: {', '.join(sorted(unknown))}")
+        for name in chosen:
+            result["steps"][name] = run_step(name, planned[name], Path(scratch))
     result["machine"]["load_average_end"] = list(os.getloadavg())
     result["seconds"] = round((datetime.datetime.now(datetime.timezone.utc) - started).total_seconds(), 1)
 

@@ -10,7 +10,13 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
+STEPS = ("asgi", "wsgi", "server", "sink_outage", "collector")
 COLOURS = {"obsml": "tab:blue", "otel": "tab:orange", "sentry": "tab:purple", "logfire": "tab:red"}
+
+
+def _steps(result: dict[str, Any]) -> dict[str, Any]:
+    """The run's steps, an empty one for each step not run (``bench.py --steps``)."""
+    return {name: result["steps"].get(name, {}) for name in STEPS}
 
 
 def _f(value: float, digits: int = 1) -> str:
@@ -90,7 +96,7 @@ def server_table(server: dict[str, Any]) -> list[str]:
 
 def target_lines(result: dict[str, Any]) -> list[str]:
     """Issue 16's targets that this run measures, each with its value and whether it is met."""
-    steps, checks = result["steps"], []
+    steps, checks = _steps(result), []
     servers = steps["server"].get("results", {}).get("servers", {})
     for kind, key, target, at_least in (
         ("uvicorn-httptools", "rps_ratio", 0.75, True), ("uvicorn-httptools", "p99_ratio", 2.0, False),
@@ -119,7 +125,7 @@ def target_lines(result: dict[str, Any]) -> list[str]:
 
 
 def markdown(result: dict[str, Any], png_name: str) -> str:
-    steps = result["steps"]
+    steps = _steps(result)
     lines = [f"# obsml benchmarks, {result['date'][:10]}", "", *machine_lines(result), "", f"![plot]({png_name})", ""]
     lines += target_lines(result)
     if "results" in steps["asgi"]:
@@ -131,22 +137,27 @@ def markdown(result: dict[str, Any], png_name: str) -> str:
         lines += inprocess_table("In process, WSGI (Flask, POST /echo)", steps["wsgi"]["results"]["cases"], "label")
     if "results" in steps["server"]:
         lines += server_table(steps["server"]["results"])
-    lines += ["### Sink outage (`sink_outage.py`)", ""]
-    lines += [f"- {line}" for line in steps["sink_outage"].get("dead_vs_healthy", [])]
-    lines += [f"- VERDICT {line}" for line in steps["sink_outage"].get("verdicts", [])]
-    lines += ["", "### Collector (`collect_overhead.py`)", "",
-              "| format | input | collect() median / p99 µs | writer µs per row |", "| --- | --- | ---: | ---: |"]
-    lines += [f"| {r['format']} | {r['input']} | {r['collect_median_p99_us']} | {r['writer_us_per_row']} |"
-              for r in steps["collector"].get("rows", [])]
-    failed = [f"{name} (exit {step['exit_status']})" for name, step in steps.items() if step["exit_status"]]
-    lines += ["", "Steps: " + ", ".join(f"{name} {step['seconds']:.0f} s" for name, step in steps.items()) + "."]
+    if steps["sink_outage"]:
+        lines += ["### Sink outage (`sink_outage.py`)", ""]
+        lines += [f"- {line}" for line in steps["sink_outage"].get("dead_vs_healthy", [])]
+        lines += [f"- VERDICT {line}" for line in steps["sink_outage"].get("verdicts", [])]
+        lines.append("")
+    if steps["collector"]:
+        lines += ["### Collector (`collect_overhead.py`)", "",
+                  "| format | input | collect() median / p99 µs | writer µs per row |", "| --- | --- | ---: | ---: |"]
+        lines += [f"| {r['format']} | {r['input']} | {r['collect_median_p99_us']} | {r['writer_us_per_row']} |"
+                  for r in steps["collector"].get("rows", [])]
+        lines.append("")
+    ran = result["steps"]
+    failed = [f"{name} (exit {step['exit_status']})" for name, step in ran.items() if step["exit_status"]]
+    lines += ["Steps: " + ", ".join(f"{name} {step['seconds']:.0f} s" for name, step in ran.items()) + "."]
     if failed:
         lines.append("**Failed steps: " + ", ".join(failed) + ".**")
     return "\n".join(lines) + "\n"
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    steps = result["steps"]
+    steps = _steps(result)
     figure, (latency, throughput) = plt.subplots(1, 2, figsize=(13, 5))
     for step, style, cells_key in (("asgi", "-", "sizes"), ("wsgi", "--", "cases")):
         cells = steps[step].get("results", {}).get(cells_key, {})

@@ -51,6 +51,7 @@ SERVERS: dict[str, tuple[str, list[str]]] = {
 }
 BASE_VARIANTS = ("bare", "obsml", "otel")
 PEER_SERVER = "uvicorn-httptools"
+SWEEP_SERVERS = ("uvicorn-httptools", "gunicorn-sync")  # other body sizes, and time to first byte
 
 
 def free_port() -> int:
@@ -285,7 +286,7 @@ def measure_ttfb(kind: str, requests: int, folder: Path, rng: random.Random) -> 
 
 def run(
     duration: int, warmup: int, rounds: int, sizes: Sequence[int], sweep_sizes: Sequence[int],
-    sweep_servers: Sequence[str], ttfb_requests: int, seed: int,
+    servers: Sequence[str], ttfb_requests: int, seed: int,
 ) -> dict[str, Any]:
     rng = random.Random(seed)
     result: dict[str, Any] = {
@@ -293,18 +294,18 @@ def run(
     }
     with tempfile.TemporaryDirectory(prefix="obsml-server-load-") as temporary:
         folder = Path(temporary)
-        for kind in SERVERS:
+        for kind in servers:
             variants = BASE_VARIANTS + (("sentry", "logfire") if kind == PEER_SERVER else ())
             result["servers"][kind] = measure_server(
                 kind, variants, sizes, duration, warmup, rounds, folder, rng
             )
-        for kind in sweep_servers:
+        for kind in (kind for kind in SWEEP_SERVERS if kind in servers):
             more = [size for size in sweep_sizes if size not in sizes]
             if more:  # other sizes: the base variants only, one round of at most 5 s each
                 result["servers"][kind].update(
                     measure_server(kind, BASE_VARIANTS, more, min(duration, 5), warmup, 1, folder, rng)
                 )
-        for kind in ("uvicorn-httptools", "gunicorn-sync"):
+        for kind in (kind for kind in SWEEP_SERVERS if kind in servers):
             result["ttfb"][kind] = measure_ttfb(kind, ttfb_requests, folder, rng)
     return result
 
@@ -314,9 +315,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duration", type=int, default=6, help="seconds of wrk per run (default 6)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds at 1 KB (default 3)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 s runs, 1 KB only, one round")
+    parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated server kinds (default: all)")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
     args = parser.parse_args(argv)
+    servers = args.servers.split(",")
+    if unknown := set(servers) - set(SERVERS):
+        parser.error(f"unknown servers: {', '.join(sorted(unknown))}; known: {', '.join(SERVERS)}")
     if args.quick:
         settings = {"duration": 1, "warmup": 0, "rounds": 1, "sweep_sizes": (), "ttfb_requests": 10}
     else:
@@ -325,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "sweep_sizes": (200, 100 * 1024, 1024 * 1024), "ttfb_requests": 100,
         }
     result = run(
-        sizes=(1024,), sweep_servers=("uvicorn-httptools", "gunicorn-sync"), seed=args.seed, **settings
+        sizes=(1024,), servers=servers, seed=args.seed, **settings
     )
     text = json.dumps(result, indent=1)
     if args.json:
