@@ -9,7 +9,7 @@ TOOLS := .tools
 AZURITE_VERSION := 3.37.0
 AZURITE_STAMP := $(TOOLS)/.installed-azurite-$(AZURITE_VERSION)
 
-.PHONY: demo test lint bench clean azurite
+.PHONY: demo test lint bench clean azurite wrk
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,14 @@ $(AZURITE_STAMP):
 
 azurite: $(AZURITE_STAMP)
 
+# wrk, the load generator of benchmarks/server_load.py, from Debian's packages; sudo only when not root.
+wrk:
+	@command -v wrk >/dev/null 2>&1 || { \
+		echo "wrk not found: installing it with apt-get"; \
+		if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+
 demo: $(DEMO_STAMP)
 	$(BIN)/obsml demo
 
@@ -46,7 +54,8 @@ demo-wsgi: $(DEMO_STAMP)
 	$(BIN)/obsml demo --wsgi
 
 # pytest exits 5 when it collected nothing: say so loudly rather than fail on it.
-test: $(TEST_STAMP) $(AZURITE_STAMP)
+# wrk too: tests/test_benchmarks.py runs `benchmarks/bench.py --quick` (make bench is never part of make test).
+test: $(TEST_STAMP) $(AZURITE_STAMP) wrk
 	$(BIN)/python -m ruff check obsml examples benchmarks tests plugins
 	$(BIN)/python -m mypy
 	$(BIN)/python -m mypy --strict plugins/obsml-azure-monitor/obsml_azure_monitor
@@ -55,8 +64,10 @@ test: $(TEST_STAMP) $(AZURITE_STAMP)
 	$(BIN)/python -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
-bench: $(TEST_STAMP)
-	$(BIN)/python benchmarks/asgi_overhead.py
+# Every benchmark, about 10 minutes: benchmarks/results/<date>-<host>.{json,md,png} (benchmarks/README.md).
+# The test extra includes the bench extra (httptools, matplotlib, sentry-sdk, logfire).
+bench: $(TEST_STAMP) wrk
+	$(BIN)/python benchmarks/bench.py
 
 clean:
 	rm -rf $(VENV) obsml-data .pytest_cache .mypy_cache .ruff_cache

@@ -28,6 +28,12 @@ Usage::
     python benchmarks/asgi_overhead.py                 # 30 rounds x 200 requests per variant
     python benchmarks/asgi_overhead.py --rounds 10 --requests 100
     python benchmarks/asgi_overhead.py --quick         # smoke run, a few seconds
+    python benchmarks/asgi_overhead.py --sizes 200,1024,102400,1048576 --peers --json out.json
+
+``--peers`` adds Sentry's ASGI middleware and Logfire's ``instrument_asgi`` (both send nothing
+anywhere: Sentry over a transport that discards envelopes, Logfire with ``send_to_logfire=False``);
+neither captures request or response bodies in its ASGI middleware. ``make bench`` (``bench.py``)
+runs this with every size and the peers.
 
 Nothing is left on disk: the store lives in a ``tempfile.TemporaryDirectory`` and written
 payloads and trace files are deleted between rounds (outside the timing).
@@ -39,6 +45,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import json
 import os
 import platform
 import random
@@ -63,6 +70,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 SIZES = (("1 KB", 1024), ("100 KB", 100 * 1024))
 VARIANTS = ("bare", "obsml", "otel")
+PEERS = ("sentry", "logfire")
 TARGET_ADDED_MEDIAN_US = {1024: 20.0, 100 * 1024: 40.0}
 
 
@@ -146,6 +154,66 @@ def receiver(body: bytes) -> Receive:
     return receive
 
 
+def size_label(size: int) -> str:
+    for unit, factor in (("MB", 1024 * 1024), ("KB", 1024)):
+        if size >= factor and size % factor == 0:
+            return f"{size // factor} {unit}"
+    return f"{size} B"
+
+
+def parse_sizes(text: str) -> tuple[tuple[str, int], ...]:
+    return tuple((size_label(int(part)), int(part)) for part in text.split(","))
+
+
+def sentry_app(app: ASGIApp) -> tuple[ASGIApp, Callable[[], None]]:
+    """Sentry's ASGI middleware, tracing every request, over a transport that discards envelopes.
+
+    ``send_default_pii`` and ``max_request_body_size="always"`` are set, but its ASGI middleware
+    reads no bodies (only framework integrations do, for error events). Integrations that patch
+    the standard library are off, so that the other variants of the same process run unchanged.
+    """
+    import sentry_sdk
+    from sentry_sdk.integrations.asgi import SentryAsgiMiddleware
+    from sentry_sdk.transport import Transport
+
+    class DiscardingTransport(Transport):
+        def capture_envelope(self, envelope: Any) -> None:
+            return None
+
+    sentry_sdk.init(
+        dsn="http://public@127.0.0.1:9/1", transport=DiscardingTransport(), traces_sample_rate=1.0,
+        send_default_pii=True, max_request_body_size="always",
+        default_integrations=False, auto_enabling_integrations=False,
+    )
+    return SentryAsgiMiddleware(app), lambda: sentry_sdk.flush(timeout=10)
+
+
+def logfire_app(app: ASGIApp) -> tuple[ASGIApp, Callable[[], None]]:
+    """Logfire's ``instrument_asgi`` (OpenTelemetry's ASGI middleware over Logfire's provider), sending
+    nothing. It has no option to capture bodies (``capture_headers`` only)."""
+    import logfire
+
+    instance = logfire.configure(
+        send_to_logfire=False, console=False, metrics=False, service_name="bench", inspect_arguments=False
+    )
+    return instance.instrument_asgi(app), lambda: instance.force_flush(10000)
+
+
+def peer_apps(
+    app: ASGIApp, names: Sequence[str] = PEERS
+) -> tuple[dict[str, ASGIApp], dict[str, Callable[[], None]], dict[str, str]]:
+    """The peers' middleware around ``app``: (apps, flushes, why a peer could not be set up)."""
+    apps: dict[str, ASGIApp] = {}
+    flushes: dict[str, Callable[[], None]] = {}
+    missing: dict[str, str] = {}
+    for name in names:
+        try:
+            apps[name], flushes[name] = {"sentry": sentry_app, "logfire": logfire_app}[name](app)
+        except Exception as exc:  # an optional peer: say why, measure the rest
+            missing[name] = f"{type(exc).__name__}: {exc}"
+    return apps, flushes, missing
+
+
 # --------------------------------------------------------------------------- driving
 
 
@@ -182,7 +250,15 @@ def median(values: Sequence[float]) -> float:
     return percentile(sorted(values), 50.0)
 
 
-def run(rounds: int, requests: int, warmup: int, seed: int) -> int:
+def block_size(requests: int, size: int) -> int:
+    """Requests per block: a tenth as many for bodies over 100 KB, so a 1 MB round stays short."""
+    return requests if size <= 100 * 1024 else max(5, requests // 10)
+
+
+def run(
+    rounds: int, requests: int, warmup: int, seed: int,
+    sizes: Sequence[tuple[str, int]] = SIZES, peers: bool = False,
+) -> dict[str, Any]:
     rng = random.Random(seed)
     loop = asyncio.new_event_loop()
     with tempfile.TemporaryDirectory(prefix="obsml-bench-") as store:
@@ -194,6 +270,12 @@ def run(rounds: int, requests: int, warmup: int, seed: int) -> int:
             echo_app, tracer_provider=provider, meter_provider=NoOpMeterProvider()
         )
         apps: dict[str, Any] = {"bare": echo_app, "obsml": obsml_app, "otel": otel_app}
+        flushes: dict[str, Callable[[], None]] = {}
+        missing: dict[str, str] = {}
+        if peers:
+            peer, flushes, missing = peer_apps(echo_app)
+            apps.update(peer)
+        variants = tuple(apps)
 
         def settle(variant: str) -> None:
             """The variant's background work, done outside the per-request timing."""
@@ -202,41 +284,44 @@ def run(rounds: int, requests: int, warmup: int, seed: int) -> int:
                     print("warning: obsml.flush() timed out", file=sys.stderr)
             elif variant == "otel":
                 provider.force_flush()
+            elif variant in flushes:
+                flushes[variant]()
 
         print(
             f"obsml {obsml.__version__} | Python {platform.python_version()} "
             f"({platform.python_implementation()}) | {platform.machine()} {os.cpu_count()} CPU "
             f"| rounds={rounds} requests/round/variant={requests} warmup={warmup} seed={seed}"
         )
+        for name, why in missing.items():
+            print(f"peer {name} not measured: {why}")
         try:
             results = {}
-            for label, size in SIZES:
+            for label, size in sizes:
                 body = json_body(size)
-                samples: dict[str, list[int]] = {v: [] for v in VARIANTS}
-                e2e: dict[str, list[float]] = {v: [] for v in VARIANTS}  # ns per request, one per round
-                for variant in VARIANTS:  # warm-up, discarded
-                    loop.run_until_complete(run_block(apps[variant], size, body, warmup, []))
+                n = block_size(requests, size)
+                samples: dict[str, list[int]] = {v: [] for v in variants}
+                e2e: dict[str, list[float]] = {v: [] for v in variants}  # ns per request, one per round
+                for variant in variants:  # warm-up, discarded
+                    loop.run_until_complete(run_block(apps[variant], size, body, block_size(warmup, size), []))
                     settle(variant)
                 clean_store(store)
                 stats_before = obsml.stats()
                 for _ in range(rounds):
-                    order = list(VARIANTS)
+                    order = list(variants)
                     rng.shuffle(order)
                     for variant in order:
                         gc.collect()
                         start = time.perf_counter_ns()
-                        loop.run_until_complete(
-                            run_block(apps[variant], size, body, requests, samples[variant])
-                        )
+                        loop.run_until_complete(run_block(apps[variant], size, body, n, samples[variant]))
                         settle(variant)
-                        e2e[variant].append((time.perf_counter_ns() - start) / requests)
+                        e2e[variant].append((time.perf_counter_ns() - start) / n)
                     clean_store(store)
                 results[label] = (samples, e2e, _stats_delta(stats_before, obsml.stats()))
         finally:
             provider.shutdown()
             loop.close()
             clean_store(store)
-    return report(results, rounds, requests)
+    return {"sizes": sizes, "variants": variants, "missing": missing, "results": results}
 
 
 def _stats_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
@@ -257,47 +342,67 @@ def _stats_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any
 # --------------------------------------------------------------------------- reporting
 
 
-def report(results: dict[str, Any], rounds: int, requests: int) -> int:
+def summarize(run_result: dict[str, Any]) -> dict[str, Any]:
+    """Per size and variant, in µs: min, median, p99 of the request path and end to end per request,
+    each also as added over bare; obsml's counters over the timed rounds; peers not measured."""
     us = 1e-3
-    failed = False
-    for label, size in SIZES:
-        samples, e2e, stats_delta = results[label]
-        summary = {}
-        for variant in VARIANTS:
+    sizes: dict[str, Any] = {}
+    for label, size in run_result["sizes"]:
+        samples, e2e, stats_delta = run_result["results"][label]
+        rows = {}
+        for variant in run_result["variants"]:
             values = sorted(samples[variant])
-            summary[variant] = (
-                percentile(values, 50) * us,
-                percentile(values, 99) * us,
-                median(e2e[variant]) * us,
-            )
-        bare_med, bare_p99, bare_e2e = summary["bare"]
+            rows[variant] = {
+                "min_us": values[0] * us,
+                "median_us": percentile(values, 50) * us,
+                "p99_us": percentile(values, 99) * us,
+                "e2e_us": median(e2e[variant]) * us,
+            }
+        bare = rows["bare"]
+        for row in rows.values():
+            for key in ("min_us", "median_us", "p99_us", "e2e_us"):
+                row[f"added_{key}"] = row[key] - bare[key]
+        sizes[label] = {
+            "label": label, "bytes": size, "requests_per_variant": len(samples["bare"]),
+            "variants": rows, "obsml_stats": stats_delta,
+        }
+    return {"sizes": sizes, "peers_missing": run_result["missing"]}
+
+
+def report(summary: dict[str, Any]) -> int:
+    failed = False
+    for label, cell in summary["sizes"].items():
+        rows = cell["variants"]
+        bare = rows["bare"]
         print()
-        print(f"== body {label} (request and response), {len(samples['bare'])} requests per variant ==")
+        print(f"== body {label} (request and response), {cell['requests_per_variant']} requests per variant ==")
         print("request path (per call, µs):")
         print(
-            f"  {'variant':<7} {'median':>9} {'p99':>9} {'added med':>10} {'added p99':>10} "
-            f"{'x bare med':>11} {'x bare p99':>11}"
+            f"  {'variant':<7} {'min':>9} {'median':>9} {'p99':>9} {'added min':>10} {'added med':>10} "
+            f"{'added p99':>10} {'x bare med':>11} {'x bare p99':>11}"
         )
-        for variant in VARIANTS:
-            med, p99, _ = summary[variant]
+        for variant, row in rows.items():
+            head = f"  {variant:<7} {row['min_us']:9.2f} {row['median_us']:9.2f} {row['p99_us']:9.2f}"
             if variant == "bare":
-                print(f"  {variant:<7} {med:9.2f} {p99:9.2f} {'-':>10} {'-':>10} {'1.00':>11} {'1.00':>11}")
+                print(f"{head} {'-':>10} {'-':>10} {'-':>10} {'1.00':>11} {'1.00':>11}")
             else:
                 print(
-                    f"  {variant:<7} {med:9.2f} {p99:9.2f} {med - bare_med:+10.2f} {p99 - bare_p99:+10.2f} "
-                    f"{med / bare_med:11.2f} {p99 / bare_p99:11.2f}"
+                    f"{head} {row['added_min_us']:+10.2f} {row['added_median_us']:+10.2f} "
+                    f"{row['added_p99_us']:+10.2f} {row['median_us'] / bare['median_us']:11.2f} "
+                    f"{row['p99_us'] / bare['p99_us']:11.2f}"
                 )
         print("end to end (block of N requests + flush of background work, / N; median over rounds, µs):")
         print(f"  {'variant':<7} {'per req':>9} {'added':>10} {'x bare':>8}")
-        for variant in VARIANTS:
-            per = summary[variant][2]
-            added = "-" if variant == "bare" else f"{per - bare_e2e:+.2f}"
-            print(f"  {variant:<7} {per:9.2f} {added:>10} {per / bare_e2e:8.2f}")
-        added_med = summary["obsml"][0] - bare_med
-        target = TARGET_ADDED_MEDIAN_US[size]
-        verdict = "PASS" if added_med <= target else "FAIL"
-        failed |= added_med > target
-        print(f"target: obsml added median {added_med:.2f} µs <= {target:.0f} µs -> {verdict}")
+        for variant, row in rows.items():
+            added = "-" if variant == "bare" else f"{row['added_e2e_us']:+.2f}"
+            print(f"  {variant:<7} {row['e2e_us']:9.2f} {added:>10} {row['e2e_us'] / bare['e2e_us']:8.2f}")
+        added_med = rows["obsml"]["added_median_us"]
+        target = TARGET_ADDED_MEDIAN_US.get(cell["bytes"])
+        if target is not None:
+            verdict = "PASS" if added_med <= target else "FAIL"
+            failed |= added_med > target
+            print(f"target: obsml added median {added_med:.2f} µs <= {target:.0f} µs -> {verdict}")
+        stats_delta = cell["obsml_stats"]
         drops = stats_delta.get("dropped") or {}
         print(
             f"obsml stats (timed rounds): captured={stats_delta.get('requests_captured', 0)} "
@@ -321,6 +426,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--check", action="store_true", help="exit with status 1 when obsml misses the added-median targets"
     )
+    parser.add_argument("--sizes", type=parse_sizes, default=SIZES, help="body sizes in bytes, comma-separated")
+    parser.add_argument("--peers", action="store_true", help="add Sentry's and Logfire's ASGI middleware")
+    parser.add_argument("--json", metavar="PATH", help="also write the summary as JSON to PATH")
     args = parser.parse_args(argv)
     if args.quick:
         rounds, requests, warmup = 3, 50, 50 if args.warmup is None else args.warmup
@@ -328,7 +436,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         rounds, requests, warmup = args.rounds, args.requests, 500 if args.warmup is None else args.warmup
     if rounds < 1 or requests < 1 or warmup < 0:
         parser.error("--rounds and --requests must be >= 1, --warmup >= 0")
-    status = run(rounds, requests, warmup, args.seed)
+    summary = summarize(run(rounds, requests, warmup, args.seed, args.sizes, args.peers))
+    status = report(summary)
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump(summary, file, indent=1)
     return status if args.check else 0
 
 

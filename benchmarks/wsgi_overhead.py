@@ -37,6 +37,7 @@ Usage::
     python benchmarks/wsgi_overhead.py                 # 30 rounds x 200 requests per variant
     python benchmarks/wsgi_overhead.py --rounds 10 --requests 100
     python benchmarks/wsgi_overhead.py --quick         # smoke run, a few seconds
+    python benchmarks/wsgi_overhead.py --sizes 200,1024,102400,1048576 --json out.json  # echo only
 
 Nothing is left on disk: the store lives in a ``tempfile.TemporaryDirectory`` and written
 payloads and trace files are deleted between rounds (outside the timing).
@@ -58,7 +59,16 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from asgi_overhead import DiscardingExporter, _stats_delta, clean_store, json_body, median, percentile
+from asgi_overhead import (
+    DiscardingExporter,
+    _stats_delta,
+    block_size,
+    clean_store,
+    json_body,
+    median,
+    parse_sizes,
+    percentile,
+)
 from flask import Flask, Response, request
 from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware
 from opentelemetry.metrics import NoOpMeterProvider
@@ -214,7 +224,9 @@ def read_spans(store: str) -> list[dict[str, Any]]:
     return spans
 
 
-def run(rounds: int, requests: int, warmup: int, seed: int) -> int:
+def run(
+    rounds: int, requests: int, warmup: int, seed: int, cases: Sequence[tuple[str, int, str]] = CASES
+) -> dict[tuple[str, str], Any]:
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory(prefix="obsml-bench-") as store:
         bare_app = make_flask_app()
@@ -246,14 +258,15 @@ def run(rounds: int, requests: int, warmup: int, seed: int) -> int:
         )
         try:
             results = {}
-            for label, size, response in CASES:
+            for label, size, response in cases:
                 body = json_body(size)
                 path = PATHS[response]
+                n = block_size(requests, size)
                 problems = check_case(apps, store, path, body)
                 samples: dict[str, list[int]] = {v: [] for v in VARIANTS}
                 e2e: dict[str, list[float]] = {v: [] for v in VARIANTS}  # ns per request, one per round
                 for variant in VARIANTS:  # warm-up, discarded
-                    run_block(apps[variant], path, body, warmup, [])
+                    run_block(apps[variant], path, body, block_size(warmup, size), [])
                     settle(variant)
                 clean_store(store)
                 stats_before = obsml.stats()
@@ -263,71 +276,93 @@ def run(rounds: int, requests: int, warmup: int, seed: int) -> int:
                     for variant in order:
                         gc.collect()
                         start = time.perf_counter_ns()
-                        run_block(apps[variant], path, body, requests, samples[variant])
+                        run_block(apps[variant], path, body, n, samples[variant])
                         settle(variant)
-                        e2e[variant].append((time.perf_counter_ns() - start) / requests)
+                        e2e[variant].append((time.perf_counter_ns() - start) / n)
                     clean_store(store)
-                results[(label, response)] = (samples, e2e, _stats_delta(stats_before, obsml.stats()), problems)
+                results[(label, response)] = (
+                    size, samples, e2e, _stats_delta(stats_before, obsml.stats()), problems
+                )
         finally:
             provider.shutdown()
             clean_store(store)
-    return report(results)
+    return results
 
 
-def report(results: dict[Any, Any]) -> int:
+def summarize(results: dict[tuple[str, str], Any]) -> dict[str, Any]:
+    """Per case and variant, in µs: min, median, p99 of the request path and end to end per request,
+    each also as added over bare; obsml's counters; the pre-run check's problems."""
     us = 1e-3
-    failed = False
-    for label, size, response in CASES:
-        samples, e2e, stats_delta, problems = results[(label, response)]
-        summary = {}
+    cases: dict[str, Any] = {}
+    for (label, response), (size, samples, e2e, stats_delta, problems) in results.items():
+        rows = {}
         for variant in VARIANTS:
             values = sorted(samples[variant])
-            summary[variant] = (
-                percentile(values, 50) * us,
-                percentile(values, 99) * us,
-                median(e2e[variant]) * us,
-            )
-        bare_med, bare_p99, bare_e2e = summary["bare"]
-        shape = "request and response" if response == "echo" else "request; small JSON response"
+            rows[variant] = {
+                "min_us": values[0] * us,
+                "median_us": percentile(values, 50) * us,
+                "p99_us": percentile(values, 99) * us,
+                "e2e_us": median(e2e[variant]) * us,
+            }
+        bare = rows["bare"]
+        for row in rows.values():
+            for key in ("min_us", "median_us", "p99_us", "e2e_us"):
+                row[f"added_{key}"] = row[key] - bare[key]
+        cases[f"{label}, {response}"] = {
+            "label": label, "bytes": size, "response": response, "path": PATHS[response],
+            "requests_per_variant": len(samples["bare"]), "variants": rows, "obsml_stats": stats_delta,
+            "problems": problems,
+        }
+    return {"cases": cases}
+
+
+def report(summary: dict[str, Any]) -> int:
+    failed = False
+    for cell in summary["cases"].values():
+        rows = cell["variants"]
+        bare = rows["bare"]
+        shape = "request and response" if cell["response"] == "echo" else "request; small JSON response"
         print()
         print(
-            f"== body {label} ({shape}), POST {PATHS[response]}, "
-            f"{len(samples['bare'])} requests per variant =="
+            f"== body {cell['label']} ({shape}), POST {cell['path']}, "
+            f"{cell['requests_per_variant']} requests per variant =="
         )
         print("request path (per call, µs):")
         print(
-            f"  {'variant':<7} {'median':>9} {'p99':>9} {'added med':>10} {'added p99':>10} "
-            f"{'x bare med':>11} {'x bare p99':>11}"
+            f"  {'variant':<7} {'min':>9} {'median':>9} {'p99':>9} {'added min':>10} {'added med':>10} "
+            f"{'added p99':>10} {'x bare med':>11} {'x bare p99':>11}"
         )
-        for variant in VARIANTS:
-            med, p99, _ = summary[variant]
+        for variant, row in rows.items():
+            head = f"  {variant:<7} {row['min_us']:9.2f} {row['median_us']:9.2f} {row['p99_us']:9.2f}"
             if variant == "bare":
-                print(f"  {variant:<7} {med:9.2f} {p99:9.2f} {'-':>10} {'-':>10} {'1.00':>11} {'1.00':>11}")
+                print(f"{head} {'-':>10} {'-':>10} {'-':>10} {'1.00':>11} {'1.00':>11}")
             else:
                 print(
-                    f"  {variant:<7} {med:9.2f} {p99:9.2f} {med - bare_med:+10.2f} {p99 - bare_p99:+10.2f} "
-                    f"{med / bare_med:11.2f} {p99 / bare_p99:11.2f}"
+                    f"{head} {row['added_min_us']:+10.2f} {row['added_median_us']:+10.2f} "
+                    f"{row['added_p99_us']:+10.2f} {row['median_us'] / bare['median_us']:11.2f} "
+                    f"{row['p99_us'] / bare['p99_us']:11.2f}"
                 )
         print("end to end (block of N requests + flush of background work, / N; median over rounds, µs):")
         print(f"  {'variant':<7} {'per req':>9} {'added':>10} {'x bare':>8}")
-        for variant in VARIANTS:
-            per = summary[variant][2]
-            added = "-" if variant == "bare" else f"{per - bare_e2e:+.2f}"
-            print(f"  {variant:<7} {per:9.2f} {added:>10} {per / bare_e2e:8.2f}")
-        added_med = summary["obsml"][0] - bare_med
-        target = TARGET_ADDED_MEDIAN_US[size]
-        verdict = "PASS" if added_med <= target else "FAIL"
-        failed |= added_med > target
-        print(f"target: obsml added median {added_med:.2f} µs <= {target:.0f} µs -> {verdict}")
+        for variant, row in rows.items():
+            added = "-" if variant == "bare" else f"{row['added_e2e_us']:+.2f}"
+            print(f"  {variant:<7} {row['e2e_us']:9.2f} {added:>10} {row['e2e_us'] / bare['e2e_us']:8.2f}")
+        added_med = rows["obsml"]["added_median_us"]
+        target = TARGET_ADDED_MEDIAN_US.get(cell["bytes"])
+        if target is not None:
+            verdict = "PASS" if added_med <= target else "FAIL"
+            failed |= added_med > target
+            print(f"target: obsml added median {added_med:.2f} µs <= {target:.0f} µs -> {verdict}")
+        stats_delta = cell["obsml_stats"]
         drops = stats_delta.get("dropped") or {}
         print(
             f"obsml stats (timed rounds): captured={stats_delta.get('requests_captured', 0)} "
             f"spans_exported={stats_delta.get('spans_exported', 0)} "
             f"payloads_written={stats_delta.get('payloads_written', 0)} dropped={drops or 0}"
         )
-        if problems:
+        if cell["problems"]:
             failed = True
-            print("check FAILED (one request per variant before timing): " + "; ".join(problems))
+            print("check FAILED (one request per variant before timing): " + "; ".join(cell["problems"]))
         else:
             print("check: status 200 and same response for all variants; obsml span has both body sizes")
     return 1 if failed else 0
@@ -348,6 +383,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--check", action="store_true",
         help="exit with status 1 when obsml misses the added-median targets (or a pre-run check fails)",
     )
+    parser.add_argument(
+        "--sizes", type=parse_sizes, default=None,
+        help="body sizes in bytes, comma-separated: same-size responses (POST /echo) only",
+    )
+    parser.add_argument("--json", metavar="PATH", help="also write the summary as JSON to PATH")
     args = parser.parse_args(argv)
     if args.quick:
         rounds, requests, warmup = 3, 50, 50 if args.warmup is None else args.warmup
@@ -355,7 +395,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         rounds, requests, warmup = args.rounds, args.requests, 500 if args.warmup is None else args.warmup
     if rounds < 1 or requests < 1 or warmup < 0:
         parser.error("--rounds and --requests must be >= 1, --warmup >= 0")
-    status = run(rounds, requests, warmup, args.seed)
+    cases = CASES if args.sizes is None else tuple((label, size, "echo") for label, size in args.sizes)
+    summary = summarize(run(rounds, requests, warmup, args.seed, cases))
+    status = report(summary)
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump(summary, file, indent=1)
     return status if args.check else 0
 
 

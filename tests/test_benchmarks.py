@@ -96,3 +96,58 @@ def test_the_writer_cost_benchmark_reports_every_case_against_the_floor(tmp_path
     assert "span serialization alone: ReadableSpan + json.dumps (old)" in result.stdout
     assert "GIL wait of a serving thread" in result.stdout
     assert list(tmp_path.iterdir()) == []
+
+
+def test_make_bench_quick_writes_the_json_the_table_and_the_plot_with_every_number_in_them(tmp_path: Path) -> None:
+    # The whole `make bench` harness as a smoke run: files and numbers present, their values never asserted.
+    import json
+    import math
+    import os
+
+    out, scratch = tmp_path / "results", tmp_path / "scratch"
+    scratch.mkdir()
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench.py"), "--quick", "--out", str(out)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "TMPDIR": str(scratch)},
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    [written] = out.glob("*.json")
+    data = json.loads(written.read_text())
+    assert data["machine"]["cpu_model"] and data["machine"]["cores"] >= 1
+    assert len(data["machine"]["load_average_start"]) == len(data["machine"]["load_average_end"]) == 3
+    for package in ("python", "obsml", "starlette", "uvicorn", "gunicorn", "opentelemetry-sdk", "duckdb", "wrk"):
+        assert data["versions"][package]
+
+    def numbers(row: dict[str, float], *keys: str) -> bool:
+        return all(math.isfinite(row[key]) for key in keys)
+
+    steps = data["steps"]
+    assert {name: step["exit_status"] for name, step in steps.items()} == dict.fromkeys(
+        ("asgi", "wsgi", "server", "sink_outage", "collector"), 0
+    )
+    asgi, wsgi = steps["asgi"]["results"], steps["wsgi"]["results"]
+    sizes = ["200 B", "1 KB", "100 KB", "1 MB"]
+    assert list(asgi["sizes"]) == [cell["label"] for cell in wsgi["cases"].values()] == sizes
+    for cell in asgi["sizes"].values():
+        assert set(cell["variants"]) | set(asgi["peers_missing"]) == {"bare", "obsml", "otel", "sentry", "logfire"}
+        assert all(numbers(row, "added_min_us", "added_median_us", "added_e2e_us") for row in cell["variants"].values())
+    for cell in wsgi["cases"].values():
+        assert list(cell["variants"]) == ["bare", "obsml", "otel"]
+        assert all(numbers(row, "added_min_us", "added_median_us", "added_e2e_us") for row in cell["variants"].values())
+    server = steps["server"]["results"]
+    assert list(server["servers"]) == ["uvicorn-httptools", "uvicorn-h11", "gunicorn-sync", "gunicorn-gthread"]
+    for kind, cells in server["servers"].items():
+        variants = cells["1 KB"]["variants"]
+        peers = {"sentry", "logfire"} if kind == "uvicorn-httptools" else set()
+        assert set(variants) == {"bare", "obsml", "otel"} | peers
+        assert all(numbers(row, "rps_ratio", "p99_ratio", "cpu_us_per_request") for row in variants.values())
+    for cell in server["ttfb"].values():
+        assert all(numbers(row, "ttfb_median_ms", "ttfb_p99_ms") for row in cell["variants"].values())
+    assert len(steps["sink_outage"]["verdicts"]) == 2 and len(steps["collector"]["rows"]) == 6
+
+    table = written.with_suffix(".md").read_text()
+    for needle in ("| 1 MB |", "| gunicorn-gthread | 1 KB | obsml |", "Time to first byte", "Versions: ", "VERDICT"):
+        assert needle.lower() in table.lower()
+    assert f"]({written.with_suffix('.png').name})" in table
+    assert written.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
+    assert list(scratch.iterdir()) == []  # servers' stores, wrk scripts: all in temporary directories, removed
