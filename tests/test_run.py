@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import falcon
+import falcon.asgi
 import httpx
+import litestar
 import pytest
 from conftest import body_bytes, read_spans
 from servers import TESTS, free_port, running_command, store_env
@@ -99,3 +103,15 @@ def test_obsml_run_refuses_what_it_cannot_serve_and_says_why(arguments: list[str
 )
 def test_the_interface_is_detected_from_the_app(app: str, interface: str) -> None:
     assert interface_of(load_app(f"run_apps:{app}"), app) == interface
+
+
+@pytest.mark.parametrize(
+    ("make_app", "interface"),
+    [
+        pytest.param(falcon.App, "wsgi", id="falcon"),
+        pytest.param(falcon.asgi.App, "asgi", id="falcon-asgi"),
+        pytest.param(lambda: litestar.Litestar([]), "asgi", id="litestar"),
+    ],
+)
+def test_other_frameworks_apps_are_detected_too(make_app: Callable[[], object], interface: str) -> None:
+    assert interface_of(make_app(), "main:app") == interface
