@@ -40,7 +40,8 @@ def _user_config() -> dict[str, Any]:
 _user = _user_config()
 _user_post_worker_init: Callable[[Any], object] | None = _user.get("post_worker_init")
 # gunicorn reads this module's names: the user's settings (never private names) become ours.
-globals().update({name: value for name, value in _user.items() if not name.startswith("_") and name != "post_worker_init"})
+globals().update({name: value for name, value in _user.items()
+                  if not name.startswith("_") and name != "post_worker_init"})
 
 graceful_timeout: int = _user.get(
     "graceful_timeout",
