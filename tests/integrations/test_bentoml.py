@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("bentoml", reason="make test-integrations runs this, in its own venv")
 
 import httpx
-from conftest import free_port, running_command, spans_by_correlation_id
+from model_servers import free_port, running_command, spans_by_correlation_id
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("kserve", reason="make test-integrations runs this, in its own venv")
 
 import httpx
-from conftest import free_port, running_command, spans_by_correlation_id, store_env
+from model_servers import free_port, running_command, spans_by_correlation_id, store_env
 
 pytestmark = pytest.mark.slow
 

@@ -1,17 +1,15 @@
-"""Model servers' integration tests, each in a virtual environment of its own (`make test-integrations`).
+"""Helpers of the model servers' integration tests (tests/integrations/test_*.py).
 
-Run there with ``--confcutdir=tests/integrations``: tests/conftest.py needs the main test extra.
-In the main suite each module is skipped, saying why, when its server is not installed.
+Each test module runs in a virtual environment of its own (`make test-integrations`), with
+``--confcutdir=tests/integrations``: tests/conftest.py needs the main test extra. In the main
+suite each module is skipped, saying why, as its server is not installed there.
 """
 
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 from typing import Any
-
-import httpx
 
 TESTS = Path(__file__).parent.parent
 sys.path.insert(0, str(TESTS))  # tests/servers.py: real servers as subprocesses, stdlib only
@@ -36,15 +34,3 @@ def spans_by_correlation_id(store: Path) -> dict[str, dict[str, Any]]:
         spans[correlation_id] = span
     return spans
 
-
-def wait_until_serving(url: str) -> None:
-    """A port that accepts is not yet an app that answers (model servers load models first)."""
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            httpx.get(url, timeout=5)
-            return
-        except httpx.TransportError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
