@@ -27,7 +27,8 @@ os.environ.setdefault("OBSML_CORRELATION_HEADERS", "x-request-id,x-ms-client-req
 
 from gunicorn.config import KNOWN_SETTINGS
 
-from .. import gunicorn as _gunicorn
+import obsml.gunicorn as _gunicorn  # the module: it holds the settings of a configuration of the user's too
+
 from .._capture import current_request, record_exception
 from .._types import Environ, StartResponse, WSGIApp
 
