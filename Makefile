@@ -9,7 +9,7 @@ TOOLS := .tools
 AZURITE_VERSION := 3.37.0
 AZURITE_STAMP := $(TOOLS)/.installed-azurite-$(AZURITE_VERSION)
 
-.PHONY: demo test lint bench clean azurite wrk
+.PHONY: demo test lint bench clean azurite wrk test-integrations
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -64,10 +64,32 @@ test: $(TEST_STAMP) $(AZURITE_STAMP) wrk
 	$(BIN)/python -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
+# Each model server's integration test in a virtual environment of its own (they pin conflicting
+# versions): .venv-integrations/<name>, with obsml from this checkout and
+# tests/integrations/requirements-<name>.txt. A stamp named after the hash of those requirements (and
+# of pyproject.toml) keeps the environment until they change: a second run installs nothing.
+INTEGRATIONS := azureml mlflow kserve bentoml
+INTEGRATIONS_VENVS := .venv-integrations
+
+test-integrations:
+	@set -e; for name in $(INTEGRATIONS); do \
+		venv=$(INTEGRATIONS_VENVS)/$$name; \
+		key=$$(cat tests/integrations/requirements-$$name.txt pyproject.toml | sha256sum | cut -c1-16); \
+		if [ ! -f $$venv/.installed-$$key ]; then \
+			echo "installing $$venv"; rm -rf $$venv; $(PYTHON) -m venv $$venv; \
+			$$venv/bin/python -m pip install --quiet -e . -r tests/integrations/requirements-$$name.txt; \
+			touch $$venv/.installed-$$key; \
+		fi; \
+	done
+	@rc=0; for name in $(INTEGRATIONS); do \
+		$(INTEGRATIONS_VENVS)/$$name/bin/python -m pytest -p no:cacheprovider --confcutdir=tests/integrations \
+			tests/integrations/test_$$name.py || rc=1; \
+	done; exit $$rc
+
 # Every benchmark, about 10 minutes: benchmarks/results/<date>-<host>.{json,md,png} (benchmarks/README.md).
 # The test extra includes the bench extra (httptools, matplotlib, sentry-sdk, logfire).
 bench: $(TEST_STAMP) wrk
 	$(BIN)/python benchmarks/bench.py
 
 clean:
-	rm -rf $(VENV) obsml-data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-integrations obsml-data .pytest_cache .mypy_cache .ruff_cache

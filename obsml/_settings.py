@@ -50,6 +50,8 @@ class Settings:
     collect_format: str = "jsonl"
     collect_enabled: bool = True
     status: bool = True
+    # What the application's global TracerProvider gets of obsml's spans (issue 17 item 4; _tracing.py).
+    global_provider: str = "bodyless"
     # Capture policy (README "Capture policies"): which requests get a span, which keep their bodies.
     capture_bodies: str = "all"
     capture_routes: tuple[str, ...] = ()
@@ -252,6 +254,7 @@ _PARSERS: dict[str, tuple[Callable[[Any], Any], str]] = {
     ),
     "redact": (_hook, "a callable (keyword argument only; packages use OBSML_REDACTORS)"),
     "status": (_boolean, "true or false (also 1/0, yes/no, on/off)"),
+    "global_provider": (_choice("use", "bodyless", "ignore"), "one of use, bodyless, ignore"),
 }
 
 

@@ -1,11 +1,18 @@
 """OpenTelemetry plumbing: spans are built on the writer thread with the ids chosen at request start.
 
-If the application set a global SDK ``TracerProvider``, obsml's spans go through it (its
-processors and exporters see them) and obsml adds a processor that sends obsml's own spans,
-and only those, to obsml's exporters. Otherwise obsml builds its spans itself and hands them
-to its exporters' processors; it never sets a global provider. A span the application's
-sampler would not record is still recorded that way: obsml's store never loses a capture to
-someone else's sampler.
+obsml builds its spans itself and hands them to its exporters' processors; it never sets a global
+provider. What an application's global SDK ``TracerProvider`` gets of them is ``global_provider``
+(``OBSML_GLOBAL_PROVIDER``; issue 17 item 4), since its exporters send to a backend obsml was
+not asked to send bodies to:
+
+- ``bodyless`` (the default): the same span, same ids, without the body attributes, emitted
+  through the application's tracer, so its processors and exporters see it;
+- ``use``: obsml's spans go through that provider whole, and obsml adds a processor that sends
+  obsml's own spans, and only those, to obsml's exporters;
+- ``ignore``: the application's provider never sees them.
+
+A span the application's sampler would not record is still recorded for obsml's exporters:
+obsml's store never loses a capture to someone else's sampler.
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ if TYPE_CHECKING:
     from ._types import Attributes
 
 SCOPE = "obsml"
+# The attributes holding body bytes; sizes, hashes and URIs stay on a bodyless span.
+_BODY_ATTRIBUTES = frozenset({"obsml.request.body", "obsml.response.body"})
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 
 # W3C Trace Context (tracestate): at most 32 list-members, each key=value or empty, OWS around commas.
@@ -215,6 +224,7 @@ class Tracing:
         self._resource = Resource.create({"service.name": settings.service})
         self._resource_record = dict(self._resource.attributes)
         self._scope = InstrumentationScope(SCOPE, __version__)
+        self._global_provider = settings.global_provider
         self._app_provider: Any = None
         self._app_tracer: Any = None
         self._app_ids: _PresetIds | None = None
@@ -227,8 +237,9 @@ class Tracing:
             if hasattr(tracer, "id_generator"):
                 self._app_ids = _PresetIds(tracer.id_generator)
                 tracer.id_generator = self._app_ids
-                for processor in self.processors:
-                    provider.add_span_processor(_OnlyObsml(processor))
+                if self._global_provider == "use":  # otherwise obsml's exporters get spans from emit() alone
+                    for processor in self.processors:
+                        provider.add_span_processor(_OnlyObsml(processor))
                 self._app_tracer = tracer
         if self._app_ids is None:
             return None
@@ -238,9 +249,16 @@ class Tracing:
         start = capture.start_ns
         end = start + (capture.end_perf - capture.start_perf)
         provider = trace.get_tracer_provider()
-        choice = self._app_tracer_for(provider) if isinstance(provider, TracerProvider) else None
-        if choice is not None and self._emit_through(*choice, capture, name, attributes, start, end):
-            return
+        choice = None
+        if self._global_provider != "ignore" and isinstance(provider, TracerProvider):
+            choice = self._app_tracer_for(provider)
+        if choice is not None:
+            if self._global_provider == "use":
+                if self._emit_through(*choice, capture, name, attributes, start, end):
+                    return
+            else:
+                bodyless = {key: value for key, value in attributes.items() if key not in _BODY_ATTRIBUTES}
+                self._emit_through(*choice, capture, name, bodyless, start, end)
         status = _status(capture)
         if self._records:
             self._emit_record(capture, name, attributes, status, start, end)

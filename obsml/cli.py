@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_status(commands)
     _add_logs(commands)
     _add_tail(commands)
+    _add_run(commands)
     return parser
 
 
@@ -264,6 +265,52 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     server = GUNICORN if args.wsgi else UVICORN
     return run_demo(app=args.app, store=args.store, requests=args.requests, server=server)
+
+
+def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    run = commands.add_parser(
+        "run",
+        help="serve an ASGI or WSGI app under uvicorn, gunicorn or granian, wrapped by obsml",
+        description=(
+            "Serve module:app wrapped by obsml (settings from OBSML_*), in every worker the server starts. "
+            "ASGI or WSGI is detected (an async callable is ASGI, a callable of (environ, start_response) is "
+            "WSGI; the README's \"obsml run and gunicorn\" gives the rule) unless --interface says; detecting "
+            "imports the app once here. Options after module:app (or after --) go to the server."
+        ),
+        epilog="example: obsml run --workers 2 main:app --port 8080",
+    )
+    _run_options(run)
+    run.add_argument("app", metavar="module:app", help="the app, as module:attribute")
+    run.add_argument("server_options", nargs=argparse.REMAINDER, metavar="...", help="options for the server")
+    run.set_defaults(handler=_run_run)
+
+
+def _run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--server", choices=("uvicorn", "gunicorn", "granian"),
+                        help="the server (default: uvicorn for an ASGI app, gunicorn for a WSGI app)")
+    parser.add_argument("--workers", type=_at_least(1), metavar="N", help="worker processes (default: the server's)")
+    parser.add_argument("--interface", choices=("asgi", "wsgi"),
+                        help="the app's interface, when it cannot be detected")
+
+
+def _run_run(args: argparse.Namespace) -> int:
+    from ._run import run
+
+    # obsml's own options may also follow the app (obsml run main:app --server gunicorn); before any "--".
+    options: list[str] = args.server_options
+    cut = options.index("--") if "--" in options else len(options)
+    ours = argparse.ArgumentParser(prog="obsml run", add_help=False, allow_abbrev=False, exit_on_error=False)
+    _run_options(ours)
+    try:
+        found, theirs = ours.parse_known_args(options[:cut])
+    except argparse.ArgumentError as exc:
+        print(f"obsml run: {exc}", file=sys.stderr)
+        return 2
+    for name in ("server", "workers", "interface"):
+        if getattr(found, name) is not None:
+            setattr(args, name, getattr(found, name))
+    return run(args.app, server=args.server, interface=args.interface, workers=args.workers,
+               options=[*theirs, *options[cut + 1:]])
 
 
 def _add_status(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -6,6 +6,7 @@ A global TracerProvider can be set once per process, so each case runs in a fres
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -199,3 +200,76 @@ def test_an_invalid_tracestate_is_dropped_before_opentelemetry_warns_about_it(
     spans = read_spans(store)
     assert len(spans) == 3
     assert {span["parent_span_id"] for span in spans} == {"00f067aa0ba902b7"}  # the traceparent still holds
+
+
+GLOBAL_PROVIDER_SCRIPT = """
+import asyncio, json, sys
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+import obsml
+
+probe = InMemorySpanExporter()  # the application's backend
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(probe))
+trace.set_tracer_provider(provider)
+
+async def app(scope, receive, send):
+    body = (await receive())["body"]
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
+
+async def main():
+    options = {"global_provider": sys.argv[2]} if sys.argv[2] else {}
+    middleware = obsml.ObsmlMiddleware(app, store=sys.argv[1], **options)
+    async def receive():
+        return {"type": "http.request", "body": b'{"income": 52000}'}
+    async def send(message):
+        pass
+    scope = {"type": "http", "method": "POST", "path": "/score", "headers": [(b"x-correlation-id", b"loan-11")]}
+    await middleware(scope, receive, send)
+
+asyncio.run(main())
+assert obsml.flush(10)
+print(json.dumps([
+    {"span_id": f"{s.context.span_id:016x}", "attributes": dict(s.attributes)}
+    for s in probe.get_finished_spans() if s.instrumentation_scope.name == "obsml"
+]))
+"""
+BODY = '{"income": 52000}'
+
+
+@pytest.mark.parametrize(
+    ("keyword", "variable", "received"),
+    [
+        pytest.param("", "", "bodyless", id="default-bodyless"),
+        pytest.param("bodyless", "", "bodyless", id="bodyless"),
+        pytest.param("use", "", "whole", id="use"),
+        pytest.param("ignore", "", "nothing", id="ignore"),
+        pytest.param("", "use", "whole", id="use-from-the-environment"),
+        pytest.param("ignore", "use", "nothing", id="the-keyword-wins"),
+    ],
+)
+def test_the_applications_global_provider_gets_obsml_spans_bodies_only_when_told_to_use_it(
+    tmp_path: Path, keyword: str, variable: str, received: str
+) -> None:
+    store = tmp_path / "store"
+    env = {**os.environ, "OBSML_GLOBAL_PROVIDER": variable} if variable else os.environ
+    result = subprocess.run([sys.executable, "-c", GLOBAL_PROVIDER_SCRIPT, str(store), keyword], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    probed = json.loads(result.stdout)
+    [stored] = read_spans(store)  # obsml's store keeps the bodies whatever the application's provider gets
+    assert stored["attributes"]["obsml.request.body"] == stored["attributes"]["obsml.response.body"] == BODY
+    if received == "nothing":
+        assert probed == []
+        return
+    [span] = probed
+    assert span["span_id"] == stored["span_id"]
+    for direction in ("request", "response"):
+        digest = f"obsml.{direction}.body.sha256"
+        assert span["attributes"][digest] == stored["attributes"][digest]
+        assert span["attributes"].get(f"obsml.{direction}.body") == (BODY if received == "whole" else None)
+    if received == "bodyless":
+        assert "52000" not in json.dumps(span)
