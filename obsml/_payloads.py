@@ -1,8 +1,9 @@
 """A body's one home: its copy on the request path, and its way to ``payloads/`` in the store.
 
 On the request path a :class:`BodyTee` keeps a body's chunks in memory up to the inline
-limit; past it, a :class:`PayloadStream` only queues them. Everything else (the file name, the
-hash, the writes, the commit) happens on the background writer, chunk jobs in order. The
+limit; past it, a :class:`PayloadStream` copies them into reusable slabs and queues each full
+slab. Everything else (the file name, the hash, the writes, the commit) happens on the
+background writer, slab jobs in order. The
 writer finishes (commits or aborts) a stream before its span's attributes are built, so that
 building them touches no file.
 """
@@ -78,7 +79,8 @@ class BodyTee:
     def truncated(self) -> bool:
         return self.held < self.size
 
-    def feed(self, chunk: bytes) -> None:
+    def feed(self, chunk: bytes | memoryview) -> None:
+        """Keep ``chunk``'s bytes (a memoryview is the caller's buffer, reused after this call)."""
         size = len(chunk)
         if not size:
             return
@@ -94,7 +96,7 @@ class BodyTee:
         if self.stream is not None:
             self.stream.send(chunk)
         else:
-            self.chunks.append(chunk)
+            self.chunks.append(chunk if isinstance(chunk, bytes) else bytes(chunk))
             if self.held > self.capture.capturer.inline_limit:
                 self._offload()
 
@@ -105,18 +107,32 @@ class BodyTee:
             self.stream.send(chunk)
         self.chunks = []
 
+    def end(self) -> None:
+        """Queue what a streamed body still holds (its last slab): called once the request is over."""
+        if self.stream is not None:
+            self.stream.send_slab()
+
     def media_type(self) -> bytes | None:
         if self.direction == "request":
             return self.content_type
         return header_value(self.capture.response_headers, b"content-type")
 
 
+# A streamed body is copied into slabs of this size, each queued for the writer once full: one
+# job per slab rather than per chunk, and the slabs come back for reuse once written. Holding the
+# server's and the app's own buffers until the writer ran instead made every request allocate
+# fresh memory, which the allocator had returned to the system: page faults cost more than the copy.
+SLAB_BYTES = 64 * 1024
+_IDLE_SLABS = 256  # kept for reuse (16 MiB); more are freed when written
+_idle_slabs: list[bytearray] = []  # list.pop and list.append are atomic: no lock needed
+
+
 class PayloadStream:
-    """A body on its way to ``payloads/``. Chunks travel through the writer queue in order."""
+    """A body on its way to ``payloads/``. Slabs travel through the writer queue in order."""
 
     __slots__ = (
-        "alone", "bound", "error", "failure", "hasher", "lost", "queued", "relative", "store", "target", "tee",
-        "uri", "writer",
+        "alone", "bound", "error", "failure", "filled", "hasher", "lost", "queued", "relative", "slab", "store",
+        "target", "tee", "uri", "writer",
     )
 
     def __init__(self, tee: BodyTee, writer: Writer, store: Store, bound: int) -> None:
@@ -126,7 +142,9 @@ class PayloadStream:
         self.bound = bound  # the queue's byte bound for body chunks
         self.lost: DropReason | None = None  # set on the request path when a chunk could not be queued
         self.queued = False  # a chunk reached the writer (which then holds a file to discard)
-        self.alone = False  # a chunk over the queue's bound for bodies went in alone (its span must follow)
+        self.alone = False  # a slab over the queue's bound for bodies went in alone (its span must follow)
+        self.slab: bytearray | None = None  # the slab being filled, not yet queued
+        self.filled = 0
         # The rest belongs to the writer thread, which fills it in at the first chunk.
         self.relative: str | None = None
         self.error: DropReason | None = None  # the store refused a write
@@ -136,15 +154,36 @@ class PayloadStream:
         self.uri: str | None = None
         self.failure: DropReason | None = None
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes | memoryview) -> None:
+        """Copy ``data`` into slabs, queueing each one that fills up."""
         if self.lost is not None:
             return
-        if self.writer.submit(_Chunk(self, data), max_bytes=self.bound):
+        view = memoryview(data)
+        start, end = 0, len(view)
+        while start < end and self.lost is None:
+            if self.slab is None:
+                self.slab = _idle_slabs.pop() if _idle_slabs else bytearray(SLAB_BYTES)
+            size = min(end - start, SLAB_BYTES - self.filled)
+            self.slab[self.filled : self.filled + size] = view[start : start + size]
+            self.filled += size
+            start += size
+            if self.filled == SLAB_BYTES:
+                self.send_slab()
+
+    def send_slab(self) -> None:
+        """Queue the slab being filled (a refusal loses the payload, and the slab is reused)."""
+        slab, self.slab = self.slab, None
+        if slab is None:
+            return
+        filled, self.filled = self.filled, 0
+        if self.lost is None and self.writer.submit(_Slab(self, slab, filled), max_bytes=self.bound):
             self.queued = True
-            if len(data) > self.bound:
+            if filled > self.bound:
                 self.alone = True
-        else:
+            return
+        if self.lost is None:
             self.lost = self.writer.refusal
+        release_slab(slab)
 
     def abort_later(self) -> None:
         """Tell the writer to discard this stream, whose span was dropped (forced: it is tiny)."""
@@ -152,8 +191,8 @@ class PayloadStream:
 
     # Writer side.
 
-    def write(self, data: bytes) -> None:
-        """Open on the first chunk, hash and write as chunks arrive."""
+    def write(self, data: memoryview) -> None:
+        """Open on the first slab, hash and write as slabs arrive."""
         if self.error is not None:
             return
         try:
@@ -188,16 +227,25 @@ class PayloadStream:
             self.uri = self.store.uri(self.relative)
 
 
-class _Chunk:
-    __slots__ = ("data", "nbytes", "stream")
+def release_slab(slab: bytearray) -> None:
+    if len(_idle_slabs) < _IDLE_SLABS:
+        _idle_slabs.append(slab)
 
-    def __init__(self, stream: PayloadStream, data: bytes) -> None:
+
+class _Slab:
+    __slots__ = ("nbytes", "slab", "stream")
+
+    def __init__(self, stream: PayloadStream, slab: bytearray, nbytes: int) -> None:
         self.stream = stream
-        self.data = data
-        self.nbytes = len(data)
+        self.slab = slab
+        self.nbytes = nbytes
 
     def run(self) -> None:
-        self.stream.write(self.data)
+        # Reused once written: the store's writes copy (a buffered file) or are done on return.
+        try:
+            self.stream.write(memoryview(self.slab)[: self.nbytes])
+        finally:
+            release_slab(self.slab)
 
 
 class _Abort:
