@@ -158,6 +158,12 @@ class PayloadStream:
         """Copy ``data`` into slabs, queueing each one that fills up."""
         if self.lost is not None:
             return
+        if len(data) > self.bound:
+            # Over the queue's whole bound for bodies: it goes in as it is, alone, when the queue is
+            # empty (slabs of it could never all be queued at once).
+            self.send_slab()
+            self._queue(data if isinstance(data, bytes) else bytes(data), len(data))
+            return
         view = memoryview(data)
         start, end = 0, len(view)
         while start < end and self.lost is None:
@@ -173,17 +179,21 @@ class PayloadStream:
     def send_slab(self) -> None:
         """Queue the slab being filled (a refusal loses the payload, and the slab is reused)."""
         slab, self.slab = self.slab, None
-        if slab is None:
-            return
-        filled, self.filled = self.filled, 0
-        if self.lost is None and self.writer.submit(_Slab(self, slab, filled), max_bytes=self.bound):
+        if slab is not None:
+            filled, self.filled = self.filled, 0
+            if not self._queue(slab, filled):
+                release_slab(slab)
+
+    def _queue(self, data: bytes | bytearray, filled: int) -> bool:
+        if self.lost is not None:
+            return False
+        if self.writer.submit(_Slab(self, data, filled), max_bytes=self.bound):
             self.queued = True
-            if filled > self.bound:
+            if len(data) > self.bound:
                 self.alone = True
-            return
-        if self.lost is None:
-            self.lost = self.writer.refusal
-        release_slab(slab)
+            return True
+        self.lost = self.writer.refusal
+        return False
 
     def abort_later(self) -> None:
         """Tell the writer to discard this stream, whose span was dropped (forced: it is tiny)."""
@@ -227,23 +237,24 @@ class PayloadStream:
             self.uri = self.store.uri(self.relative)
 
 
-def release_slab(slab: bytearray) -> None:
-    if len(_idle_slabs) < _IDLE_SLABS:
+def release_slab(slab: bytes | bytearray) -> None:
+    if isinstance(slab, bytearray) and len(_idle_slabs) < _IDLE_SLABS:
         _idle_slabs.append(slab)
 
 
 class _Slab:
-    __slots__ = ("nbytes", "slab", "stream")
+    __slots__ = ("filled", "nbytes", "slab", "stream")
 
-    def __init__(self, stream: PayloadStream, slab: bytearray, nbytes: int) -> None:
+    def __init__(self, stream: PayloadStream, slab: bytes | bytearray, filled: int) -> None:
         self.stream = stream
         self.slab = slab
-        self.nbytes = nbytes
+        self.filled = filled
+        self.nbytes = len(slab)  # what it holds in memory, also when the body's last slab is not full
 
     def run(self) -> None:
         # Reused once written: the store's writes copy (a buffered file) or are done on return.
         try:
-            self.stream.write(memoryview(self.slab)[: self.nbytes])
+            self.stream.write(memoryview(self.slab)[: self.filled])
         finally:
             release_slab(self.slab)
 
