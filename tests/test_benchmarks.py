@@ -67,3 +67,18 @@ def test_the_query_scale_benchmark_agrees_with_raw_duckdb_and_leaves_nothing_beh
     assert "== whole day: 5,000 spans, 2 rounds" in result.stdout
     assert "== one hour: 208 spans, 2 rounds" in result.stdout  # 5,000 over 24 hours: the first 8 hours get 209
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_time_to_first_byte_benchmark_runs_both_servers_and_obsml_captures_their_requests() -> None:
+    # A smoke run through real uvicorn and gunicorn subprocesses; no timing is asserted.
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "ttfb.py"), "--quick", "--pause", "0.002"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    for server in ("uvicorn", "gunicorn"):
+        assert f"== {server}: time to first byte" in result.stdout
+    rows = [line.split()[0] for line in result.stdout.splitlines() if line.startswith("  ")]  # the tables' rows
+    assert rows.count("bare") == rows.count("obsml") == 2
+    spans = [int(line.rsplit(" ", 1)[1]) for line in result.stdout.splitlines() if line.startswith("obsml spans")]
+    assert len(spans) == 2 and 0 < spans[0] < spans[1]  # each server's obsml variant wrote its spans
