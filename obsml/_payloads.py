@@ -118,10 +118,11 @@ class BodyTee:
         return header_value(self.capture.response_headers, b"content-type")
 
 
-# A streamed body is copied into slabs of this size, each queued for the writer once full: one
-# job per slab rather than per chunk, and the slabs come back for reuse once written. Holding the
-# server's and the app's own buffers until the writer ran instead made every request allocate
-# fresh memory, which the allocator had returned to the system: page faults cost more than the copy.
+# A streamed body's small chunks, and every chunk read into the app's own buffer (readinto), are
+# copied into slabs of this size, each queued for the writer once full: one job per slab rather
+# than per chunk, and the slabs come back for reuse once written. A copy per chunk, held until the
+# writer ran, made every request allocate fresh memory, which the allocator had meanwhile given back
+# to the system: the page faults cost more than the copy (issue 16).
 SLAB_BYTES = 64 * 1024
 _IDLE_SLABS = 256  # kept for reuse (16 MiB); more are freed when written
 _idle_slabs: list[bytearray] = []  # list.pop and list.append are atomic: no lock needed
@@ -155,12 +156,13 @@ class PayloadStream:
         self.failure: DropReason | None = None
 
     def send(self, data: bytes | memoryview) -> None:
-        """Copy ``data`` into slabs, queueing each one that fills up."""
+        """Copy ``data`` into slabs, queueing each one that fills up (a big chunk goes as it is)."""
         if self.lost is not None:
             return
-        if len(data) > self.bound:
-            # Over the queue's whole bound for bodies: it goes in as it is, alone, when the queue is
-            # empty (slabs of it could never all be queued at once).
+        if len(data) > self.bound or (len(data) >= SLAB_BYTES and isinstance(data, bytes)):
+            # A slab's worth or more of immutable bytes goes as it is, one job, kept by reference: a
+            # copy would cost more than the memory it frees. Over the queue's whole bound for bodies,
+            # it goes in alone, when the queue is empty (slabs of it could never all be queued).
             self.send_slab()
             self._queue(data if isinstance(data, bytes) else bytes(data), len(data))
             return
