@@ -160,8 +160,8 @@ class PayloadStream:
         if self.lost is not None:
             return
         if len(data) > self.bound or (len(data) >= SLAB_BYTES and isinstance(data, bytes)):
-            # A slab's worth or more of immutable bytes goes as it is, one job, kept by reference: a
-            # copy would cost more than the memory it frees. Over the queue's whole bound for bodies,
+            # A slab's worth or more of immutable bytes goes as it is, one job, kept by reference
+            # (copying 1 MB responses into slabs was slower in the benchmarks). Over the queue's whole bound for bodies,
             # it goes in alone, when the queue is empty (slabs of it could never all be queued).
             self.send_slab()
             self._queue(data if isinstance(data, bytes) else bytes(data), len(data))
