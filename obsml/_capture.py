@@ -257,6 +257,8 @@ class Capture:
         if not (self.sampled or self.failed or self.exceptions):
             count("requests_sampled_out")
             return
+        self.request_body.end()  # a streamed body's last slab goes ahead of its span
+        self.response_body.end()
         writer = self.capturer.writer
         if writer.submit(self):
             return

@@ -1,8 +1,9 @@
 """A body's one home: its copy on the request path, and its way to ``payloads/`` in the store.
 
 On the request path a :class:`BodyTee` keeps a body's chunks in memory up to the inline
-limit; past it, a :class:`PayloadStream` only queues them. Everything else (the file name, the
-hash, the writes, the commit) happens on the background writer, chunk jobs in order. The
+limit; past it, a :class:`PayloadStream` copies them into reusable slabs and queues each full
+slab. Everything else (the file name, the hash, the writes, the commit) happens on the
+background writer, slab jobs in order. The
 writer finishes (commits or aborts) a stream before its span's attributes are built, so that
 building them touches no file.
 """
@@ -99,7 +100,8 @@ class BodyTee:
         declared = capture.declared_length
         return declared is None or not declared.isdigit() or int(declared) == self.size
 
-    def feed(self, chunk: bytes) -> None:
+    def feed(self, chunk: bytes | memoryview) -> None:
+        """Keep ``chunk``'s bytes (a memoryview is the caller's buffer, reused after this call)."""
         size = len(chunk)
         if not size:
             return
@@ -115,7 +117,7 @@ class BodyTee:
         if self.stream is not None:
             self.stream.send(chunk)
         else:
-            self.chunks.append(chunk)
+            self.chunks.append(chunk if isinstance(chunk, bytes) else bytes(chunk))
             if self.held > self.capture.capturer.inline_limit:
                 self._offload()
 
@@ -126,18 +128,33 @@ class BodyTee:
             self.stream.send(chunk)
         self.chunks = []
 
+    def end(self) -> None:
+        """Queue what a streamed body still holds (its last slab): called once the request is over."""
+        if self.stream is not None:
+            self.stream.send_slab()
+
     def media_type(self) -> bytes | None:
         if self.direction == "request":
             return self.content_type
         return header_value(self.capture.response_headers, b"content-type")
 
 
+# A streamed body's small chunks, and every chunk read into the app's own buffer (readinto), are
+# copied into slabs of this size, each queued for the writer once full: one job per slab rather
+# than per chunk, and the slabs come back for reuse once written. A copy per chunk, held until the
+# writer ran, made every request allocate fresh memory, which the allocator had meanwhile given back
+# to the system: the page faults cost more than the copy (issue 16).
+SLAB_BYTES = 64 * 1024
+_IDLE_SLABS = 256  # kept for reuse (16 MiB); more are freed when written
+_idle_slabs: list[bytearray] = []  # list.pop and list.append are atomic: no lock needed
+
+
 class PayloadStream:
-    """A body on its way to ``payloads/``. Chunks travel through the writer queue in order."""
+    """A body on its way to ``payloads/``. Slabs travel through the writer queue in order."""
 
     __slots__ = (
-        "alone", "bound", "error", "failure", "hasher", "lost", "plan", "queued", "raw", "raw_size", "redacted",
-        "relative", "store", "target", "tee", "uri", "writer",
+        "alone", "bound", "error", "failure", "filled", "hasher", "lost", "plan", "queued", "raw", "raw_size",
+        "redacted", "relative", "slab", "store", "target", "tee", "uri", "writer",
     )
 
     def __init__(self, tee: BodyTee, writer: Writer, store: Store, bound: int) -> None:
@@ -147,7 +164,9 @@ class PayloadStream:
         self.bound = bound  # the queue's byte bound for body chunks
         self.lost: DropReason | None = None  # set on the request path when a chunk could not be queued
         self.queued = False  # a chunk reached the writer (which then holds a file to discard)
-        self.alone = False  # a chunk over the queue's bound for bodies went in alone (its span must follow)
+        self.alone = False  # a slab over the queue's bound for bodies went in alone (its span must follow)
+        self.slab: bytearray | None = None  # the slab being filled, not yet queued
+        self.filled = 0
         # The rest belongs to the writer thread, which fills it in at the first chunk.
         self.relative: str | None = None
         self.error: DropReason | None = None  # the store refused a write
@@ -163,15 +182,47 @@ class PayloadStream:
         self.uri: str | None = None
         self.failure: DropReason | None = None
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes | memoryview) -> None:
+        """Copy ``data`` into slabs, queueing each one that fills up (a big chunk goes as it is)."""
         if self.lost is not None:
             return
-        if self.writer.submit(_Chunk(self, data), max_bytes=self.bound):
+        if len(data) > self.bound or (len(data) >= SLAB_BYTES and isinstance(data, bytes)):
+            # A slab's worth or more of immutable bytes goes as it is, one job, kept by reference
+            # (copying 1 MB responses into slabs was slower in the benchmarks). Over the queue's whole bound for bodies,
+            # it goes in alone, when the queue is empty (slabs of it could never all be queued).
+            self.send_slab()
+            self._queue(data if isinstance(data, bytes) else bytes(data), len(data))
+            return
+        view = memoryview(data)
+        start, end = 0, len(view)
+        while start < end and self.lost is None:
+            if self.slab is None:
+                self.slab = _idle_slabs.pop() if _idle_slabs else bytearray(SLAB_BYTES)
+            size = min(end - start, SLAB_BYTES - self.filled)
+            self.slab[self.filled : self.filled + size] = view[start : start + size]
+            self.filled += size
+            start += size
+            if self.filled == SLAB_BYTES:
+                self.send_slab()
+
+    def send_slab(self) -> None:
+        """Queue the slab being filled (a refusal loses the payload, and the slab is reused)."""
+        slab, self.slab = self.slab, None
+        if slab is not None:
+            filled, self.filled = self.filled, 0
+            if not self._queue(slab, filled):
+                release_slab(slab)
+
+    def _queue(self, data: bytes | bytearray, filled: int) -> bool:
+        if self.lost is not None:
+            return False
+        if self.writer.submit(_Slab(self, data, filled), max_bytes=self.bound):
             self.queued = True
             if len(data) > self.bound:
                 self.alone = True
-        else:
-            self.lost = self.writer.refusal
+            return True
+        self.lost = self.writer.refusal
+        return False
 
     def abort_later(self) -> None:
         """Tell the writer to discard this stream, whose span was dropped (forced: it is tiny)."""
@@ -179,8 +230,10 @@ class PayloadStream:
 
     # Writer side.
 
-    def write(self, data: bytes) -> None:
-        """Open on the first chunk, hash and write as chunks arrive (or keep them for redaction)."""
+    def write(self, data: memoryview) -> None:
+        """Open on the first slab, hash and write as slabs arrive (or keep them for redaction).
+
+        ``data`` is a slab reused once this returns: every path copies it (a file write) before then."""
         if self.error is not None:
             return
         try:
@@ -205,7 +258,7 @@ class PayloadStream:
             return
         self.hasher.update(data)
 
-    def _keep_raw(self, data: bytes) -> None:
+    def _keep_raw(self, data: memoryview) -> None:
         assert self.raw is not None
         self.raw_size += len(data)
         redactor = self.tee.capture.capturer.body_redaction
@@ -275,16 +328,26 @@ class PayloadStream:
         self.hasher.update(data)
 
 
-class _Chunk:
-    __slots__ = ("data", "nbytes", "stream")
+def release_slab(slab: bytes | bytearray) -> None:
+    if isinstance(slab, bytearray) and len(_idle_slabs) < _IDLE_SLABS:
+        _idle_slabs.append(slab)
 
-    def __init__(self, stream: PayloadStream, data: bytes) -> None:
+
+class _Slab:
+    __slots__ = ("filled", "nbytes", "slab", "stream")
+
+    def __init__(self, stream: PayloadStream, slab: bytes | bytearray, filled: int) -> None:
         self.stream = stream
-        self.data = data
-        self.nbytes = len(data)
+        self.slab = slab
+        self.filled = filled
+        self.nbytes = len(slab)  # what it holds in memory, also when the body's last slab is not full
 
     def run(self) -> None:
-        self.stream.write(self.data)
+        # Reused once written: the store's writes copy (a buffered file) or are done on return.
+        try:
+            self.stream.write(memoryview(self.slab)[: self.filled])
+        finally:
+            release_slab(self.slab)
 
 
 class _Abort:

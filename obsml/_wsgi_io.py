@@ -51,7 +51,7 @@ class InputTee:
             return len(data)
         size: int = self.stream_readinto(buffer) or 0
         if size:
-            self._feed(bytes(memoryview(buffer)[:size]))
+            self._feed(memoryview(buffer)[:size])
         elif len(buffer):
             self.capture.request_ended = True
         return size
@@ -74,7 +74,7 @@ class InputTee:
         # Anything beyond PEP 3333's four methods (a server's extras) goes to the real stream.
         return getattr(self.stream, name)
 
-    def _feed(self, data: bytes) -> None:
+    def _feed(self, data: bytes | memoryview) -> None:
         if data:
             try:
                 self.capture.request_body.feed(data)

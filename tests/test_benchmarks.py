@@ -151,3 +151,18 @@ def test_make_bench_quick_writes_the_json_the_table_and_the_plot_with_every_numb
     assert f"]({written.with_suffix('.png').name})" in table
     assert written.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
     assert list(scratch.iterdir()) == []  # servers' stores, wrk scripts: all in temporary directories, removed
+
+
+def test_the_time_to_first_byte_benchmark_runs_both_servers_and_obsml_captures_their_requests() -> None:
+    # A smoke run through real uvicorn and gunicorn subprocesses; no timing is asserted.
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "ttfb.py"), "--quick", "--pause", "0.002"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    for server in ("uvicorn", "gunicorn"):
+        assert f"== {server}: time to first byte" in result.stdout
+    rows = [line.split()[0] for line in result.stdout.splitlines() if line.startswith("  ")]  # the tables' rows
+    assert rows.count("bare") == rows.count("obsml") == 2
+    spans = [int(line.rsplit(" ", 1)[1]) for line in result.stdout.splitlines() if line.startswith("obsml spans")]
+    assert len(spans) == 2 and 0 < spans[0] < spans[1]  # each server's obsml variant wrote its spans

@@ -68,6 +68,11 @@ def test_a_full_queue_drops_the_span_counts_it_and_leaves_the_request_alone(stor
     assert obsml.stats()["dropped"] == {"queue_full": {"span": 1}}
 
 
+class QuietHandler(WSGIRequestHandler):
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
 @contextmanager
 def serving(server: str, options: dict[str, Any]) -> Iterator[str]:
     """uvicorn with the test app, or the standard library's WSGI server with obsml over a tiny app."""
@@ -79,10 +84,6 @@ def serving(server: str, options: dict[str, Any]) -> Iterator[str]:
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"ok"]
-
-    class QuietHandler(WSGIRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            pass
 
     httpd = make_server("127.0.0.1", 0, ObsmlWSGIMiddleware(app, **options), handler_class=QuietHandler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
@@ -105,6 +106,40 @@ def test_request_headers_count_against_the_queue_bound(store: Path, server: str)
     obsml.flush()
     assert [span["attributes"]["obsml.correlation_id"] for span in read_spans(store)] == ["small"]
     assert obsml.stats()["dropped"] == {"queue_full": {"span": 1}}
+
+
+def test_a_body_read_into_the_apps_own_small_buffer_is_queued_in_slabs_not_chunk_by_chunk(store: Path) -> None:
+    # 1 MB read 8 KB at a time into one reused buffer: 128 chunks, 16 slabs. With the writer busy,
+    # a queue of 40 items holds the slabs; one item per chunk would overflow it and lose the body.
+    body = pattern(1 << 20)
+    options = {"store": str(store), "queue_max_items": 40, **OPTIONS}
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        view, digest = memoryview(bytearray(8192)), hashlib.sha256()
+        left = int(environ["CONTENT_LENGTH"])  # wsgiref's input is the socket: never read past the body
+        while left and (size := environ["wsgi.input"].readinto(view[: min(left, len(view))])):
+            digest.update(view[:size])
+            left -= size
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [digest.hexdigest().encode()]
+
+    httpd = make_server("127.0.0.1", 0, ObsmlWSGIMiddleware(app, **options), handler_class=QuietHandler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with stalled_writer(**options):
+            response = httpx.post(f"http://127.0.0.1:{httpd.server_port}/", content=body,
+                                  headers={"x-correlation-id": "slabs"}, timeout=30)
+            assert obsml.flush(timeout=0.2) is False  # the writer was still busy when the request ended
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(10)
+    assert response.text == hashlib.sha256(body).hexdigest()
+    span = span_by_correlation_id(store, "slabs")
+    assert "obsml.request.body.lost" not in span["attributes"]
+    assert body_bytes(span, "request") == body
+    assert obsml.stats()["dropped"] == {}
 
 
 def test_a_payload_that_cannot_be_queued_is_marked_lost_in_its_span(store: Path) -> None:
