@@ -39,7 +39,7 @@ def load_app(target: str) -> Any:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        if exc.name is None or not module_name.startswith(exc.name):
+        if exc.name is None or not (module_name == exc.name or module_name.startswith(f"{exc.name}.")):
             raise  # the module exists; something it imports does not: that error says what
         raise ConfigError(f"cannot import {module_name!r} from {os.getcwd()}: no such module") from None
     app: Any = module
