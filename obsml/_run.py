@@ -19,14 +19,19 @@ from typing import Any, Literal
 from ._exceptions import ConfigError
 
 Interface = Literal["asgi", "wsgi"]
-SERVERS = ("uvicorn", "gunicorn", "granian")
 DEFAULT_SERVER: dict[Interface, str] = {"asgi": "uvicorn", "wsgi": "gunicorn"}
 APP_VARIABLE = "OBSML_RUN_APP"
 INTERFACE_VARIABLE = "OBSML_RUN_INTERFACE"
 SERVED = "obsml._served:app"
-# gunicorn's default --graceful-timeout; obsml run raises it when the flush needs longer.
-_GUNICORN_GRACEFUL_TIMEOUT = 30
-_GRACE_BEYOND_FLUSH = 5
+GUNICORN_GRACEFUL_TIMEOUT = 30  # gunicorn's default --graceful-timeout
+_GRACE_BEYOND_FLUSH = 5  # for the requests in flight, besides the flush
+
+
+def gunicorn_graceful_timeout() -> int:
+    """A gunicorn ``graceful_timeout`` that leaves a worker the whole ``OBSML_FLUSH_TIMEOUT`` at exit."""
+    from ._settings import Settings
+
+    return max(GUNICORN_GRACEFUL_TIMEOUT, math.ceil(Settings.load().flush_timeout) + _GRACE_BEYOND_FLUSH)
 
 
 def load_app(target: str) -> Any:
@@ -39,7 +44,7 @@ def load_app(target: str) -> Any:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        if exc.name is None or not module_name.startswith(exc.name):
+        if exc.name is None or not (module_name == exc.name or module_name.startswith(f"{exc.name}.")):
             raise  # the module exists; something it imports does not: that error says what
         raise ConfigError(f"cannot import {module_name!r} from {os.getcwd()}: no such module") from None
     app: Any = module
@@ -112,10 +117,8 @@ def server_command(server: str, interface: Interface, workers: int | None, optio
     if server == "gunicorn":
         if interface == "asgi":
             command += ["--worker-class", "asgi"]  # gunicorn's own ASGI worker, with a lifespan shutdown
-        from ._settings import Settings
-
-        grace = math.ceil(Settings.load().flush_timeout) + _GRACE_BEYOND_FLUSH
-        if grace > _GUNICORN_GRACEFUL_TIMEOUT:
+        grace = gunicorn_graceful_timeout()
+        if grace > GUNICORN_GRACEFUL_TIMEOUT:  # only then: a user's config file may set it too
             command += ["--graceful-timeout", str(grace)]
         return [*command, *options, SERVED]
     return [*command, "--interface", interface, *options, SERVED]

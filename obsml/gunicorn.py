@@ -14,19 +14,14 @@ See the README, "obsml run and gunicorn".
 
 from __future__ import annotations
 
-import math
 import os
 import runpy
 from collections.abc import Callable
 from typing import Any
 
-from ._settings import Settings
+from ._run import gunicorn_graceful_timeout
 
 __all__ = ["graceful_timeout", "post_worker_init"]
-
-# Seconds a worker may take beyond the flush to finish its requests; gunicorn's default is 30.
-_GUNICORN_GRACEFUL_TIMEOUT = 30
-_MARGIN = 5
 
 
 def _user_config() -> dict[str, Any]:
@@ -43,10 +38,7 @@ _user_post_worker_init: Callable[[Any], object] | None = _user.get("post_worker_
 globals().update({name: value for name, value in _user.items()
                   if not name.startswith("_") and name != "post_worker_init"})
 
-graceful_timeout: int = _user.get(
-    "graceful_timeout",
-    max(_GUNICORN_GRACEFUL_TIMEOUT, math.ceil(Settings.load().flush_timeout) + _MARGIN),
-)
+graceful_timeout: int = _user.get("graceful_timeout") or gunicorn_graceful_timeout()
 
 
 def post_worker_init(worker: Any) -> None:
