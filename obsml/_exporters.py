@@ -61,6 +61,29 @@ def span_record(
     }
 
 
+def log_record(
+    *, time_ns: int, observed_ns: int, trace_id: int, span_id: int, severity_text: str, severity_number: int,
+    logger: str, body: Any, attributes: Mapping[str, Any], resource: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The JSON object of one log record in ``logs/<yyyy>/<mm>/<dd>/<hh>/<writer-id>-<seq>.jsonl``
+    (issue 18; documented in the README). ``body`` is the message, or the structure of a printed
+    JSON line; ``attributes`` hold ``obsml.correlation_id``, the service, model and version,
+    ``code.*``, ``exception.*`` and the record's ``extra`` fields. Severity as OpenTelemetry's
+    (TRACE 1 … DEBUG 5, INFO 9, WARN 13, ERROR 17, FATAL 21)."""
+    return {
+        "time": _iso(time_ns),
+        "observed_time": _iso(observed_ns),
+        "trace_id": f"{trace_id:032x}",
+        "span_id": f"{span_id:016x}",
+        "severity_text": severity_text,
+        "severity_number": severity_number,
+        "logger": logger,
+        "body": body,
+        "attributes": attributes,
+        "resource": resource,
+    }
+
+
 def event_record(name: str, time_ns: int, attributes: Mapping[str, Any]) -> dict[str, Any]:
     return {"name": name, "time": _iso(time_ns), "attributes": attributes}
 

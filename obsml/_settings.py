@@ -63,6 +63,10 @@ class Settings:
     redact_unparseable: str = "keep"
     redactors: tuple[str, ...] = ()  # names of obsml.redactors entry points
     redact: Callable[..., Any] | None = None  # a hook given as a keyword argument only
+    # What the scoring code says and calls (issue 18; README "Logs, prints and dependencies").
+    log_level: str = "info"  # the lowest level of the app's log records kept with a request; "off": none
+    capture_print: bool = False  # lines written to stdout/stderr during a request, as log records
+    dependencies: tuple[str, ...] = ("auto",)  # outbound HTTP clients instrumented: auto, none or a list
 
     def __repr__(self) -> str:
         # The store URL may carry credentials (a SAS token in a query string): show its scheme only.
@@ -205,6 +209,18 @@ def _hook(raw: Any) -> Callable[..., Any]:
     return raw  # type: ignore[no-any-return]
 
 
+DEPENDENCY_CLIENTS = ("httpx", "requests", "urllib3", "aiohttp")
+
+
+def _dependencies(raw: Any) -> tuple[str, ...]:
+    names = _names(re.compile(r"[a-z0-9]+", re.IGNORECASE), lower=True, allow_empty=False)(raw)
+    if len(names) == 1 and names[0] in ("auto", "none"):
+        return names
+    if not set(names) <= set(DEPENDENCY_CLIENTS) or len(set(names)) != len(names):
+        raise ValueError(raw)
+    return names
+
+
 _PARSERS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "service": (_safe_name, "1-128 characters of A-Z a-z 0-9 . _ -"),
     "model": (_safe_name, "1-128 characters of A-Z a-z 0-9 . _ -"),
@@ -255,6 +271,12 @@ _PARSERS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "redact": (_hook, "a callable (keyword argument only; packages use OBSML_REDACTORS)"),
     "status": (_boolean, "true or false (also 1/0, yes/no, on/off)"),
     "global_provider": (_choice("use", "bodyless", "ignore"), "one of use, bodyless, ignore"),
+    "log_level": (
+        _choice("debug", "info", "warning", "error", "critical", "off"),
+        "one of debug, info, warning, error, critical, off",
+    ),
+    "capture_print": (_boolean, "true or false (also 1/0, yes/no, on/off)"),
+    "dependencies": (_dependencies, "auto, none, or a comma-separated list of httpx, requests, urllib3, aiohttp"),
 }
 
 
