@@ -118,6 +118,7 @@ class Capture:
         "held_bytes",
         "info",
         "parent",
+        "printed",
         "request_body",
         "request_ended",
         "request_headers",
@@ -156,6 +157,7 @@ class Capture:
         self.exceptions_not_recorded = 0
         self.disconnected = False
         self.route: str | None = None  # the matched route template, when an adapter learns it early
+        self.printed: dict[str, tuple[str, int]] | None = None  # stream -> its unended line, characters cut
         self.end_perf = 0
         self.span_id = getrandbits(64) or 1
         self.parent: tuple[int, int] | None = None  # (span id, trace flags) of a remote parent

@@ -3,6 +3,11 @@
 An exporter factory is called with keyword arguments only, ``factory(settings=..., store=...)``,
 and returns an OpenTelemetry ``SpanExporter``. Exporters marked ``obsml_inline = True`` run
 on obsml's writer thread; any other is wrapped in a ``BatchSpanProcessor`` of its own.
+
+An exporter that also takes the request logs (issue 18) carries an OpenTelemetry
+``LogRecordExporter`` as its ``obsml_log_exporter`` attribute: obsml feeds it the log records
+and printed lines of each request (with the request's trace and span ids) through a private
+``LoggerProvider`` and a ``BatchLogRecordProcessor`` of its own, and shuts it down at exit.
 """
 
 from __future__ import annotations
@@ -162,8 +167,11 @@ def otlp_exporter(*, settings: Settings, store: Store) -> SpanExporter:
     are resolved by the exporter itself exactly as the OpenTelemetry specification says.
     """
     try:
+        from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     except ImportError as exc:
         raise PluginImportError(f"exporter 'otlp' needs its package: {install_hint('otlp')}") from exc
 
-    return OTLPSpanExporter()
+    exporter = OTLPSpanExporter()
+    exporter.obsml_log_exporter = OTLPLogExporter()  # type: ignore[attr-defined]  # the request logs, to /v1/logs
+    return exporter

@@ -52,6 +52,8 @@ def count_written(relative: str) -> None:
         count("trace_files_written")
     elif relative.startswith("modeldata/"):
         count("modeldata_files_written")
+    elif relative.startswith("logs/"):
+        count("log_files_written")
     else:
         count("payloads_written")
 

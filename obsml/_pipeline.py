@@ -6,6 +6,7 @@ instance with the same destination in one process shares it (one writer per proc
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -19,10 +20,12 @@ from ._body_redaction import BodyRedactor
 from ._capture import Capture
 from ._headers import HeaderSlots
 from ._ids import sampling_threshold
+from ._log_records import RequestLogs
 from ._metrics import register_metrics
 from ._policy import CapturePolicy
 from ._redact import RedactionPolicy
 from ._registry import load_redactor
+from ._request_logs import OFF, install_log_handler, install_print_capture
 from ._settings import Settings
 from ._stats import count
 from ._status import StatusReport
@@ -46,6 +49,13 @@ class Pipeline:
             interval=self.store.batch_interval(settings.flush_interval),
             exit_timeout=settings.flush_timeout,
         )
+        # The request logs (issue 18): the store's logs/ part files, the exporters' log exporters.
+        self.logs = RequestLogs(
+            service=settings.service, store=self.store, jsonl=self.tracing.jsonl,
+            exporters=self.tracing.log_exporters, flush_timeout=settings.flush_timeout,
+        )
+        self.writer.add_ticker(self.logs)
+        self.writer.exit_hooks.append(self.logs.shutdown)
         self.status: StatusReport | None = None
         # Not for a sink plugin's store: obsml cannot read it back, and a sink may keep the first put
         # of a path (the Sink contract: a path is put again only with the same bytes).
@@ -123,6 +133,10 @@ def body_redactor(settings: Settings) -> BodyRedactor:
 
 
 Describe = Callable[[Any, "Capturer"], Attributes]
+_LOG_LEVELS = {
+    "debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR,
+    "critical": logging.CRITICAL, "off": OFF,
+}
 
 
 class Capturer:
@@ -162,6 +176,15 @@ class Capturer:
             "obsml.model.name": settings.model,
             "obsml.model.version": settings.version,
         }
+        # The request logs (issue 18): records at or above log_level, printed lines with capture_print.
+        self.request_logs = self.pipeline.logs
+        logs_wanted = self.enabled and self.request_logs.enabled
+        self.log_level = _LOG_LEVELS[settings.log_level] if logs_wanted else OFF
+        self.capture_print = settings.capture_print and logs_wanted
+        if self.log_level != OFF:
+            install_log_handler()
+        if self.capture_print:
+            install_print_capture()
 
     def otel_configured(self) -> bool:
         """Whether the application set a global TracerProvider (then obsml makes its context current).

@@ -57,6 +57,8 @@ Counter = Literal[
     "temp_files_removed",  # temporary files of dead processes swept from a local store at start
     "modeldata_files_written",  # part files in the store under modeldata/ (for a remote store: delivered)
     "rows_collected",  # Collector rows written to the store under modeldata/ (or to its spool)
+    "logs_exported",  # request log records the exporters accepted (jsonl: written to the store, or to its spool)
+    "log_files_written",  # part files in the store under logs/ (for a remote store: delivered)
 ]
 COUNTERS: tuple[str, ...] = get_args(Counter)
 

@@ -142,7 +142,7 @@ def _dropped(stats: dict[str, Any]) -> int:
     return sum(n for kinds in stats.get("dropped", {}).values() for n in kinds.values())
 
 
-_WRITTEN = ("trace_files_written", "payloads_written", "modeldata_files_written")
+_WRITTEN = ("trace_files_written", "payloads_written", "modeldata_files_written", "log_files_written")
 
 
 def _written(stats: dict[str, Any]) -> int:

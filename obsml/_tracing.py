@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 from opentelemetry.context import Context
+from opentelemetry.sdk._logs.export import LogRecordExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
@@ -192,6 +193,7 @@ class Tracing:
         self._records: list[JsonlExporter] = []  # given obsml's spans as records, not as ReadableSpans
         self._batched: list[SpanProcessor] = []
         self._batched_exporters: list[SpanExporter] = []
+        self.log_exporters: list[LogRecordExporter] = []  # the exporters' request logs (issue 18)
         for name in settings.exporters:
             factory = load_exporter(name)
             try:
@@ -205,6 +207,14 @@ class Tracing:
                     f"exporter {name!r} ({exporter_target(name)}): its factory returned {type(exporter).__name__}, "
                     "not an OpenTelemetry SpanExporter"
                 )
+            log_exporter = getattr(exporter, "obsml_log_exporter", None)
+            if log_exporter is not None:
+                if not isinstance(log_exporter, LogRecordExporter):
+                    raise PluginError(
+                        f"exporter {name!r} ({exporter_target(name)}): its obsml_log_exporter is "
+                        f"{type(log_exporter).__name__}, not an OpenTelemetry LogRecordExporter"
+                    )
+                self.log_exporters.append(log_exporter)
             if isinstance(exporter, JsonlExporter):
                 self._records.append(exporter)
             if getattr(exporter, "obsml_inline", False):
@@ -216,6 +226,7 @@ class Tracing:
                 self._batched.append(_OnlyObsml(BatchSpanProcessor(counted)))
                 self._batched_exporters.append(counted)
         self.processors: list[SpanProcessor] = [*self._inline, *self._batched]
+        self.jsonl = bool(self._records)  # the store's part files: logs/ beside traces/
         # Those that take obsml's own spans as ReadableSpans: any but the store's jsonl.
         self._span_processors = [
             p for p in self.processors if not (isinstance(p, _InlineExport) and p.exporter.exporter in self._records)

@@ -1,0 +1,192 @@
+"""Request path of the request logs (issue 18): Python ``logging`` records and printed lines of a request.
+
+One :class:`RequestLogHandler` per process on the root logger. It looks at a record only while a
+request obsml samples is current in that thread or task (``CURRENT_CAPTURE``), at or above the
+level of that request's own middleware, and never at the loggers of obsml, OpenTelemetry, the
+Azure SDK, urllib3, requests or msal (their own traffic must not loop back as the app's logs).
+For such a record it formats the message, takes the request's ids and submits one
+:class:`~obsml._log_records.LogEntry` to the request's pipeline writer; everything else (the
+exception's text, ``extra=`` fields, JSON) is the writer's. The app's logging configuration (root
+level, handlers) is left alone: Python makes no record below a logger's effective level.
+
+With ``capture_print``, ``sys.stdout`` and ``sys.stderr`` are wrapped once per process by a
+:class:`PrintTee`, which writes through unchanged and, during a sampled request, cuts what it
+writes into lines, each a log entry of logger ``stdout`` (INFO) or ``stderr`` (ERROR).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Protocol, TextIO, cast
+
+from ._capture import CURRENT_CAPTURE
+from ._log_records import LogEntry, RequestLogs, print_level
+from ._stats import record_drop, report_internal_error
+
+if TYPE_CHECKING:
+    from ._capture import Capture
+    from ._writer import Writer
+
+IGNORED_LOGGERS = ("obsml", "opentelemetry", "azure", "urllib3", "requests", "msal")
+OFF = logging.CRITICAL + 100  # a log level no record reaches
+# A printed line is kept up to this many characters; the rest, up to its end, is counted in the
+# record's ``obsml.print.truncated_characters`` (one print must not fill the queue or the store).
+MAX_PRINT_LINE = 16 * 1024
+
+
+class LogSettings(Protocol):
+    """What the request logs need of a request's middleware (the ``Capturer``, compiled once)."""
+
+    @property
+    def log_level(self) -> int: ...
+    @property
+    def capture_print(self) -> bool: ...
+    @property
+    def request_logs(self) -> RequestLogs: ...
+    @property
+    def base_attributes(self) -> dict[str, str]: ...
+    @property
+    def writer(self) -> Writer: ...
+
+
+def ignored_logger(name: str) -> bool:
+    return name.partition(".")[0] in IGNORED_LOGGERS
+
+
+def _submit(capture: Capture, settings: LogSettings, logger: str, levelno: int, message: str,
+            record: logging.LogRecord | None, time_ns: int, truncated: int = 0) -> None:
+    ids = (capture.correlation_id, capture.trace_id, capture.span_id)
+    entry = LogEntry(settings.request_logs, settings.base_attributes, ids, logger, levelno, message, record,
+                     time_ns, truncated)
+    writer = settings.writer
+    if not writer.submit(entry):
+        record_drop("log", writer.refusal)
+
+
+class RequestLogHandler(logging.Handler):
+    """On the root logger: records emitted during a sampled request go to that request's pipeline."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.NOTSET)
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        # No handler lock and no filters of its own: the app's threads must not queue up behind it.
+        self.emit(record)
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        capture = CURRENT_CAPTURE.get()
+        if capture is None or not capture.sampled:
+            if record.levelno >= logging.WARNING:
+                self._last_resort(record)
+            return
+        try:
+            settings = cast(LogSettings, capture.capturer)
+            if record.levelno >= settings.log_level and not ignored_logger(record.name):
+                try:
+                    message = record.getMessage()
+                except Exception:  # a bad format string must not cost the record
+                    message = str(record.msg)
+                _submit(capture, settings, record.name, record.levelno, message, record, int(record.created * 1e9))
+            if record.levelno >= logging.WARNING:
+                self._last_resort(record)
+        except Exception:
+            report_internal_error("capturing a log record", "log")
+
+    def _last_resort(self, record: logging.LogRecord) -> None:
+        """Python prints a warning nobody handles to stderr (``logging.lastResort``) only when no
+        handler at all is found; this handler must not silence that, so it does the printing then."""
+        last = logging.lastResort
+        if last is None or record.levelno < last.level:
+            return
+        found = logging.root if record.name == "root" else logging.Logger.manager.loggerDict.get(record.name)
+        current = found if isinstance(found, logging.Logger) else None
+        while current is not None:
+            if any(handler is not self for handler in current.handlers):
+                return
+            if not current.propagate:
+                break
+            current = current.parent
+        last.handle(record)
+
+
+class PrintTee:
+    """``sys.stdout`` or ``sys.stderr``, written through unchanged; during a sampled request whose
+    middleware captures prints, its complete lines also become log entries."""
+
+    def __init__(self, stream: TextIO, name: str) -> None:
+        self._obsml_stream = stream
+        self._obsml_name = name
+        self._obsml_level = print_level(name)
+
+    def write(self, text: str) -> int:
+        written = self._obsml_stream.write(text)
+        capture = CURRENT_CAPTURE.get()
+        if capture is not None and capture.sampled:
+            try:
+                settings = cast(LogSettings, capture.capturer)
+                if settings.capture_print:
+                    self._lines(capture, settings, text)
+            except Exception:
+                report_internal_error("capturing a printed line", "log")
+        return written
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def _lines(self, capture: Capture, settings: LogSettings, text: str) -> None:
+        # The unended line of each stream is kept on the capture: print() writes its text and its
+        # "\n" in two calls, and concurrent requests never share a line.
+        pending = capture.printed
+        if pending is None:
+            pending = capture.printed = {}
+        head, cut = pending.pop(self._obsml_name, ("", 0))
+        *complete, rest = text.split("\n")
+        for piece in complete:
+            line, cut = _bounded(head, piece, cut)
+            _submit(capture, settings, self._obsml_name, self._obsml_level, line, None, time.time_ns(), cut)
+            head, cut = "", 0
+        if rest or head:
+            pending[self._obsml_name] = _bounded(head, rest, cut)
+
+    def __getattr__(self, name: str) -> Any:  # encoding, fileno, isatty, flush, buffer, ...
+        return getattr(self._obsml_stream, name)
+
+    def __iter__(self) -> Any:
+        return iter(self._obsml_stream)
+
+
+def _bounded(head: str, more: str, cut: int) -> tuple[str, int]:
+    """``head + more`` within :data:`MAX_PRINT_LINE`, with the characters cut so far."""
+    room = MAX_PRINT_LINE - len(head)
+    if len(more) <= room:
+        return head + more, cut
+    return head + more[:room], cut + len(more) - room
+
+
+_lock = threading.Lock()
+_handler: RequestLogHandler | None = None
+
+
+def install_log_handler() -> None:
+    """The one handler of the process on the root logger (again if a logging reconfiguration removed it)."""
+    global _handler
+    with _lock:
+        if _handler is None:
+            _handler = RequestLogHandler()
+        root = logging.getLogger()
+        if _handler not in root.handlers:
+            root.addHandler(_handler)
+
+
+def install_print_capture() -> None:
+    """Wrap ``sys.stdout`` and ``sys.stderr`` once per process (a stream already wrapped stays as it is)."""
+    with _lock:
+        for name in ("stdout", "stderr"):
+            stream = getattr(sys, name)
+            if stream is not None and not isinstance(stream, PrintTee):
+                setattr(sys, name, PrintTee(stream, name))
