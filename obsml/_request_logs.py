@@ -128,7 +128,9 @@ class PrintTee:
         if capture is not None and capture.sampled:
             try:
                 settings = cast(LogSettings, capture.capturer)
-                if settings.capture_print:
+                # A logging handler writing to this stream (logging.lastResort, basicConfig's): its
+                # record is the handler's to capture, not a printed line.
+                if settings.capture_print and sys._getframe(1).f_globals.get("__name__") != "logging":
                     self._lines(capture, settings, text)
             except Exception:
                 report_internal_error("capturing a printed line", "log")

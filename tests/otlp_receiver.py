@@ -1,8 +1,9 @@
-"""A minimal OTLP/HTTP (protobuf) trace receiver on 127.0.0.1, as a collector would be seen by an exporter.
+"""A minimal OTLP/HTTP (protobuf) trace and log receiver on 127.0.0.1, as a collector would be seen by an exporter.
 
-It accepts ``POST /v1/traces``, decodes ``ExportTraceServiceRequest`` (gzip or deflate when
-``Content-Encoding`` says so), records every span as plain Python values and the headers of
-every request, and answers 200 with an empty ``ExportTraceServiceResponse``. ``fail_next(n)``
+It accepts ``POST /v1/traces`` and ``POST /v1/logs``, decodes ``ExportTraceServiceRequest`` and
+``ExportLogsServiceRequest`` (gzip or deflate when ``Content-Encoding`` says so), records every
+span and log record as plain Python values and the headers of every request, and answers 200
+with an empty response. ``fail_next(n)``
 makes it answer 503 to the next ``n`` requests (without recording their spans).
 """
 
@@ -18,11 +19,16 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
+    ExportLogsServiceRequest,
+    ExportLogsServiceResponse,
+)
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 
@@ -61,6 +67,7 @@ class OtlpReceiver:
 
     url: str = ""
     spans: list[dict[str, Any]] = field(default_factory=list)
+    logs: list[dict[str, Any]] = field(default_factory=list)
     requests: list[ReceivedRequest] = field(default_factory=list)
     _fail_next: int = 0
     _fail_status: int = 503
@@ -83,6 +90,14 @@ class OtlpReceiver:
                 self._arrived.wait(left)
             return list(self.spans)
 
+    def wait_for_logs(self, n: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """At least ``n`` log records received (or the timeout reached): a copy of all so far."""
+        deadline = time.monotonic() + timeout
+        with self._arrived:
+            while len(self.logs) < n and (left := deadline - time.monotonic()) > 0:
+                self._arrived.wait(left)
+            return list(self.logs)
+
     def span_by_id(self, span_id: str) -> dict[str, Any]:
         with self._lock:
             matches = [span for span in self.spans if span["span_id"] == span_id]
@@ -91,7 +106,7 @@ class OtlpReceiver:
 
     def _handle(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
         with self._lock:
-            if path != "/v1/traces":
+            if path not in ("/v1/traces", "/v1/logs"):
                 self.requests.append(ReceivedRequest(path, headers, 404, 0))
                 return 404, b""
             if self._fail_next > 0:
@@ -103,6 +118,8 @@ class OtlpReceiver:
             body = gzip.decompress(body)
         elif encoding == "deflate":
             body = zlib.decompress(body)
+        if path == "/v1/logs":
+            return self._logs(path, headers, body)
         request = ExportTraceServiceRequest.FromString(body)
         spans = [
             _span_record(span, scope_spans.scope.name, attributes(resource_spans.resource.attributes))
@@ -115,6 +132,34 @@ class OtlpReceiver:
             self.spans.extend(spans)
             self._arrived.notify_all()
         return 200, ExportTraceServiceResponse().SerializeToString()
+
+    def _logs(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
+        request = ExportLogsServiceRequest.FromString(body)
+        logs = [
+            _log_record(record, scope_logs.scope.name, attributes(resource_logs.resource.attributes))
+            for resource_logs in request.resource_logs
+            for scope_logs in resource_logs.scope_logs
+            for record in scope_logs.log_records
+        ]
+        with self._arrived:
+            self.requests.append(ReceivedRequest(path, headers, 200, 0))
+            self.logs.extend(logs)
+            self._arrived.notify_all()
+        return 200, ExportLogsServiceResponse().SerializeToString()
+
+
+def _log_record(record: LogRecord, scope: str, resource: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "time_unix_nano": record.time_unix_nano,
+        "trace_id": record.trace_id.hex(),
+        "span_id": record.span_id.hex(),
+        "severity_number": record.severity_number,
+        "severity_text": record.severity_text,
+        "body": any_value(record.body),
+        "attributes": attributes(record.attributes),
+        "scope": scope,
+        "resource": resource,
+    }
 
 
 def _span_record(span: Span, scope: str, resource: dict[str, Any]) -> dict[str, Any]:

@@ -3,9 +3,9 @@
 obsml runs it behind a ``BatchSpanProcessor``: ``export`` runs on that processor's thread (every
 5 s, or 512 spans), and on obsml's writer thread when obsml flushes (``obsml.flush()``, ASGI
 lifespan shutdown, process exit), after the store is written. ``export`` rebuilds each span so
-that nothing is over Application Insights' limits (``_limits``), records the request metrics,
-hands the spans to the Azure exporter (its HTTP retries and offline storage on), then sends the
-log records queued so far, so that a request's trace items follow it. It never raises.
+that nothing is over Application Insights' limits (``_limits``), records the request metrics and
+hands the spans to the Azure exporter (its HTTP retries and offline storage on). It never raises.
+The request's log records come through ``obsml_log_exporter`` (``_logs``), fed by obsml's core.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from . import _logs
 from ._config import CONNECTION_STRING_VARIABLE, PluginConfig, load_config
 from ._limits import Limits
 from ._log import logger, warn_now_and_then
+from ._logs import LimitedLogExporter
 from ._metrics import RequestMetrics
 
 
@@ -64,13 +64,10 @@ class AzureMonitorSpanExporter(SpanExporter):
                 f"{CONNECTION_STRING_VARIABLE}: {failed}"
             )
         self._metrics = RequestMetrics(connection_string=config.connection_string, settings=settings)
-        self._logs: _logs.LogPipeline | None = None
+        # The request logs obsml's core bridges (issue 18), sent as trace items; None: not sent here.
+        self.obsml_log_exporter: LimitedLogExporter | None = None
         if log_exporter is not None and config.log_level is not None:
-            self._logs = _logs.LogPipeline(
-                key=config.connection_string, level=config.log_level, settings=settings, exporter=log_exporter,
-                limits=self.limits,
-            )
-            _logs.register(self._logs)
+            self.obsml_log_exporter = LimitedLogExporter(log_exporter, self.limits, config.log_level)
         self._shut = False
         _LIVE.add(self)
 
@@ -88,15 +85,7 @@ class AzureMonitorSpanExporter(SpanExporter):
         except Exception:
             warn_now_and_then("export", "obsml-azure-monitor could not export spans", exc_info=True)
             result = SpanExportResult.FAILURE
-        self._flush_logs()
         return result
-
-    def _flush_logs(self) -> None:
-        try:
-            if self._logs is not None and not self._shut:
-                self._logs.force_flush()
-        except Exception:
-            warn_now_and_then("log-flush", "obsml-azure-monitor could not send log records", exc_info=True)
 
     def _limited(self, span: ReadableSpan) -> ReadableSpan:
         try:
@@ -113,10 +102,9 @@ class AzureMonitorSpanExporter(SpanExporter):
             warn_now_and_then("metrics", "obsml-azure-monitor could not record a request's metrics", exc_info=True)
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
-        """Log records and metrics out now (spans are flushed by obsml's processor, which calls export)."""
+        """Metrics out now (spans are flushed by obsml's processor, which calls export; log records by
+        obsml's log processor)."""
         ok = True
-        if self._logs is not None:
-            ok = self._logs.force_flush(timeout_millis)
         try:
             self._metrics.force_flush()
         except Exception:
@@ -125,21 +113,16 @@ class AzureMonitorSpanExporter(SpanExporter):
         return ok
 
     def shutdown(self) -> None:
-        """Send the log records and metrics left, stop the threads and remove the log handler. Idempotent."""
+        """Send the metrics left and stop their thread (obsml shuts the log exporter down). Idempotent."""
         if self._shut:
             return
         self._shut = True
         _LIVE.discard(self)
-        for step in (self._stop_logs, self._traces.shutdown, self._stop_metrics):
+        for step in (self._traces.shutdown, self._stop_metrics):
             try:
                 step()
             except Exception:
                 logger.debug("obsml-azure-monitor shutdown step failed", exc_info=True)
-
-    def _stop_logs(self) -> None:
-        if self._logs is not None:
-            _logs.unregister(self._logs)
-            self._logs.shutdown()
 
     def _stop_metrics(self) -> None:
         self._metrics.shutdown()
