@@ -416,3 +416,4 @@ def test_the_apps_logging_configuration_is_left_as_it_was(served: Served) -> Non
         assert exporter.obsml_log_exporter is not None  # what obsml feeds the request logs to
         exporter.shutdown()
     assert root.level == logging.WARNING
+    assert os.environ["APPLICATIONINSIGHTS_CONNECTION_STRING"]
