@@ -12,7 +12,9 @@ server needs:
   ``x-request-id`` when the request has none: the span, ``x-correlation-id`` and the server's
   ``x-request-id`` carry the same id;
 - an exception raised by ``run()`` (or its timeout), which the server turns into a 500 itself, put
-  on the span as an ``exception`` event.
+  on the span as an ``exception`` event;
+- ``print()`` output of the scoring script recorded with its request (``OBSML_CAPTURE_PRINT`` on
+  unless set: Application Insights kept it as trace items, and the server's users relied on it).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 
 # Before obsml.gunicorn reads its settings; the workers inherit the environment.
 os.environ.setdefault("OBSML_CORRELATION_HEADERS", "x-request-id,x-ms-client-request-id,x-correlation-id")
+os.environ.setdefault("OBSML_CAPTURE_PRINT", "true")
 
 from gunicorn.config import KNOWN_SETTINGS
 
