@@ -15,7 +15,7 @@ import threading
 import time
 import traceback
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 from opentelemetry._logs import LogRecord, SeverityNumber
@@ -29,6 +29,10 @@ from ._parts import PartFiles
 from ._secrets import scrub
 from ._stats import count, record_drop
 from ._store import Store
+
+if TYPE_CHECKING:
+    from ._capture import Capture
+    from ._writer import Writer
 
 # The attributes every LogRecord has: anything else on a record came from ``extra=``.
 _RESERVED = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
@@ -73,25 +77,57 @@ def _printed_body(line: str) -> Any:
     return line
 
 
+class LogSettings(Protocol):
+    """What the request logs need of a request's middleware: its ``Capturer`` (in ``_pipeline``), which
+    the capture holds as its ``capturer`` (a protocol, so that nothing here imports the pipeline)."""
+
+    @property
+    def log_level(self) -> int: ...
+    @property
+    def capture_print(self) -> bool: ...
+    @property
+    def request_logs(self) -> RequestLogs: ...
+    @property
+    def base_attributes(self) -> dict[str, str]: ...
+    @property
+    def writer(self) -> Writer: ...
+
+
 class LogEntry:
-    """One log line (or printed line) of a request, queued for the writer. Built on the request path:
-    nothing is formatted here but the message (a record's arguments may change after it returns)."""
+    """One log record of a request, queued for the writer. Made on the request path, where nothing is
+    formatted but the message (a record's arguments may change once the call returns); the request's
+    ids are read from its capture on the writer (they outlive the capture's release)."""
 
-    __slots__ = ("base", "correlation_id", "destination", "levelno", "logger", "message", "nbytes", "record",
-                 "span_id", "time_ns", "trace_id", "truncated")
+    __slots__ = ("capture", "message", "nbytes", "record")
 
-    def __init__(
-        self, destination: RequestLogs, base: dict[str, str], ids: tuple[str, int, int], logger: str, levelno: int,
-        message: str, record: logging.LogRecord | None, time_ns: int, truncated: int = 0,
-    ) -> None:
-        self.destination, self.base = destination, base
-        self.correlation_id, self.trace_id, self.span_id = ids
-        self.logger, self.levelno, self.message, self.record = logger, levelno, message, record
-        self.time_ns, self.truncated = time_ns, truncated
+    def __init__(self, capture: Capture, record: logging.LogRecord, message: str) -> None:
+        self.capture, self.record, self.message = capture, record, message
         self.nbytes = 256 + len(message)
 
     def run(self) -> None:
-        self.destination.write(self)
+        capture, record = self.capture, self.record
+        settings: LogSettings = capture.capturer  # type: ignore[assignment]  # the Capturer is both
+        settings.request_logs.write(
+            capture, record.name, record.levelno, self.message, int(record.created * 1e9), record
+        )
+
+
+class PrintedLine:
+    """One line a request printed to ``stream`` (``stdout`` or ``stderr``), queued for the writer."""
+
+    __slots__ = ("capture", "message", "nbytes", "stream", "time_ns", "truncated")
+
+    def __init__(self, capture: Capture, stream: str, message: str, truncated: int) -> None:
+        self.capture, self.stream, self.message, self.truncated = capture, stream, message, truncated
+        self.time_ns = time.time_ns()
+        self.nbytes = 256 + len(message)
+
+    def run(self) -> None:
+        capture = self.capture
+        settings: LogSettings = capture.capturer  # type: ignore[assignment]  # the Capturer is both
+        settings.request_logs.write(
+            capture, self.stream, _PRINT_LEVELS[self.stream], self.message, self.time_ns, None, self.truncated
+        )
 
 
 class _CountedLogExporter(LogRecordExporter):
@@ -148,43 +184,47 @@ class RequestLogs:
                 self._provider = provider
             return self._provider
 
-    def write(self, entry: LogEntry) -> None:
-        """Writer side: the entry as a store record and as an OpenTelemetry log record."""
-        record = entry.record
+    def write(
+        self, capture: Capture, logger: str, levelno: int, message: str, time_ns: int,
+        record: logging.LogRecord | None, truncated: int = 0,
+    ) -> None:
+        """Writer side: a log record (or, without ``record``, a printed line) of ``capture``'s request,
+        as a store record and as an OpenTelemetry log record."""
         attributes: dict[str, Any] = {}
         if record is not None:
             for key, value in vars(record).items():  # the record's `extra=` fields
                 if key not in _RESERVED and not key.startswith("_"):
                     attributes[key] = json_safe(value)
-        attributes.update(entry.base)
-        attributes["obsml.correlation_id"] = entry.correlation_id
+        settings: LogSettings = capture.capturer  # type: ignore[assignment]
+        attributes.update(settings.base_attributes)
+        attributes["obsml.correlation_id"] = capture.correlation_id
         if record is not None:
             attributes["code.file.path"] = record.pathname
             attributes["code.function.name"] = record.funcName
             attributes["code.line.number"] = record.lineno
             if record.exc_info and record.exc_info[1] is not None:
                 attributes.update(_exception_attributes(record.exc_info[1]))
-            body: Any = scrub(entry.message)
+            body: Any = scrub(message)
         else:
-            body = _printed_body(scrub(entry.message))
-        if entry.truncated:
-            attributes["obsml.print.truncated_characters"] = entry.truncated
-        level_name = logging.getLevelName(entry.levelno)
+            body = _printed_body(scrub(message))
+        if truncated:
+            attributes["obsml.print.truncated_characters"] = truncated
+        level_name = logging.getLevelName(levelno)
         severity_text = _SEVERITY_TEXT.get(level_name, level_name)
-        severity = severity_number(entry.levelno)
+        severity = severity_number(levelno)
         if self.parts is not None:
             line = log_record(
-                time_ns=entry.time_ns, observed_ns=time.time_ns(), trace_id=entry.trace_id, span_id=entry.span_id,
-                severity_text=severity_text, severity_number=severity, logger=entry.logger, body=body,
+                time_ns=time_ns, observed_ns=time.time_ns(), trace_id=capture.trace_id, span_id=capture.span_id,
+                severity_text=severity_text, severity_number=severity, logger=logger, body=body,
                 attributes=attributes, resource=self._resource_record,
             )
             start = line["time"]
             self.parts.add(f"logs/{start[0:4]}/{start[5:7]}/{start[8:10]}/{start[11:13]}", json_line(line))
         if self._exporters:
-            span = NonRecordingSpan(SpanContext(entry.trace_id, entry.span_id, False, _SAMPLED))
-            self._provider_now().get_logger(entry.logger).emit(
+            span = NonRecordingSpan(SpanContext(capture.trace_id, capture.span_id, False, _SAMPLED))
+            self._provider_now().get_logger(logger).emit(
                 LogRecord(
-                    timestamp=entry.time_ns,
+                    timestamp=time_ns,
                     observed_timestamp=time.time_ns(),
                     context=set_span_in_context(span),
                     severity_text=severity_text,
@@ -216,7 +256,3 @@ def _exception_attributes(exc: BaseException) -> dict[str, str]:
         "exception.message": scrub(str(exc)),
         "exception.stacktrace": scrub("".join(traceback.format_exception(exc))),
     }
-
-
-def print_level(stream: str) -> int:
-    return _PRINT_LEVELS[stream]

@@ -19,16 +19,14 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-import time
-from typing import TYPE_CHECKING, Any, Protocol, TextIO, cast
+from typing import TYPE_CHECKING, Any, TextIO
 
 from ._capture import CURRENT_CAPTURE
-from ._log_records import LogEntry, RequestLogs, print_level
+from ._log_records import LogEntry, LogSettings, PrintedLine
 from ._stats import record_drop, report_internal_error
 
 if TYPE_CHECKING:
     from ._capture import Capture
-    from ._writer import Writer
 
 IGNORED_LOGGERS = ("obsml", "opentelemetry", "azure", "urllib3", "requests", "msal")
 OFF = logging.CRITICAL + 100  # a log level no record reaches
@@ -37,30 +35,14 @@ OFF = logging.CRITICAL + 100  # a log level no record reaches
 MAX_PRINT_LINE = 16 * 1024
 
 
-class LogSettings(Protocol):
-    """What the request logs need of a request's middleware (the ``Capturer``, compiled once)."""
-
-    @property
-    def log_level(self) -> int: ...
-    @property
-    def capture_print(self) -> bool: ...
-    @property
-    def request_logs(self) -> RequestLogs: ...
-    @property
-    def base_attributes(self) -> dict[str, str]: ...
-    @property
-    def writer(self) -> Writer: ...
-
-
 def ignored_logger(name: str) -> bool:
     return name.partition(".")[0] in IGNORED_LOGGERS
 
 
-def _submit(capture: Capture, settings: LogSettings, logger: str, levelno: int, message: str,
-            record: logging.LogRecord | None, time_ns: int, truncated: int = 0) -> None:
-    ids = (capture.correlation_id, capture.trace_id, capture.span_id)
-    entry = LogEntry(settings.request_logs, settings.base_attributes, ids, logger, levelno, message, record,
-                     time_ns, truncated)
+_ignored: dict[str, bool] = {}  # logger name -> ignored: one lookup per record instead of a split
+
+
+def _submit(settings: LogSettings, entry: LogEntry | PrintedLine) -> None:
     writer = settings.writer
     if not writer.submit(entry):
         record_drop("log", writer.refusal)
@@ -84,13 +66,19 @@ class RequestLogHandler(logging.Handler):
                 self._last_resort(record)
             return
         try:
-            settings = cast(LogSettings, capture.capturer)
-            if record.levelno >= settings.log_level and not ignored_logger(record.name):
+            settings: LogSettings = capture.capturer  # type: ignore[assignment]  # the Capturer is both
+            name = record.name
+            ignored = _ignored.get(name)
+            if ignored is None:
+                ignored = ignored_logger(name)
+                if len(_ignored) < 4096:  # loggers named per object must not grow it without bound
+                    _ignored[name] = ignored
+            if record.levelno >= settings.log_level and not ignored:
                 try:
                     message = record.getMessage()
                 except Exception:  # a bad format string must not cost the record
                     message = str(record.msg)
-                _submit(capture, settings, record.name, record.levelno, message, record, int(record.created * 1e9))
+                _submit(settings, LogEntry(capture, record, message))
             if record.levelno >= logging.WARNING:
                 self._last_resort(record)
         except Exception:
@@ -120,14 +108,13 @@ class PrintTee:
     def __init__(self, stream: TextIO, name: str) -> None:
         self._obsml_stream = stream
         self._obsml_name = name
-        self._obsml_level = print_level(name)
 
     def write(self, text: str) -> int:
         written = self._obsml_stream.write(text)
         capture = CURRENT_CAPTURE.get()
         if capture is not None and capture.sampled:
             try:
-                settings = cast(LogSettings, capture.capturer)
+                settings: LogSettings = capture.capturer  # type: ignore[assignment]  # the Capturer is both
                 # A logging handler writing to this stream (logging.lastResort, basicConfig's): its
                 # record is the handler's to capture, not a printed line.
                 if settings.capture_print and sys._getframe(1).f_globals.get("__name__") != "logging":
@@ -146,14 +133,19 @@ class PrintTee:
         pending = capture.printed
         if pending is None:
             pending = capture.printed = {}
-        head, cut = pending.pop(self._obsml_name, ("", 0))
+        name = self._obsml_name
+        if "\n" not in text:  # print()'s text, its "\n" comes next
+            head, cut = pending.get(name, _NOTHING_PENDING)
+            pending[name] = _bounded(head, text, cut)
+            return
+        head, cut = pending.pop(name, _NOTHING_PENDING)
         *complete, rest = text.split("\n")
         for piece in complete:
             line, cut = _bounded(head, piece, cut)
-            _submit(capture, settings, self._obsml_name, self._obsml_level, line, None, time.time_ns(), cut)
+            _submit(settings, PrintedLine(capture, name, line, cut))
             head, cut = "", 0
-        if rest or head:
-            pending[self._obsml_name] = _bounded(head, rest, cut)
+        if rest:
+            pending[name] = _bounded("", rest, 0)
 
     def __getattr__(self, name: str) -> Any:  # encoding, fileno, isatty, flush, buffer, ...
         return getattr(self._obsml_stream, name)
@@ -162,11 +154,14 @@ class PrintTee:
         return iter(self._obsml_stream)
 
 
+_NOTHING_PENDING = ("", 0)
+
+
 def _bounded(head: str, more: str, cut: int) -> tuple[str, int]:
     """``head + more`` within :data:`MAX_PRINT_LINE`, with the characters cut so far."""
     room = MAX_PRINT_LINE - len(head)
     if len(more) <= room:
-        return head + more, cut
+        return (head + more if head else more), cut
     return head + more[:room], cut + len(more) - room
 
 
