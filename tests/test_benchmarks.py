@@ -98,6 +98,22 @@ def test_the_writer_cost_benchmark_reports_every_case_against_the_floor(tmp_path
     assert list(tmp_path.iterdir()) == []
 
 
+def test_the_log_cost_benchmark_reports_every_case(tmp_path: Path) -> None:
+    # A smoke run (issue 18): the request-path cost of a log line and a print; nothing asserted on time.
+    import os
+
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "log_cost.py"), "--quick"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    for case in ("request, no log line, bridge off", "request, no log line, bridge on",
+                 "logger.info, no handler (app's own cost)", "logger.info, bridge on", "print(), captured"):
+        assert f"| {case} |" in result.stdout
+    assert "bridge cost on the request path: per request with no log line" in result.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_make_bench_quick_writes_the_json_the_table_and_the_plot_with_every_number_in_them(tmp_path: Path) -> None:
     # The whole `make bench` harness as a smoke run: files and numbers present, their values never asserted.
     import json
