@@ -51,6 +51,11 @@ def shout() -> str:
     return "ok"
 
 
+def bad_format() -> str:
+    scoring_log.error("bad %d format", "not a number")  # getMessage() raises: the record is kept all the same
+    return "ok"
+
+
 async def asgi_score(request: Request) -> Response:
     return JSONResponse(score(request.query_params["marker"]))
 
@@ -59,7 +64,13 @@ async def asgi_shout(request: Request) -> Response:
     return Response(shout())
 
 
-asgi_app = ObsmlMiddleware(Starlette(routes=[Route("/score", asgi_score), Route("/shout", asgi_shout)]))
+async def asgi_bad_format(request: Request) -> Response:
+    return Response(bad_format())
+
+
+asgi_app = ObsmlMiddleware(Starlette(routes=[
+    Route("/score", asgi_score), Route("/shout", asgi_shout), Route("/bad-format", asgi_bad_format),
+]))
 
 flask_app = Flask(__name__)
 

@@ -120,3 +120,16 @@ def test_nothing_is_left_in_logs_when_off_or_sampled_out(store: Path, env: dict[
         assert running.stop() in (0, -signal.SIGTERM), running.log()[-3000:]  # uvicorn dies of the signal it handled
     assert len(read_spans(store)) == spans
     assert not (store / "logs").exists()
+
+
+def test_only_records_at_the_level_set_are_kept_and_a_bad_format_string_costs_nothing(store: Path) -> None:
+    port = free_port()
+    with running_command(server_command("uvicorn", port), port, store.parent / "server.log",
+                         store_env(store, OBSML_LOG_LEVEL="error")) as running:
+        httpx.get(f"{running.url}/score", params={"marker": "m1"}, headers={"x-correlation-id": "m1"}, timeout=30)
+        httpx.get(f"{running.url}/bad-format", headers={"x-correlation-id": "bad"}, timeout=30)
+        assert running.stop() in (0, -signal.SIGTERM), running.log()[-3000:]
+    records = {record["attributes"]["obsml.correlation_id"]: record for record in read_logs(store)}
+    assert len(read_logs(store)) == 2  # no INFO line, no print (capture off)
+    assert records["m1"]["body"] == "fell back for m1" and records["m1"]["severity_text"] == "ERROR"
+    assert records["bad"]["body"] == "bad %d format"
