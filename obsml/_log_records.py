@@ -27,7 +27,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_s
 from ._exporters import json_line, log_record
 from ._parts import PartFiles
 from ._secrets import scrub
-from ._stats import count, record_drop
+from ._stats import count, guarded, record_drop
 from ._store import Store
 
 if TYPE_CHECKING:
@@ -107,9 +107,10 @@ class LogEntry:
     def run(self) -> None:
         capture, record = self.capture, self.record
         settings: LogSettings = capture.capturer  # type: ignore[assignment]  # the Capturer is both
-        settings.request_logs.write(
-            capture, record.name, record.levelno, self.message, int(record.created * 1e9), record
-        )
+        with guarded("writing a log record", "log"):
+            settings.request_logs.write(
+                capture, record.name, record.levelno, self.message, int(record.created * 1e9), record
+            )
 
 
 class PrintedLine:
@@ -125,9 +126,10 @@ class PrintedLine:
     def run(self) -> None:
         capture = self.capture
         settings: LogSettings = capture.capturer  # type: ignore[assignment]  # the Capturer is both
-        settings.request_logs.write(
-            capture, self.stream, _PRINT_LEVELS[self.stream], self.message, self.time_ns, None, self.truncated
-        )
+        with guarded("writing a printed line", "log"):
+            settings.request_logs.write(
+                capture, self.stream, _PRINT_LEVELS[self.stream], self.message, self.time_ns, None, self.truncated
+            )
 
 
 class _CountedLogExporter(LogRecordExporter):

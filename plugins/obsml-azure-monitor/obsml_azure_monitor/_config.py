@@ -38,7 +38,7 @@ _OFF = {"OFF", "NONE", "FALSE", "0"}
 @dataclasses.dataclass(frozen=True)
 class PluginConfig:
     connection_string: str = dataclasses.field(repr=False)  # normalised, never shown
-    log_level: int | None  # None: Python logging is not captured
+    log_level: int | None  # the least severe request log record sent; None: none sent (obsml still keeps them)
     storage_directory: str | None  # None: the exporter's default
 
     def __repr__(self) -> str:
