@@ -204,12 +204,13 @@ def test_control_characters_from_a_request_are_escaped_on_the_line(
     assert b"\x1b" not in out and b"GET /status/404/\\x1b[31mred" in out
 
 
-def test_on_a_terminal_lines_are_cut_to_its_width(store: Path) -> None:
+def on_a_terminal(columns: int, *args: str) -> tuple[list[str], bytes]:
+    """``obsml logs *args`` in a subprocess writing to a pseudo-terminal ``columns`` wide: its lines and stderr."""
     primary, secondary = pty.openpty()
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "obsml.cli", "logs", "--store", str(store)], stdout=secondary,
-            stderr=subprocess.PIPE, env={**os.environ, "COLUMNS": "120"}, timeout=120, check=True,
+            [sys.executable, "-m", "obsml.cli", "logs", *args], stdout=secondary,
+            stderr=subprocess.PIPE, env={**os.environ, "COLUMNS": str(columns)}, timeout=120, check=True,
         )
         os.close(secondary)
         out = b""
@@ -218,8 +219,12 @@ def test_on_a_terminal_lines_are_cut_to_its_width(store: Path) -> None:
                 out += chunk
     finally:
         os.close(primary)
-    lines = out.decode().split("\r\n")[:-1]
-    assert result.stderr == b"" and len(lines) == len(ALL)
+    return out.decode().split("\r\n")[:-1], result.stderr
+
+
+def test_on_a_terminal_lines_are_cut_to_its_width(store: Path) -> None:
+    lines, stderr = on_a_terminal(120, "--store", str(store))
+    assert stderr == b"" and len(lines) == len(ALL)
     assert max(map(len, lines)) == 120
     [failed] = [line for line in lines if "asgi-fail " in line + " "]
     assert failed.endswith("…") and "RuntimeError" in failed
@@ -558,3 +563,13 @@ def test_correlation_id_in_json_gives_each_entry_after_its_request_with_its_view
     assert other["correlation_id"] == "LOAN-8"
     assert {entry.get("message") or entry.get("url") for entry in entries} == {
         "the other request", "http://features.local:8081/rows/8"}
+
+
+def test_on_a_terminal_the_timeline_is_cut_to_its_width_too(
+    timeline_store: tuple[Path, dict[str, dict[str, Any]]]
+) -> None:
+    store, _ = timeline_store
+    lines, stderr = on_a_terminal(100, "--store", str(store), "--correlation-id", "LOAN-7")
+    assert stderr == b"" and len(lines) == 7 and max(map(len, lines)) == 100
+    assert lines[5].endswith("…") and "→ POST http://model-b.local:9000/score" in lines[5]
+    assert lines[1].endswith("scoring: scoring 3 rows")  # short enough: whole
