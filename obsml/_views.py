@@ -52,7 +52,7 @@ SPAN_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("span_id", "VARCHAR", "span_id"),
     ("parent_span_id", "VARCHAR", "parent_span_id"),
     ("name", "VARCHAR", "name"),
-    ("kind", "VARCHAR", "kind: always SERVER here (a line without one is a request of obsml before issue 18)"),
+    ("kind", "VARCHAR", "kind: SERVER only (a line without one, written before issue 18, counts as SERVER)"),
     ("service", "VARCHAR", "obsml.service"),
     ("model", "VARCHAR", "obsml.model.name"),
     ("version", "VARCHAR", "obsml.model.version"),
