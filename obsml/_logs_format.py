@@ -13,7 +13,7 @@ call on a line of its own, its time in the time column, indented under the reque
 
     2026-11-30T19:35:29.137Z  500     12.4ms  POST /score  best_model/10  LOAN-2231  RuntimeError: no rows
     2026-11-30T19:35:29.139Z  INFO              scoring: scoring 3 rows
-    2026-11-30T19:35:29.140Z  503      5.1ms    → GET http://features:8080/rows  503
+    2026-11-30T19:35:29.140Z  503      5.1ms    → GET http://features:8080/rows  ERROR
     2026-11-30T19:35:29.146Z  ERROR             scoring: no rows  ValueError: no rows
 
 In JSON, each entry is an object after its request's, with ``"record": "log"`` or ``"dependency"``
