@@ -6,12 +6,15 @@ queries them in growing batches until ``--limit`` rows are found: every span of 
 started in that hour (README: "The store"), so the batches come out in time order and a recent
 window never reads the old ones. ``tail`` polls the current and the previous hour folder: a part
 file is written once, whole, and never rewritten (``_parts.py``), so its name is all it needs to
-remember. The ``spans`` view is :mod:`obsml._views`'s; DuckDB is imported only when a command runs
-(``pip install 'obsml[query]'``).
+remember. With ``--correlation-id``, ``logs`` prints each request's timeline: its log records and
+outbound calls (the ``logs`` and ``dependencies`` views of its hours, matched by trace id and span id,
+issue 18) under it, in time order. The views are :mod:`obsml._views`'s; DuckDB is imported only when a
+command runs (``pip install 'obsml[query]'``).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -27,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import fsspec
 
 from ._exceptions import ObsmlError
-from ._logs_format import Printer, Row
+from ._logs_format import Printer, Row, Timeline
 from ._objects import describe_error
 from ._query import subfolders
 from ._reader import StoreReader
@@ -43,6 +46,16 @@ LINE_COLUMNS = (
     "correlation_id", "trace_id", "span_id", "error", "exception_type", "exception_message",
 )
 _BODY_ATTRIBUTES = ("encoding", "content_type", "truncated", "captured_size")
+# The timeline's entries under a request: what the ``logs`` and ``dependencies`` views give of each.
+LOG_ENTRY = (
+    "time", "severity_text", "severity_number", "logger", "message", "body", "exception_type", "exception_message",
+    "exception_stacktrace", "trace_id", "span_id", "correlation_id", "attributes",
+)
+DEPENDENCY_ENTRY = (
+    "start_time", "end_time", "duration_ms", "method", "url", "server_address", "server_port", "status_code",
+    "error", "error_type", "exception_type", "exception_message", "name", "trace_id", "span_id",
+    "parent_span_id", "attributes",
+)
 HOUR, DAY = timedelta(hours=1), timedelta(days=1)
 
 
@@ -141,8 +154,15 @@ def run_logs(
                 raise KeyboardInterrupt from None
             printer.note(_cannot_read(views, exc))
             return 2
+        try:
+            timeline = _timeline(views, found) if filters.correlation_id is not None and found else None
+        except Exception as exc:  # as above: the log or span part files of the requests' hours
+            if interrupted.is_set():
+                raise KeyboardInterrupt from None
+            printer.note(_cannot_read(views, exc))
+            return 2
         if found:
-            printer.rows(found)
+            printer.rows(found, timeline)
         else:
             printer.note("no requests match in this window" if read_any else "no data in this window")
     return 0
@@ -170,6 +190,31 @@ def _newest(
         if len(found) >= limit:
             break
     return found, read_any
+
+
+def _timeline(views: StoreViews, requests: list[Row]) -> Timeline:
+    """The log records and outbound calls of ``requests`` by request (trace id, span id), in time order:
+    those of the hour folders from the first request's start to the last one's end."""
+    from ._views import StoreViews
+
+    starts = [row["start_time"] for row in requests]
+    ends = [row["start_time"] + timedelta(milliseconds=row["duration_ms"] or 0) for row in requests]
+    hours = StoreViews(views.reader, views.connection, _hour(min(starts)), _hour(max(ends)) + HOUR)
+    hours.define(["logs", "dependencies"])  # on the same connection; `obsml logs` reads no other view by these names
+    wanted = ", ".join("(?, ?)" for _ in requests)
+    params = [key for row in requests for key in (row["trace_id"], row["span_id"])]
+    timeline: Timeline = {}
+    for record, view, columns, parent in (
+        ("log", "logs", LOG_ENTRY, "span_id"), ("dependency", "dependencies", DEPENDENCY_ENTRY, "parent_span_id"),
+    ):
+        selected = ", ".join(f"v.{column}" for column in columns)
+        sql = (f"SELECT {selected} FROM {view} AS v JOIN (VALUES {wanted}) AS wanted(trace_id, span_id)"
+               f" ON v.trace_id = wanted.trace_id AND v.{parent} = wanted.span_id")
+        for row in _rows(views.connection.execute(sql, params)):
+            timeline.setdefault((row["trace_id"], row[parent]), []).append({"record": record, **row})
+    for entries in timeline.values():
+        entries.sort(key=lambda entry: entry["time"] if entry["record"] == "log" else entry["start_time"])
+    return timeline
 
 
 def run_tail(
@@ -333,8 +378,14 @@ def _part_files(reader: StoreReader, folder: str) -> list[str]:
 
 
 def _rows(result: Any) -> list[Row]:
+    """The rows of an executed query as dicts, JSON columns parsed (DuckDB gives their text)."""
     names = [column[0] for column in result.description]
-    return [dict(zip(names, values, strict=True)) for values in result.fetchall()]
+    is_json = [str(column[1]) == "JSON" for column in result.description]
+    return [
+        {name: json.loads(value) if parse and isinstance(value, str) else value
+         for name, value, parse in zip(names, values, is_json, strict=True)}
+        for values in result.fetchall()
+    ]
 
 
 def _attribute(side: str, name: str) -> str:

@@ -7,6 +7,17 @@ shown escaped on a line, and in bodies written to a terminal, so a request canno
 user's terminal. Bodies over the inline limit are fetched by their URI through the store's
 filesystem. ``--format json`` writes one object a line with the ``spans`` view's column names,
 and bodies whole: as text, or base64 when they are not UTF-8.
+
+A request's timeline (``--correlation-id``, issue 18) follows its line: each log record and outbound
+call on a line of its own, its time in the time column, indented under the request::
+
+    2026-11-30T19:35:29.137Z  500     12.4ms  POST /score  best_model/10  LOAN-2231  RuntimeError: no rows
+    2026-11-30T19:35:29.139Z  INFO              scoring: scoring 3 rows
+    2026-11-30T19:35:29.140Z  503      5.1ms    → GET http://features:8080/rows  ERROR
+    2026-11-30T19:35:29.146Z  ERROR             scoring: no rows  ValueError: no rows
+
+In JSON, each entry is an object after its request's, with ``"record": "log"`` or ``"dependency"``
+and the ``logs`` or ``dependencies`` view's column names (the request's has ``"record": "request"``).
 """
 
 from __future__ import annotations
@@ -21,6 +32,8 @@ from typing import Any, BinaryIO
 from ._objects import describe_error
 
 Row = dict[str, Any]
+#: A request's log records and outbound calls, by the request's (trace id, span id), in time order.
+Timeline = dict[tuple[str, str], list[Row]]
 SIDES = ("request", "response")
 # C0 and C1 controls and DEL, shown as \xNN; bodies keep their line breaks and tabs.
 _ON_A_LINE = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
@@ -64,10 +77,15 @@ class Printer:
         self._fetch = fetch
         self._widths = {"request": 0, "model": 0, "correlation_id": 0}
 
-    def rows(self, rows: list[Row]) -> None:
+    def rows(self, rows: list[Row], timeline: Timeline | None = None) -> None:
+        """Print ``rows``, each followed by its entries in ``timeline`` when there is one."""
         if self._json:
             for row in rows:
-                self._write(json.dumps(_json_object(row, self._bodies(row)), ensure_ascii=False) + "\n")
+                found = _json_object(row, self._bodies(row))
+                self._write(json.dumps(found if timeline is None else {"record": "request", **found},
+                                       ensure_ascii=False) + "\n")
+                for entry in (timeline or {}).get((row["trace_id"], row["span_id"]), []):
+                    self._write(json.dumps(entry, ensure_ascii=False, default=_iso) + "\n")
         else:
             cells = [_cells(row) for row in rows]
             for name, width in self._widths.items():  # grown to the widest so far, never shrunk
@@ -77,6 +95,8 @@ class Printer:
                 for side, body in self._bodies(row).items():
                     if body is not None:
                         self._write_body(side, body)
+                for entry in (timeline or {}).get((row["trace_id"], row["span_id"]), []):
+                    self._write(self._fitted(_entry_line(entry)) + "\n")
         self._out.flush()
 
     def note(self, message: str) -> None:
@@ -88,6 +108,9 @@ class Printer:
         parts = [cells["time"], f"{cells['status']:>3}", f"{cells['duration']:>9}"]
         parts += [_fit(cells[name], width) for name, width in self._widths.items()]
         line = "  ".join(parts) + ("  " + cells["exception"] if cells["exception"] else "")
+        return self._fitted(line)
+
+    def _fitted(self, line: str) -> str:
         line = line.rstrip()
         return _fit(line, self._width) if self._width and len(line) > self._width else line
 
@@ -138,9 +161,9 @@ class Printer:
 
 def _cells(row: Row) -> dict[str, str]:
     start: datetime = row["start_time"]
-    exception = ": ".join(str(part) for part in (row["exception_type"], row["exception_message"]) if part)
+    exception = _joined(row["exception_type"], row["exception_message"])
     cells = {
-        "time": start.strftime("%Y-%m-%dT%H:%M:%S.") + f"{start.microsecond // 1000:03d}Z",
+        "time": _time(start),
         "status": "---" if row["status_code"] is None else str(row["status_code"]),
         "duration": _duration(row["duration_ms"]),
         "request": " ".join(str(part) for part in (row["method"], row["route"] or row["path"]) if part),
@@ -149,6 +172,39 @@ def _cells(row: Row) -> dict[str, str]:
         "exception": exception or ("ERROR" if row["error"] else ""),
     }
     return {name: value.translate(_ON_A_LINE) for name, value in cells.items()}
+
+
+def _entry_line(entry: Row) -> str:
+    """One line of a request's timeline: a log record, or an outbound call with its status and duration."""
+    if entry["record"] == "log":
+        moment: datetime = entry["time"]
+        head = f"{entry['severity_text'] or entry['severity_number'] or '-':<14}"
+        text = f"{entry['logger']}: {entry['message'] if entry['message'] is not None else ''}"
+        failure = _joined(entry["exception_type"], entry["exception_message"])
+    else:
+        moment = entry["start_time"]
+        status = "---" if entry["status_code"] is None else str(entry["status_code"])
+        head = f"{status:>3}  {_duration(entry['duration_ms']):>9}"
+        text = "→ " + " ".join(str(part) for part in (entry["method"], entry["url"] or entry["name"]) if part)
+        # error.type is the status code itself for an HTTP error status, already on the line: then ERROR.
+        error_type = entry["error_type"] if entry["error_type"] != status else None
+        failure = _joined(entry["exception_type"], entry["exception_message"]) or (
+            error_type or ("ERROR" if entry["error"] else ""))
+    cells = [_time(moment), head, "  " + text, failure]
+    return "  ".join(cell for cell in cells if cell).translate(_ON_A_LINE)
+
+
+def _joined(kind: str | None, message: str | None) -> str:
+    return ": ".join(str(part) for part in (kind, message) if part)
+
+
+def _time(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def _iso(value: Any) -> Any:
+    """Times in a timeline entry's JSON as ISO-8601 (what ``json`` cannot write by itself)."""
+    return value.isoformat() if isinstance(value, datetime) else str(value)
 
 
 def _duration(ms: float | None) -> str:

@@ -1,7 +1,8 @@
 """Which part files of a store a time window needs, and the SQL reading model data: no DuckDB here.
 
-Spans are ``traces/<yyyy>/<mm>/<dd>/<hh>/<writer-id>-<seq>.jsonl`` (README: "The store"): a window
-reads only its hour folders (:func:`span_files`). Model data is the collector's layout (README:
+Spans are ``traces/<yyyy>/<mm>/<dd>/<hh>/<writer-id>-<seq>.jsonl`` (README: "The store"), log records
+``logs/<yyyy>/<mm>/<dd>/<hh>/…`` likewise (issue 18): a window reads only its hour folders
+(:func:`span_files`, :func:`log_files`). Model data is the collector's layout (README:
 "Model data: reading back"),
 ``modeldata/<service>/<model>/<version>/<identifier>/<yyyy>/<mm>/<dd>/<writer-id>-<seq>.<suffix>``:
 a window reads only its days. The file lists are built here from the date folders, never by DuckDB's
@@ -20,6 +21,7 @@ from ._reader import StoreReader
 
 ROOT = "modeldata"
 SPANS = "traces"
+LOGS = "logs"
 # Columns DuckDB's sniffing could guess wrong ("0042" as an integer, an all-null span_id as JSON):
 # declared for csv, cast for jsonl, as the write side means them.
 TEXT_COLUMNS = ("correlation_id", "trace_id", "span_id", "schema")
@@ -59,37 +61,47 @@ def subfolders(reader: StoreReader, folder: str) -> list[str]:
 
 
 def span_files(reader: StoreReader, since: datetime | None, until: datetime | None) -> list[str]:
-    """The span part files whose hour folder overlaps ``[since, until)``, as paths DuckDB opens.
+    """The span part files whose hour folder overlaps ``[since, until)``, as paths DuckDB opens."""
+    return hour_files(reader, SPANS, since, until)
+
+
+def log_files(reader: StoreReader, since: datetime | None, until: datetime | None) -> list[str]:
+    """The log part files whose hour folder overlaps ``[since, until)``, as paths DuckDB opens."""
+    return hour_files(reader, LOGS, since, until)
+
+
+def hour_files(reader: StoreReader, top: str, since: datetime | None, until: datetime | None) -> list[str]:
+    """The part files of ``top/<yyyy>/<mm>/<dd>/<hh>/`` folders overlapping ``[since, until)``.
 
     A day wholly inside the window is listed in one call; the first and last days hour by hour,
     so an hour of a full day lists one folder, not the day's.
     """
     if since is None and until is None:
-        listed = reader.part_files()
+        listed = reader.files(top)
     else:
         start = (since or datetime(1970, 1, 1, tzinfo=timezone.utc)).replace(minute=0, second=0, microsecond=0)
         end = until or datetime.now(timezone.utc)
         if end - start > timedelta(days=31):  # a long window: the day folders there are, not every date in it
-            day_list = [day for day in _span_days(reader) if start.date() <= day <= end.date()]
+            day_list = [day for day in _hour_days(reader, top) if start.date() <= day <= end.date()]
         else:
             day_list = [start.date() + timedelta(days=n) for n in range((end.date() - start.date()).days + 1)]
         listed = []
         for day in day_list:
             first = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
             if start <= first and first + timedelta(days=1) <= end:
-                listed += reader.files(f"{SPANS}/{day:%Y/%m/%d}")
+                listed += reader.files(f"{top}/{day:%Y/%m/%d}")
             else:
                 listed += [path for hour in range(24) if start <= first + timedelta(hours=hour) < end
-                           for path in reader.files(f"{SPANS}/{day:%Y/%m/%d}/{hour:02d}")]
+                           for path in reader.files(f"{top}/{day:%Y/%m/%d}/{hour:02d}")]
     return [_openable(reader, path) for path in listed if path.endswith(".jsonl") and path.count("/") == 5]
 
 
-def _span_days(reader: StoreReader) -> list[date]:
-    """The day folders under ``traces/``."""
+def _hour_days(reader: StoreReader, top: str) -> list[date]:
+    """The day folders under ``top/`` (``traces``, ``logs``)."""
     found = []
-    for yyyy in subfolders(reader, SPANS):
-        for mm in subfolders(reader, f"{SPANS}/{yyyy}"):
-            for dd in subfolders(reader, f"{SPANS}/{yyyy}/{mm}"):
+    for yyyy in subfolders(reader, top):
+        for mm in subfolders(reader, f"{top}/{yyyy}"):
+            for dd in subfolders(reader, f"{top}/{yyyy}/{mm}"):
                 if (day := _day(yyyy, mm, dd)) is not None:
                     found.append(day)
     return found

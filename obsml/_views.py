@@ -9,9 +9,14 @@
 
 The views (README: "Reading the store"):
 
-- ``spans``: one row per request, the columns of :data:`SPAN_COLUMNS`, read from the hour folders of
-  the window only (``obsml._query.span_files``) with a declared schema, so a key that first appears
-  late, or changes type, breaks nothing.
+- ``spans``: one row per request (a SERVER span: a line without ``kind`` is one), the columns of
+  :data:`SPAN_COLUMNS`, read from the hour folders of the window only (``obsml._query.span_files``)
+  with a declared schema, so a key that first appears late, or changes type, breaks nothing.
+- ``dependencies``: one row per outbound call (a CLIENT span beside the requests, issue 18), the
+  columns of :data:`DEPENDENCY_COLUMNS`, with its request's correlation id, service, model, version
+  and route joined by trace id and parent span id from the requests of the same window.
+- ``logs``: one row per log record of ``logs/<yyyy>/<mm>/<dd>/<hh>/`` (issue 18), the columns of
+  :data:`LOG_COLUMNS`, declared likewise.
 - one view per model-data identifier (``inputs``, ``predictions``, ``labels``…): its real columns,
   every model, version and service unioned by name, plus ``service``, ``model`` and ``version``;
 - ``modeldata``: every identifier's rows, the features as one JSON column;
@@ -31,10 +36,12 @@ from datetime import datetime, timezone
 from types import ModuleType
 from typing import Any
 
-from ._query import _openable, identifiers, part_files, span_files, union_sql, window_sql
+from ._query import _openable, identifiers, log_files, part_files, span_files, union_sql, window_sql
 from ._reader import StoreReader
 
-__all__ = ["MODELDATA_COLUMNS", "SPAN_COLUMNS", "StoreViews", "join_sql", "load_duckdb"]
+__all__ = [
+    "DEPENDENCY_COLUMNS", "LOG_COLUMNS", "MODELDATA_COLUMNS", "SPAN_COLUMNS", "StoreViews", "join_sql", "load_duckdb",
+]
 
 #: The ``spans`` view: (column, DuckDB type, where it comes from in the span's JSON line).
 SPAN_COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -45,6 +52,7 @@ SPAN_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("span_id", "VARCHAR", "span_id"),
     ("parent_span_id", "VARCHAR", "parent_span_id"),
     ("name", "VARCHAR", "name"),
+    ("kind", "VARCHAR", "kind: SERVER only (a line without one, written before issue 18, counts as SERVER)"),
     ("service", "VARCHAR", "obsml.service"),
     ("model", "VARCHAR", "obsml.model.name"),
     ("version", "VARCHAR", "obsml.model.version"),
@@ -68,6 +76,53 @@ SPAN_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("events", "JSON", "events"),
     ("resource", "JSON", "resource"),
 )
+#: The ``dependencies`` view: (column, DuckDB type, where it comes from). ``request.`` columns are the
+#: request span's (trace_id and span_id = parent_span_id), NULL when it is not in the window.
+DEPENDENCY_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("start_time", "TIMESTAMPTZ", "start_time"),
+    ("end_time", "TIMESTAMPTZ", "end_time"),
+    ("duration_ms", "DOUBLE", "duration_ms"),
+    ("trace_id", "VARCHAR", "trace_id"),
+    ("span_id", "VARCHAR", "span_id"),
+    ("parent_span_id", "VARCHAR", "parent_span_id"),
+    ("name", "VARCHAR", "name"),
+    ("method", "VARCHAR", "http.request.method"),
+    ("url", "VARCHAR", "url.full"),
+    ("server_address", "VARCHAR", "server.address"),
+    ("server_port", "INTEGER", "server.port"),
+    ("status_code", "INTEGER", "http.response.status_code"),
+    ("error", "BOOLEAN", "status.code = 'ERROR'"),
+    ("error_type", "VARCHAR", "error.type"),
+    ("exception_type", "VARCHAR", "exception.type of the first exception event"),
+    ("exception_message", "VARCHAR", "exception.message of the first exception event"),
+    ("correlation_id", "VARCHAR", "request.correlation_id"),
+    ("service", "VARCHAR", "request.service"),
+    ("model", "VARCHAR", "request.model"),
+    ("version", "VARCHAR", "request.version"),
+    ("route", "VARCHAR", "request.route"),
+    ("writer", "VARCHAR", "the part file's <pid>-<random>"),
+    ("attributes", "JSON", "attributes (all of them)"),
+)
+#: The ``logs`` view: (column, DuckDB type, where it comes from in the log record's JSON line).
+LOG_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("time", "TIMESTAMPTZ", "time"),
+    ("trace_id", "VARCHAR", "trace_id"),
+    ("span_id", "VARCHAR", "span_id"),
+    ("correlation_id", "VARCHAR", "obsml.correlation_id"),
+    ("service", "VARCHAR", "obsml.service"),
+    ("model", "VARCHAR", "obsml.model.name"),
+    ("version", "VARCHAR", "obsml.model.version"),
+    ("severity_text", "VARCHAR", "severity_text"),
+    ("severity_number", "INTEGER", "severity_number"),
+    ("logger", "VARCHAR", "logger"),
+    ("message", "VARCHAR", "body as text (a structured body as its JSON text)"),
+    ("body", "JSON", "body"),
+    ("exception_type", "VARCHAR", "exception.type"),
+    ("exception_message", "VARCHAR", "exception.message"),
+    ("exception_stacktrace", "VARCHAR", "exception.stacktrace"),
+    ("attributes", "JSON", "attributes (all of them)"),
+    ("writer", "VARCHAR", "the part file's <pid>-<random>"),
+)
 #: Columns every model-data view has (``modeldata`` adds ``identifier`` and ``features``).
 MODELDATA_COLUMNS: tuple[tuple[str, str], ...] = (
     ("service", "VARCHAR"), ("model", "VARCHAR"), ("version", "VARCHAR"), ("correlation_id", "VARCHAR"),
@@ -76,7 +131,7 @@ MODELDATA_COLUMNS: tuple[tuple[str, str], ...] = (
 )  # fmt: skip
 #: The identifiers ``joined`` joins, in order: the first is the left side of both left joins.
 JOINED = ("inputs", "predictions", "labels")
-FIXED_VIEWS = ("spans", "modeldata", "joined")
+FIXED_VIEWS = ("spans", "dependencies", "logs", "modeldata", "joined")
 
 # Every top-level key of a span line is declared: DuckDB reads a file whose lines hold an undeclared
 # key many times slower (measured: 45x), and a declared schema never depends on which file came first.
@@ -86,9 +141,14 @@ _SPAN_LINE = {
     "status": "STRUCT(code VARCHAR, description VARCHAR)", "attributes": "JSON", "events": "JSON",
     "resource": "JSON", "dropped_attributes": "BIGINT",
 }  # fmt: skip
-_FROM_ATTRIBUTES = {
-    name: key for name, _, key in SPAN_COLUMNS if key.startswith(("obsml.", "http.", "url.", "client."))
-}
+_LOG_LINE = {
+    "time": "TIMESTAMPTZ", "observed_time": "TIMESTAMPTZ", "trace_id": "VARCHAR", "span_id": "VARCHAR",
+    "severity_text": "VARCHAR", "severity_number": "INTEGER", "logger": "VARCHAR", "body": "JSON",
+    "attributes": "JSON", "resource": "JSON",
+}  # fmt: skip
+_ATTRIBUTE_PREFIXES = ("obsml.", "http.", "url.", "client.", "server.", "error.", "exception.")
+# Obsml's request spans have always been SERVER spans; lines written before issue 18 may lack the key.
+_IS_REQUEST = "coalesce(kind, 'SERVER') = 'SERVER'"
 # The first exception event (README: several are possible; the first is the one that failed the request).
 _EXCEPTION = "list_filter(json_extract(events, '$[*]'), lambda e: e->>'name' = 'exception')[1]"
 _DERIVED = {
@@ -96,6 +156,13 @@ _DERIVED = {
     "exception_type": f"json_extract_string({_EXCEPTION}, '$.attributes.\"exception.type\"')",
     "exception_message": f"json_extract_string({_EXCEPTION}, '$.attributes.\"exception.message\"')",
     "writer": r"regexp_extract(filename, '([^/]+)-[0-9]+\.jsonl$', 1)",
+    "kind": "coalesce(kind, 'SERVER')",
+}
+_LOG_DERIVED = {
+    # A string body is the message itself; a structured one (a printed JSON line) its JSON text.
+    "message": "CASE json_type(body) WHEN 'VARCHAR' THEN json_extract_string(body, '$') WHEN 'NULL' THEN NULL"
+               " ELSE CAST(body AS VARCHAR) END",
+    "writer": _DERIVED["writer"],
 }
 
 
@@ -164,7 +231,7 @@ class StoreViews:
         except duckdb.ParserException:
             raise
         except duckdb.Error:  # it can fail to bind what the query does: then every view, and DuckDB says what
-            names = {"spans", "modeldata", "joined", *self.identifiers}
+            names = {*FIXED_VIEWS, *self.identifiers}
         wanted = [name for name in sorted(names) if name in FIXED_VIEWS or name in self.identifiers]
         return self.define(wanted)
 
@@ -177,6 +244,12 @@ class StoreViews:
             if name == "spans":
                 sql = self._spans_sql()
                 self._create(name, sql or _empty([(column, kind) for column, kind, _ in SPAN_COLUMNS]), sql)
+            elif name == "dependencies":
+                sql = self._dependencies_sql()
+                self._create(name, sql or _empty([(column, kind) for column, kind, _ in DEPENDENCY_COLUMNS]), sql)
+            elif name == "logs":
+                sql = self._logs_sql()
+                self._create(name, sql or _empty([(column, kind) for column, kind, _ in LOG_COLUMNS]), sql)
             elif name == "modeldata":
                 self._create(name, *self._modeldata_sql())
             elif name == "joined":
@@ -201,26 +274,43 @@ class StoreViews:
         files = span_files(self.reader, self.since, self.until) if files is None else files
         if not files:
             return None
-        declared = "{" + ", ".join(f"{_text(key)}: {_text(kind)}" for key, kind in _SPAN_LINE.items()) + "}"
-        columns = []
-        for name, kind, _ in SPAN_COLUMNS:
-            if name in _DERIVED:
-                columns.append(f"{_DERIVED[name]} AS {name}")
-            elif name in _FROM_ATTRIBUTES:
-                text = f"json_extract_string(attributes, {_text('$.' + _json_text(_FROM_ATTRIBUTES[name]))})"
-                columns.append(f"TRY_CAST({text} AS {kind}) AS {name}" if kind != "VARCHAR" else f"{text} AS {name}")
-            else:
-                columns.append(_quoted(name))
-        where = [f"start_time >= {_instant(self.since)}"] if self.since else []
-        where += [f"start_time < {_instant(self.until)}"] if self.until else []
+        columns = [_column(name, kind, key, _DERIVED) for name, kind, key in SPAN_COLUMNS]
         # Each attribute column is its own json_extract, computed only when a query uses it: cheaper than
         # one json_transform of them all (measured) for the few columns a query reads. Likewise the
         # exception, kept out of a subquery, where DuckDB would compute it for every row whatever is read.
-        return (
-            f"SELECT {', '.join(columns)} "
-            f"FROM read_json({_list(files)}, format='newline_delimited', filename=true, columns={declared})"
-            + (f" WHERE {' AND '.join(where)}" if where else "")
+        return f"SELECT {', '.join(columns)} FROM {_read(files, _SPAN_LINE)} WHERE {_IS_REQUEST}{self._within()}"
+
+    def _dependencies_sql(self) -> str | None:
+        files = span_files(self.reader, self.since, self.until)
+        if not files:
+            return None
+        source, within = _read(files, _SPAN_LINE), self._within()
+        own = [(name, kind, key) for name, kind, key in DEPENDENCY_COLUMNS if not key.startswith("request.")]
+        calls = ", ".join(_column(name, kind, key, _DERIVED) for name, kind, key in own)
+        # The request's columns, from the request spans of the same window (a call outside it keeps NULLs).
+        joined = [name for name, _, key in DEPENDENCY_COLUMNS if key.startswith("request.")]
+        from_request = ", ".join(
+            _column(name, kind, key, _DERIVED) for name, kind, key in SPAN_COLUMNS if name in joined
         )
+        selected = ", ".join(f"{'r' if name in joined else 'c'}.{_quoted(name)}" for name, _, _ in DEPENDENCY_COLUMNS)
+        return (
+            f"SELECT {selected} FROM (SELECT {calls} FROM {source} WHERE kind = 'CLIENT'{within}) AS c"
+            f" LEFT JOIN (SELECT trace_id, span_id, {from_request} FROM {source} WHERE {_IS_REQUEST}{within}) AS r"
+            " ON r.trace_id = c.trace_id AND r.span_id = c.parent_span_id"
+        )
+
+    def _logs_sql(self) -> str | None:
+        files = log_files(self.reader, self.since, self.until)
+        if not files:
+            return None
+        columns = ", ".join(_column(name, kind, key, _LOG_DERIVED) for name, kind, key in LOG_COLUMNS)
+        return f"SELECT {columns} FROM {_read(files, _LOG_LINE)}" + self._within("time", " WHERE ")
+
+    def _within(self, column: str = "start_time", first: str = " AND ") -> str:
+        """The window as SQL conditions on ``column``, after ``first``; empty without a window."""
+        where = [f"{column} >= {_instant(self.since)}"] if self.since else []
+        where += [f"{column} < {_instant(self.until)}"] if self.until else []
+        return first + " AND ".join(where) if where else ""
 
     def _identifier_sql(self, identifier: str, since: datetime | None, until: datetime | None) -> str | None:
         files = part_files(self.reader, None, identifier, service=None, version=None, since=since, until=until)
@@ -290,6 +380,23 @@ def join_sql(present: Sequence[tuple[str, str]], columns: dict[str, list[str]], 
             joins.append(f" LEFT JOIN ({sql}) AS t{n} ON {' AND '.join(on)}")
     order = ", ".join(f"t0.{_quoted(key)}" for key in ("collected_at", *keys))
     return f"SELECT {', '.join(selected)} FROM ({present[0][1]}) AS t0{''.join(joins)} ORDER BY {order}"
+
+
+def _read(files: list[str], declared: dict[str, str]) -> str:
+    """DuckDB's reading of JSON-line part files, every top-level key declared (see ``_SPAN_LINE``)."""
+    columns = "{" + ", ".join(f"{_text(key)}: {_text(kind)}" for key, kind in declared.items()) + "}"
+    return f"read_json({_list(files)}, format='newline_delimited', filename=true, columns={columns})"
+
+
+def _column(name: str, kind: str, key: str, derived: dict[str, str]) -> str:
+    """One column of a view: derived, an attribute's value (``key`` one of the semantic conventions'
+    names), or a top-level key of the line."""
+    if name in derived:
+        return f"{derived[name]} AS {name}"
+    if key.startswith(_ATTRIBUTE_PREFIXES):
+        text = f"json_extract_string(attributes, {_text('$.' + _json_text(key))})"
+        return f"TRY_CAST({text} AS {kind}) AS {name}" if kind != "VARCHAR" else f"{text} AS {name}"
+    return _quoted(name)
 
 
 def _empty(columns: Iterable[tuple[str, str]]) -> str:

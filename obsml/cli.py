@@ -83,11 +83,12 @@ def _moment(setting: str) -> Callable[[str], datetime | None]:
 def _add_query(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     query = commands.add_parser(
         "query",
-        help="run SQL over the store's spans and model data (DuckDB)",
+        help="run SQL over the store's spans, outbound calls, log records and model data (DuckDB)",
         description=(
-            "Run SQL over views of the store in the window: spans (one row per request), modeldata, one view "
-            "per model-data identifier (inputs, predictions, labels...) and joined. The README's \"Reading the "
-            "store\" lists their columns. Needs pip install 'obsml[query]'."
+            "Run SQL over views of the store in the window: spans (one row per request), dependencies (one row "
+            "per outbound call, with its request's correlation id), logs (one row per log record), modeldata, one "
+            "view per model-data identifier (inputs, predictions, labels...) and joined. The README's \"Reading "
+            "the store\" lists their columns. Needs pip install 'obsml[query]'."
         ),
         epilog="example: obsml query \"select route, status_code, count(*) from spans group by all\" --since 1h",
     )
@@ -187,7 +188,9 @@ def _filter_options(command: argparse.ArgumentParser) -> None:
     filters.add_argument("--model", help="this model name only")
     filters.add_argument("--version", help="this model version only")
     filters.add_argument("--route", help="this route template (/items/{id}) or this path (/items/42)")
-    filters.add_argument("--correlation-id", metavar="ID", help="the request(s) with this correlation id")
+    filters.add_argument("--correlation-id", metavar="ID",
+                         help="the request(s) with this correlation id; obsml logs also prints each one's log "
+                              "records and outbound calls under it, in time order")
     filters.add_argument(
         "--contains", metavar="TEXT",
         help="TEXT (in any case) in the request or response body; only bodies stored inline are searched "

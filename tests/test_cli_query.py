@@ -23,11 +23,12 @@ from apps import make_app
 from azure.storage.blob import ContainerClient
 from azurite import Azurite
 from conftest import install_plugin, read_spans, running_gunicorn, running_server
+from request_records import Call, Line, raised, write_calls, write_lines
 
 import obsml
 from obsml._query import span_files
 from obsml._reader import StoreReader
-from obsml._views import SPAN_COLUMNS
+from obsml._views import DEPENDENCY_COLUMNS, LOG_COLUMNS, SPAN_COLUMNS
 from obsml.cli import main
 
 OPTIONS = {"service": "credit", "model": "best_model", "version": "10", "inline_limit": 64}
@@ -335,3 +336,119 @@ def test_a_store_that_refuses_the_listing_says_so_in_one_line(
     assert (code, out) == (2, "")
     assert err.startswith(f"obsml query: cannot read abfs://{azure_container.container_name}/obsml: ")
     assert err.count("\n") == 1 and "AccountKey" not in err
+
+
+def served(store: Path, *correlation_ids: str) -> dict[str, dict[str, Any]]:
+    """One request per correlation id through the middleware under uvicorn: their spans, by id."""
+    with running_server(make_app(store=str(store), **OPTIONS)) as url, httpx.Client(base_url=url) as client:
+        for correlation_id in correlation_ids:
+            client.post("/echo", content=b'{"rows": 3}', headers={"x-correlation-id": correlation_id})
+    assert obsml.flush(10)
+    return {span["attributes"]["obsml.correlation_id"]: span for span in read_spans(store)}
+
+
+REFUSED = ConnectionRefusedError(111, "Connection refused")
+
+
+def test_outbound_calls_are_dependencies_of_their_request_and_spans_stay_one_row_per_request(
+    store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    requests = served(store, "score-1", "score-2")
+    before = rows(capsys, store, "select correlation_id, kind from spans order by correlation_id")
+    write_calls(store, requests["score-1"], [
+        Call(1, 3, "GET", "http://features.local:8081/rows/7", status=200),
+        Call(5, 2, "POST", "http://model-b.local:9000/score", status=503),
+        Call(8, 1, "POST", "http://model-b.local:9000/score", raised=raised(REFUSED)),
+    ])  # fmt: skip
+    write_calls(store, requests["score-2"], [Call(1, 2, "GET", "http://features.local:8081/rows/8", status=200)])
+
+    assert before == [{"correlation_id": "score-1", "kind": "SERVER"}, {"correlation_id": "score-2", "kind": "SERVER"}]
+    assert rows(capsys, store, "select correlation_id, kind from spans order by correlation_id") == before
+    assert len(read_spans(store)) == 6  # the calls are in traces/, beside their requests
+    calls = rows(capsys, store, "select * from dependencies order by correlation_id, start_time")
+    assert [list(call) for call in calls] == [[name for name, _, _ in DEPENDENCY_COLUMNS]] * 4
+    assert [(c["correlation_id"], c["method"], c["url"], c["status_code"], c["error"], c["error_type"],
+             c["exception_type"], c["exception_message"]) for c in calls] == [
+        ("score-1", "GET", "http://features.local:8081/rows/7", 200, False, None, None, None),
+        ("score-1", "POST", "http://model-b.local:9000/score", 503, True, "503", None, None),
+        ("score-1", "POST", "http://model-b.local:9000/score", None, True, "ConnectionRefusedError",
+         "ConnectionRefusedError", "[Errno 111] Connection refused"),
+        ("score-2", "GET", "http://features.local:8081/rows/8", 200, False, None, None, None),
+    ]  # fmt: skip
+    for call in calls:
+        request = requests[call["correlation_id"]]
+        assert (call["trace_id"], call["parent_span_id"]) == (request["trace_id"], request["span_id"])
+        joined = [call[name] for name in ("service", "model", "version", "route")]
+        assert joined == ["credit", "best_model", "10", "/echo"]
+        assert call["server_address"] in ("features.local", "model-b.local") and call["server_port"] in (8081, 9000)
+        assert call["writer"] and call["attributes"]["url.full"] == call["url"]
+    assert [call["duration_ms"] for call in calls] == [3.0, 2.0, 1.0, 2.0]
+
+
+def test_a_dependency_whose_request_is_outside_the_window_keeps_nulls_for_the_request(
+    store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    request = served(store, "early")["early"]
+    write_calls(store, request, [Call(1, 3, "GET", "http://features.local:8081/rows/7", status=200)])
+    since = (datetime.fromisoformat(request["start_time"]) + timedelta(microseconds=500)).isoformat()
+    [call] = rows(capsys, store, "select * from dependencies", "--since", since)
+    assert (call["url"], call["parent_span_id"]) == ("http://features.local:8081/rows/7", request["span_id"])
+    assert [call[name] for name in ("correlation_id", "service", "model", "version", "route")] == [None] * 5
+
+
+def test_log_records_are_the_logs_view_with_their_request(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    request = served(store, "logged")["logged"]
+    write_lines(store, request, [
+        Line(2, "INFO", "scoring", "scoring 3 rows"),
+        Line(4, "INFO", "stdout", {"input": [1, 2, 3], "output": 0.7}),
+        Line(9, "ERROR", "scoring", "feature store down", raised=raised(ValueError("no features for 7"))),
+    ])  # fmt: skip
+    found = rows(capsys, store, "select * from logs order by time")
+    assert [list(row) for row in found] == [[name for name, _, _ in LOG_COLUMNS]] * 3
+    assert [(r["severity_text"], r["severity_number"], r["logger"], r["body"]) for r in found] == [
+        ("INFO", 9, "scoring", "scoring 3 rows"),
+        ("INFO", 9, "stdout", {"input": [1, 2, 3], "output": 0.7}),
+        ("ERROR", 17, "scoring", "feature store down"),
+    ]
+    assert found[0]["message"] == "scoring 3 rows" and json.loads(found[1]["message"]) == found[1]["body"]
+    error = found[2]
+    assert (error["exception_type"], error["exception_message"]) == ("ValueError", "no features for 7")
+    assert error["exception_stacktrace"].startswith("Traceback (most recent call last):")
+    assert error["exception_stacktrace"].rstrip().endswith("ValueError: no features for 7")
+    for row in found:
+        assert (row["trace_id"], row["span_id"], row["correlation_id"]) == (request["trace_id"], request["span_id"],
+                                                                            "logged")
+        assert (row["service"], row["model"], row["version"]) == ("credit", "best_model", "10")
+        assert row["writer"] and row["attributes"]["code.function.name"] == "score"
+    assert datetime.fromisoformat(found[0]["time"]) - datetime.fromisoformat(request["start_time"]) == timedelta(
+        milliseconds=2)
+    late = (datetime.fromisoformat(request["start_time"]) + timedelta(milliseconds=3)).isoformat()
+    assert [row["logger"] for row in rows(capsys, store, "select logger from logs", "--since", late)] == [
+        "stdout", "scoring"]
+
+
+def test_a_store_without_logs_or_outbound_calls_has_empty_views_not_errors(
+    store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    served(store, "alone")
+    sql = "select (select count(*) from spans) as requests, (select count(*) from dependencies) as calls, " \
+          "(select count(*) from logs) as lines"
+    assert rows(capsys, store, sql) == [{"requests": 1, "calls": 0, "lines": 0}]
+    code, out, err = query(capsys, store, "select * from logs")
+    assert (code, out) == (0, "") and err.startswith("obsml query: no data in this window (from the start): ")
+    code, out, _ = query(capsys, store, "select * from dependencies", "--format", "csv")
+    assert (code, out) == (0, ",".join(name for name, _, _ in DEPENDENCY_COLUMNS) + "\n")
+
+
+def test_a_span_line_without_kind_is_a_request_and_other_kinds_are_not(
+    store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    at = datetime(2026, 11, 2, 10, 0, tzinfo=timezone.utc)
+    without_kind = json.loads(hand_written_span(at, "before-issue-18", 200))
+    del without_kind["kind"]
+    internal = {**json.loads(hand_written_span(at, "internal", 200)), "kind": "INTERNAL"}
+    write_hour(store, at, [json.dumps(without_kind) + "\n", json.dumps(internal) + "\n",
+                           hand_written_span(at, "server", 200)])
+    found = rows(capsys, store, "select correlation_id, kind from spans order by correlation_id")
+    assert found == [{"correlation_id": "before-issue-18", "kind": "SERVER"},
+                     {"correlation_id": "server", "kind": "SERVER"}]

@@ -24,7 +24,8 @@ from adlfs import AzureBlobFileSystem
 from apps import make_app, pattern
 from azure.storage.blob import ContainerClient
 from azurite import Azurite
-from conftest import running_gunicorn, running_server
+from conftest import read_spans, running_gunicorn, running_server
+from request_records import Call, Line, raised, write_calls, write_lines
 
 import obsml
 from obsml.cli import main
@@ -203,12 +204,13 @@ def test_control_characters_from_a_request_are_escaped_on_the_line(
     assert b"\x1b" not in out and b"GET /status/404/\\x1b[31mred" in out
 
 
-def test_on_a_terminal_lines_are_cut_to_its_width(store: Path) -> None:
+def on_a_terminal(columns: int, *args: str) -> tuple[list[str], bytes]:
+    """``obsml logs *args`` in a subprocess writing to a pseudo-terminal ``columns`` wide: its lines and stderr."""
     primary, secondary = pty.openpty()
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "obsml.cli", "logs", "--store", str(store)], stdout=secondary,
-            stderr=subprocess.PIPE, env={**os.environ, "COLUMNS": "120"}, timeout=120, check=True,
+            [sys.executable, "-m", "obsml.cli", "logs", *args], stdout=secondary,
+            stderr=subprocess.PIPE, env={**os.environ, "COLUMNS": str(columns)}, timeout=120, check=True,
         )
         os.close(secondary)
         out = b""
@@ -217,8 +219,12 @@ def test_on_a_terminal_lines_are_cut_to_its_width(store: Path) -> None:
                 out += chunk
     finally:
         os.close(primary)
-    lines = out.decode().split("\r\n")[:-1]
-    assert result.stderr == b"" and len(lines) == len(ALL)
+    return out.decode().split("\r\n")[:-1], result.stderr
+
+
+def test_on_a_terminal_lines_are_cut_to_its_width(store: Path) -> None:
+    lines, stderr = on_a_terminal(120, "--store", str(store))
+    assert stderr == b"" and len(lines) == len(ALL)
     assert max(map(len, lines)) == 120
     [failed] = [line for line in lines if "asgi-fail " in line + " "]
     assert failed.endswith("…") and "RuntimeError" in failed
@@ -483,3 +489,87 @@ def test_bodies_say_when_a_body_was_truncated(tmp_path: Path, capsysbinary: pyte
     [row] = json_lines(capsysbinary, store, "--bodies")
     assert row["request_body_truncated"] is True and row["request_body"] == "a" * 1000
     assert row["request_body_size"] == 5000
+
+
+def stamp(start: str, ms: float) -> str:
+    """The time column of a line ``ms`` after ``start`` (an ISO time): UTC, to the millisecond."""
+    moment = datetime.fromisoformat(start) + timedelta(milliseconds=ms)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+@pytest.fixture
+def timeline_store(tmp_path: Path) -> tuple[Path, dict[str, dict[str, Any]]]:
+    """Two requests under uvicorn, each with what its scoring code logged and called (as issue 18 writes it)."""
+    store = tmp_path / "store"
+    with running_server(make_app(store=str(store), **ASGI)) as url, httpx.Client(base_url=url) as client:
+        for correlation_id in ("LOAN-7", "LOAN-8"):
+            client.post("/echo", content=b'{"rows": 3}', headers={"x-correlation-id": correlation_id})
+    assert obsml.flush(10)
+    requests = {span["attributes"]["obsml.correlation_id"]: span for span in read_spans(store)}
+    write_calls(store, requests["LOAN-7"], [
+        Call(3, 2, "GET", "http://features.local:8081/rows/7", status=200),
+        Call(6, 1.5, "POST", "http://model-b.local:9000/score", status=503),
+        Call(8, 1, "POST", "http://model-b.local:9000/score", raised=raised(ConnectionRefusedError(111, "refused"))),
+    ])  # fmt: skip
+    write_lines(store, requests["LOAN-7"], [
+        Line(1, "INFO", "scoring", "scoring 3 rows"),
+        Line(4, "INFO", "stdout", {"input": [1, 2, 3]}),
+        Line(9, "ERROR", "scoring", "feature store down\nretrying", raised=raised(ValueError("no features for 7"))),
+    ])  # fmt: skip
+    write_calls(store, requests["LOAN-8"], [Call(1, 1, "GET", "http://features.local:8081/rows/8", status=200)])
+    write_lines(store, requests["LOAN-8"], [Line(1, "INFO", "scoring", "the other request")])
+    return store, requests
+
+
+def test_correlation_id_shows_the_request_then_its_log_lines_and_calls_in_time_order(
+    timeline_store: tuple[Path, dict[str, dict[str, Any]]], capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    store, requests = timeline_store
+    start = requests["LOAN-7"]["start_time"]
+    code, out, err = logs(capsysbinary, "--store", str(store), "--correlation-id", "LOAN-7")
+    assert code == 0 and err == b""
+    request, *entries = out.decode().splitlines()
+    assert request.startswith(stamp(start, 0) + "  200 ") and "POST /echo" in request and "LOAN-7" in request
+    assert entries == [
+        f"{stamp(start, 1)}  INFO              scoring: scoring 3 rows",
+        f"{stamp(start, 3)}  200      2.0ms    → GET http://features.local:8081/rows/7",
+        f'{stamp(start, 4)}  INFO              stdout: {{"input":[1,2,3]}}',
+        f"{stamp(start, 6)}  503      1.5ms    → POST http://model-b.local:9000/score  ERROR",
+        f"{stamp(start, 8)}  ---      1.0ms    → POST http://model-b.local:9000/score  "
+        "ConnectionRefusedError: [Errno 111] refused",
+        f"{stamp(start, 9)}  ERROR             scoring: feature store down\\x0aretrying  ValueError: no features for 7",
+    ]
+    # Without --correlation-id: one line per request, the calls are not requests.
+    code, out, _ = logs(capsysbinary, "--store", str(store))
+    assert code == 0 and [line.split()[-1] for line in out.decode().splitlines()] == ["LOAN-8", "LOAN-7"]
+
+
+def test_correlation_id_in_json_gives_each_entry_after_its_request_with_its_view_columns(
+    timeline_store: tuple[Path, dict[str, dict[str, Any]]], capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    store, _ = timeline_store
+    request, *entries = json_lines(capsysbinary, store, "--correlation-id", "LOAN-7")
+    assert (request["record"], request["correlation_id"]) == ("request", "LOAN-7")
+    assert [entry["record"] for entry in entries] == ["log", "dependency", "log", "dependency", "dependency", "log"]
+    assert entries[2]["body"] == {"input": [1, 2, 3]} and entries[0]["body"] == "scoring 3 rows"
+    assert entries[5]["exception_stacktrace"].rstrip().endswith("ValueError: no features for 7")
+    assert entries[5]["message"] == "feature store down\nretrying"
+    for entry in entries:
+        parent = entry["span_id"] if entry["record"] == "log" else entry["parent_span_id"]
+        assert (entry["trace_id"], parent) == (request["trace_id"], request["span_id"])
+    assert entries[4]["error_type"] == "ConnectionRefusedError" and entries[4]["status_code"] is None
+    assert datetime.fromisoformat(entries[1]["start_time"]) < datetime.fromisoformat(entries[2]["time"])
+    other, *entries = json_lines(capsysbinary, store, "--correlation-id", "LOAN-8")
+    assert other["correlation_id"] == "LOAN-8"
+    assert {entry.get("message") or entry.get("url") for entry in entries} == {
+        "the other request", "http://features.local:8081/rows/8"}
+
+
+def test_on_a_terminal_the_timeline_is_cut_to_its_width_too(
+    timeline_store: tuple[Path, dict[str, dict[str, Any]]]
+) -> None:
+    store, _ = timeline_store
+    lines, stderr = on_a_terminal(100, "--store", str(store), "--correlation-id", "LOAN-7")
+    assert stderr == b"" and len(lines) == 7 and max(map(len, lines)) == 100
+    assert lines[5].endswith("…") and "→ POST http://model-b.local:9000/score" in lines[5]
+    assert lines[1].endswith("scoring: scoring 3 rows")  # short enough: whole

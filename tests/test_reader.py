@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import fsspec
@@ -8,6 +9,7 @@ import pytest
 from conftest import install_plugin
 
 from obsml import ConfigError
+from obsml._query import log_files, span_files
 from obsml._reader import StoreReader
 
 
@@ -51,3 +53,19 @@ def test_a_sink_plugin_store_cannot_be_read_back_and_says_so(tmp_path: Path, mon
     with pytest.raises(ConfigError, match=r"the box:// store is a sink plugin's, which obsml cannot read back "
                        r"\(only fsspec stores"):
         StoreReader.open("box://somewhere")
+
+
+def test_log_part_files_of_a_window_are_listed_by_hour_folder_like_spans(tmp_path: Path) -> None:
+    for hour in ("09", "10", "11"):
+        folder = tmp_path / "logs" / "2026" / "11" / "30" / hour
+        folder.mkdir(parents=True)
+        (folder / "11-aa-000001.jsonl").write_bytes(b"")
+        (folder / ".11-aa-000002.jsonl.host-11-ab.tmp").write_bytes(b"half")  # a writer's temporary
+    reader = StoreReader.open(str(tmp_path))
+    ten = datetime(2026, 11, 30, 10, 30, tzinfo=timezone.utc)
+    assert log_files(reader, ten, ten + timedelta(hours=1)) == [
+        f"{tmp_path}/logs/2026/11/30/10/11-aa-000001.jsonl", f"{tmp_path}/logs/2026/11/30/11/11-aa-000001.jsonl",
+    ]
+    assert len(log_files(reader, None, None)) == 3
+    assert span_files(reader, None, None) == []
+    assert log_files(StoreReader.open(str(tmp_path / "none")), None, None) == []
