@@ -322,8 +322,10 @@ def dependency_attributes(
             attributes["server.address"] = host
         if "server.port" not in attributes and (port or parts.scheme in ("http", "https")):
             attributes["server.port"] = port or (443 if parts.scheme == "https" else 80)
-    if "error.type" not in attributes and span.status.status_code is StatusCode.ERROR:
-        attributes["error.type"] = _error_type(span, attributes.get("http.response.status_code"))
+    if span.status.status_code is StatusCode.ERROR or "error.type" in attributes:
+        # Derived the same way in every semantic-convention mode (the stable-mode instrumentations
+        # name an exception by its bare class name, some of them, where the event has its full name).
+        attributes["error.type"] = _error_type(span, attributes.get("http.response.status_code"), attributes)
     return attributes, scrub
 
 
@@ -347,10 +349,10 @@ def _clean_url(url: str, redact_query: Callable[[str], str]) -> tuple[str, Calla
     return clean, lambda text: text.replace(query, redacted)
 
 
-def _error_type(span: ReadableSpan, status: Any) -> str:
+def _error_type(span: ReadableSpan, status: Any, attributes: Mapping[str, Any]) -> str:
     if isinstance(status, int) and not isinstance(status, bool) and status >= 400:
         return str(status)
     for event in span.events:
         if event.name == "exception" and event.attributes and "exception.type" in event.attributes:
             return str(event.attributes["exception.type"])
-    return "_OTHER"
+    return str(attributes.get("error.type", "_OTHER"))

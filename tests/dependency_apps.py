@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+import obsml
 from obsml import ObsmlMiddleware, ObsmlWSGIMiddleware
 
 SECRET = "CANARY-query-sig-5e6f"
@@ -43,6 +44,16 @@ if os.environ.get("APP_SPAN_LOG"):
     app_provider.add_span_processor(SimpleSpanProcessor(SpanLog()))
     trace.set_tracer_provider(app_provider)  # as an app does: obsml then makes the request's context current
     HTTPXClientInstrumentor().instrument(tracer_provider=app_provider)
+
+
+if os.environ.get("APP_METRICS"):
+    # The app's own metrics set-up: obsml's instruments bind to it.
+    from opentelemetry import metrics
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    metric_reader = InMemoryMetricReader()
+    metrics.set_meter_provider(MeterProvider(metric_readers=[metric_reader]))
 
 
 def _with_requests(stub: str, closed: str) -> tuple[int, str]:
@@ -72,7 +83,25 @@ async def plain(request: Request) -> Response:
     return JSONResponse({"called": 0})
 
 
-asgi_app = Starlette(routes=[Route("/call", call), Route("/plain", plain)], middleware=[Middleware(ObsmlMiddleware)])
+def collected_metrics(request: Request) -> Response:
+    """What the app's metric reader holds, once obsml has written what it captured (APP_METRICS)."""
+    obsml.flush(10)
+    data = metric_reader.get_metrics_data()
+    points = [
+        {"name": metric.name, "attributes": dict(point.attributes or {}),
+         "count": getattr(point, "count", None), "value": getattr(point, "value", None)}
+        for resource in (data.resource_metrics if data else [])
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        for point in metric.data.data_points
+    ]
+    return JSONResponse(points)
+
+
+asgi_app = Starlette(
+    routes=[Route("/call", call), Route("/plain", plain), Route("/metrics", collected_metrics)],
+    middleware=[Middleware(ObsmlMiddleware)],
+)
 
 flask_app = Flask(__name__)
 

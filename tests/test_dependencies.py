@@ -140,6 +140,7 @@ def check_dependencies(request: dict[str, Any], calls: list[dict[str, Any]], stu
         "requests.exceptions.ConnectionError"
     ]
     for call in calls:
+        assert not {"http.method", "http.url", "http.status_code", "net.peer.name"} & set(call["attributes"])
         assert call["attributes"]["obsml.correlation_id"] == request["attributes"]["obsml.correlation_id"]
         assert call["resource"] == request["resource"]
         assert SECRET not in json.dumps(call)
@@ -149,12 +150,21 @@ def check_dependencies(request: dict[str, Any], calls: list[dict[str, Any]], stu
     ]
 
 
-@pytest.mark.parametrize("server", ["uvicorn", "gunicorn"])
+@pytest.mark.parametrize(
+    ("server", "semconv"),
+    [
+        pytest.param("uvicorn", "", id="uvicorn"),
+        pytest.param("gunicorn", "", id="gunicorn"),
+        # The app's choice of HTTP attribute names (old and stable) changes nothing in obsml's records.
+        pytest.param("uvicorn", "http/dup", id="uvicorn-semconv-dup"),
+    ],
+)
 def test_the_views_outbound_calls_are_client_spans_of_the_request_in_the_store_and_at_the_collector(
-    server: str, stub: Stub, store: Path
+    server: str, semconv: str, stub: Stub, store: Path
 ) -> None:
     with running_receiver() as receiver:
-        env = {**targets(stub), "OBSML_EXPORTERS": "jsonl,otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url}
+        env = {**targets(stub), "OBSML_EXPORTERS": "jsonl,otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+               "OTEL_SEMCONV_STABILITY_OPT_IN": semconv}
         closed_port = int(env["DEPENDENCY_CLOSED"].rsplit(":", 1)[1])
         with serving(server, store, env) as url:
             correlation_id = the_call(url)
@@ -179,6 +189,23 @@ def same_at_the_collector(receiver: OtlpReceiver, stored: list[dict[str, Any]]) 
         )
         assert got["attributes"] == span["attributes"]
     return received
+
+
+def test_each_call_is_counted_and_timed_per_target_and_outcome_in_the_apps_metrics(stub: Stub, store: Path) -> None:
+    env = {**targets(stub), "APP_METRICS": "1"}
+    closed_port = int(env["DEPENDENCY_CLOSED"].rsplit(":", 1)[1])
+    stub_port = int(stub.url.rsplit(":", 1)[1])
+    with serving("uvicorn", store, env) as url:
+        the_call(url)
+        points = httpx.get(f"{url}/metrics", timeout=30).json()
+    durations = [(p["attributes"], p["count"]) for p in points if p["name"] == "http.client.request.duration"]
+    target = {"http.request.method": "GET", "server.address": "127.0.0.1", "server.port": stub_port}
+    assert sorted(durations, key=json.dumps) == sorted([
+        ({**target, "http.response.status_code": 200}, 1),
+        ({**target, "http.response.status_code": 503, "error.type": "503"}, 1),
+        ({**target, "server.port": closed_port, "error.type": "requests.exceptions.ConnectionError"}, 1),
+    ], key=json.dumps)
+    assert [p["value"] for p in points if p["name"] == "obsml.dependencies.captured"] == [3]
 
 
 def test_dependencies_none_records_no_call(stub: Stub, store: Path) -> None:
