@@ -2,9 +2,10 @@
 
 In process, no server, no network: requests go through :class:`obsml.ObsmlMiddleware` (awaited
 directly on one asyncio loop, the ``jsonl`` exporter, a store in a temporary directory), rounds
-interleaved, the median of the rounds' mean per request reported. Time is the request thread's
-own CPU time (``time.thread_time_ns``): what the request path does, without the waits for the GIL
-that a noisy shared machine adds (and without obsml's writer thread, whose work is off the path).
+interleaved, the median of the rounds' mean per request reported. Time is CPU time: the request
+thread's own (``time.thread_time_ns``) while a job holds obsml's writer (so that the writer's work
+on the spans does not compete with the requests, as in ``writer_cost.py``), then the writer
+thread's over the flush that follows: what the requests left it.
 
 * **No outbound call**: a request to an app that calls nothing, with ``dependencies="none"``
   (nothing instrumented yet in the process), then with the HTTP clients instrumented by obsml
@@ -16,8 +17,7 @@ that a noisy shared machine adds (and without obsml's writer thread, whose work 
   instrumented by OpenTelemetry's ``RequestsInstrumentor`` with a plain SDK ``TracerProvider`` and
   a ``BatchSpanProcessor`` (to an exporter that drops the spans): the reference. Each variant's
   cost of the call = its time per request - (a)'s. The instrumentor is a process-wide singleton,
-  so each round uninstruments and instruments it again for (b) and (c). Each round ends with an
-  ``obsml.flush()``, outside the timings (the writer's work on the spans is not on the request path).
+  so each round uninstruments and instruments it again for (b) and (c).
 
     .venv/bin/python benchmarks/dependency_cost.py [--requests 2000] [--rounds 7] [--quick]
 """
@@ -30,6 +30,7 @@ import platform
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
@@ -97,16 +98,39 @@ async def send(message: Message) -> None:
     return None
 
 
-def per_request_us(app: App, n: int) -> float:
+class Gate:
+    """A job that holds obsml's writer while a block of requests runs: the request thread's time is
+    then its own, not shared with the writer's work on the spans (done, and timed, after it)."""
+
+    nbytes = 0
+
+    def __init__(self) -> None:
+        self.open = threading.Event()
+
+    def run(self) -> None:
+        self.open.wait()
+
+
+def per_request_us(app: Any, n: int) -> tuple[float, float]:
+    """µs per request of the request thread's CPU, and of the writer's CPU for what they left it."""
+
     async def run() -> float:
         start = time.thread_time_ns()
         for _ in range(n):
             await app(dict(SCOPE), receive, send)
         return (time.thread_time_ns() - start) / n / 1000
 
-    result = asyncio.run(run())
+    writer = app.capturer.pipeline.writer
+    gate = Gate()
+    writer.submit(gate, force=True)
+    request = asyncio.run(run())
+    (thread,) = [t for t in threading.enumerate() if t.name == "obsml-writer"]
+    assert thread.ident is not None
+    clock = time.pthread_getcpuclockid(thread.ident)
+    before = time.clock_gettime_ns(clock)
+    gate.open.set()
     obsml.flush(600)
-    return result
+    return request, (time.clock_gettime_ns(clock) - before) / n / 1000
 
 
 def main() -> int:
@@ -121,9 +145,10 @@ def main() -> int:
 
     # No outbound call: first with nothing instrumented in the process, then with obsml's instrumentation.
     plain = obsml.ObsmlMiddleware(calls_nothing, dependencies="none", **options)
+    per_request_us(plain, 10)  # the writer thread starts, the store's folders are made
     before = [per_request_us(plain, n) for _ in range(rounds)]
     instrumented = obsml.ObsmlMiddleware(calls_nothing, dependencies="requests", **options)
-    after: list[float] = []
+    after: list[tuple[float, float]] = []
     for _ in range(rounds):
         after.append(per_request_us(instrumented, n))
         before.append(per_request_us(plain, n))
@@ -135,7 +160,7 @@ def main() -> int:
     instrumentor = RequestsInstrumentor()
     provider = _dependencies._PROVIDER
     assert provider is not None
-    times: dict[str, list[float]] = {"bare": [], "obsml": [], "otel": []}
+    times: dict[str, list[tuple[float, float]]] = {"bare": [], "obsml": [], "otel": []}
     for _ in range(rounds):
         instrumentor.uninstrument()
         times["bare"].append(per_request_us(caller, n))
@@ -147,17 +172,23 @@ def main() -> int:
     stats = obsml.stats()
     assert stats.get("dependencies_captured") == rounds * n, stats  # obsml's variant recorded every call
 
-    median = statistics.median
+    def median(results: list[tuple[float, float]], which: int = 0) -> float:
+        return statistics.median(result[which] for result in results)
+
     print(f"# dependency_cost: {n} requests x {rounds} rounds, Python {platform.python_version()}, "
-          f"{platform.machine()}, median of the rounds' mean request-thread CPU per request")
-    print(f"no outbound call, nothing instrumented      {median(before):8.1f} µs")
-    print(f"no outbound call, obsml's instrumentation   {median(after):8.1f} µs "
-          f"({median(after) - median(before):+.1f})")
+          f"{platform.machine()}; medians of the rounds' mean CPU per request, µs: the request thread's "
+          "(the writer held), and obsml's writer thread's after it")
+    def line(label: str, results: list[tuple[float, float]]) -> str:
+        return f"{label:<48} request {median(results):7.1f}   writer {median(results, 1):7.1f}"
+
+    print(line("no outbound call, nothing instrumented", before))
+    added = median(after) - median(before)
+    print(line("no outbound call, obsml's instrumentation", after) + f"   (request {added:+.1f})")
     bare = median(times["bare"])
-    print(f"one requests call, uninstrumented           {bare:8.1f} µs")
+    print(line("one requests call, uninstrumented", times["bare"]))
     for name, label in (("obsml", "obsml's instrumentation"), ("otel", "OpenTelemetry + SDK provider")):
-        print(f"one requests call, {label:<25} {median(times[name]):8.1f} µs "
-              f"(the call's instrumentation: {median(times[name]) - bare:+.1f} µs)")
+        print(line(f"one requests call, {label}", times[name]) + f"   (the call's instrumentation: request "
+              f"{median(times[name]) - bare:+.1f}, writer {median(times[name], 1) - median(times['bare'], 1):+.1f})")
     return 0
 
 
