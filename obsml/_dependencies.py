@@ -32,7 +32,7 @@ from opentelemetry.util.types import Attributes as OtelAttributes
 
 from ._capture import CURRENT_CAPTURE
 from ._exceptions import ConfigError
-from ._stats import record_drop
+from ._stats import record_drop, report_internal_error
 from ._writer import Writer
 
 logger = logging.getLogger("obsml")
@@ -101,14 +101,17 @@ class _ToTheWriter(SpanProcessor):
     a dict pop and a queue submit)."""
 
     def on_end(self, span: ReadableSpan) -> None:
-        context = span.context
-        owner = _OPEN.pop(context.span_id, None) if context is not None else None
-        if owner is None:
-            return
-        capturer, correlation_id = owner
-        writer = capturer.writer
-        if not writer.submit(_DependencySpan(span, capturer, correlation_id)):
-            record_drop("span", writer.refusal)
+        try:  # in the app's call: never raise into it
+            context = span.context
+            owner = _OPEN.pop(context.span_id, None) if context is not None else None
+            if owner is None:
+                return
+            capturer, correlation_id = owner
+            writer = capturer.writer
+            if not writer.submit(_DependencySpan(span, capturer, correlation_id)):
+                record_drop("span", writer.refusal)
+        except Exception:
+            report_internal_error("ending a dependency span", kind="span")
 
 
 class _DependencyTracer(trace.Tracer):
@@ -132,21 +135,25 @@ class _DependencyTracer(trace.Tracer):
         capture = CURRENT_CAPTURE.get()
         if capture is None or not capture.sampled:
             return INVALID_SPAN  # obsml's own traffic, the app outside a request, or an unsampled request
-        capturer = cast(DependencyCapturer, capture.capturer)
-        if self._client not in capturer.dependency_clients:
+        try:  # in the app's call: never raise into it
+            capturer = cast(DependencyCapturer, capture.capturer)
+            if self._client not in capturer.dependency_clients:
+                return INVALID_SPAN
+            if len(_OPEN) >= MAX_OPEN_SPANS:
+                record_drop("span", "queue_full")
+                return INVALID_SPAN
+            if not trace.get_current_span(context).get_span_context().is_valid:
+                # obsml makes no OpenTelemetry context current unless the app configured OpenTelemetry:
+                # the request's span is the parent (the app's own current span, when it has one, is).
+                request = SpanContext(capture.trace_id, capture.span_id, False, _SAMPLED)
+                context = trace.set_span_in_context(NonRecordingSpan(request), context)
+            span = self._tracer.start_span(
+                name, context, kind, attributes, links, start_time, record_exception, set_status_on_exception
+            )
+            _OPEN[span.get_span_context().span_id] = (capturer, capture.correlation_id)
+        except Exception:
+            report_internal_error("starting a dependency span", kind="span")
             return INVALID_SPAN
-        if len(_OPEN) >= MAX_OPEN_SPANS:
-            record_drop("span", "queue_full")
-            return INVALID_SPAN
-        if not trace.get_current_span(context).get_span_context().is_valid:
-            # obsml makes no OpenTelemetry context current unless the app configured OpenTelemetry:
-            # the request's span is the parent (the app's own current span, when it has one, is).
-            request = SpanContext(capture.trace_id, capture.span_id, False, _SAMPLED)
-            context = trace.set_span_in_context(NonRecordingSpan(request), context)
-        span = self._tracer.start_span(
-            name, context, kind, attributes, links, start_time, record_exception, set_status_on_exception
-        )
-        _OPEN[span.get_span_context().span_id] = (capturer, capture.correlation_id)
         return span
 
     @_agnosticcontextmanager  # the decorator of OpenTelemetry's own tracers: the same return type
@@ -315,13 +322,13 @@ def dependency_attributes(
         attributes["url.full"] = clean
         try:
             parts = urlsplit(clean)
-            host, port = parts.hostname, parts.port
-        except ValueError:
-            host = port = None
+            scheme, host, port = parts.scheme, parts.hostname, parts.port
+        except ValueError:  # a port that is not a number: the URL says no more
+            scheme, host, port = "", None, None
         if host and "server.address" not in attributes:
             attributes["server.address"] = host
-        if "server.port" not in attributes and (port or parts.scheme in ("http", "https")):
-            attributes["server.port"] = port or (443 if parts.scheme == "https" else 80)
+        if host and "server.port" not in attributes and (port or scheme in ("http", "https")):
+            attributes["server.port"] = port or (443 if scheme == "https" else 80)
     if span.status.status_code is StatusCode.ERROR or "error.type" in attributes:
         # Derived the same way in every semantic-convention mode (the stable-mode instrumentations
         # name an exception by its bare class name, some of them, where the event has its full name).

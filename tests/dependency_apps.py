@@ -59,7 +59,7 @@ if os.environ.get("APP_METRICS"):
 def _with_requests(stub: str, closed: str) -> tuple[int, str]:
     unavailable = requests.get(f"{stub}/unavailable", timeout=10).status_code
     try:
-        requests.get(f"{closed}/refused", timeout=10)
+        requests.get(f"{closed}/refused", params={"token": SECRET}, timeout=10)  # its error quotes the URL
         refused = "answered"
     except requests.ConnectionError as exc:
         refused = type(exc).__name__

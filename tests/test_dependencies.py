@@ -131,14 +131,15 @@ def check_dependencies(request: dict[str, Any], calls: list[dict[str, Any]], stu
     assert (ok["server.address"], ok["server.port"], ok["http.response.status_code"]) == ("127.0.0.1", stub_port, 200)
     assert "error.type" not in ok
     assert (unavailable["http.response.status_code"], unavailable["error.type"]) == (503, "503")
-    assert refused["url.full"] == f"http://127.0.0.1:{closed_port}/refused"
+    assert refused["url.full"] == f"http://127.0.0.1:{closed_port}/refused?token=[REDACTED]"
     assert refused["server.port"] == closed_port
     assert refused["error.type"] == "requests.exceptions.ConnectionError"
     assert "http.response.status_code" not in refused
     assert [call["status"]["code"] for call in calls] == ["UNSET", "ERROR", "ERROR"]
-    assert [event["attributes"]["exception.type"] for event in calls[2]["events"]] == [
-        "requests.exceptions.ConnectionError"
-    ]
+    (refusal,) = calls[2]["events"]
+    assert refusal["name"] == "exception"
+    assert refusal["attributes"]["exception.type"] == "requests.exceptions.ConnectionError"
+    assert "/refused?token=[REDACTED]" in refusal["attributes"]["exception.message"]  # SECRET: below
     for call in calls:
         assert not {"http.method", "http.url", "http.status_code", "net.peer.name"} & set(call["attributes"])
         assert call["attributes"]["obsml.correlation_id"] == request["attributes"]["obsml.correlation_id"]
