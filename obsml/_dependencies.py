@@ -307,13 +307,14 @@ def dependency_attributes(
     """
     attributes: dict[str, Any] = dict(base)
     attributes["obsml.correlation_id"] = correlation_id
-    for key, value in (span.attributes or {}).items():
+    given = span.attributes or {}  # a new read-only view at each read of the property: read once
+    for key, value in given.items():
         if key in _OLD_ONLY:
             continue
         stable = _STABLE_NAMES.get(key)
         if stable is None:
             attributes[key] = value
-        elif stable not in (span.attributes or {}):
+        elif stable not in given:
             attributes[stable] = value
     scrub: Callable[[str], str] = _unchanged
     url = attributes.get("url.full")
