@@ -205,6 +205,7 @@ class DependencyTracerProvider(trace.TracerProvider):
 
 _PROVIDER: DependencyTracerProvider | None = None
 _HANDLED: dict[str, bool] = {}  # client -> whether obsml instrumented it in this process (False: the app did)
+_UNAVAILABLE: set[str] = set()  # clients `auto` found without their library or instrumentation
 _LOCK = threading.Lock()
 
 
@@ -223,8 +224,11 @@ def instrument_dependencies(choice: Sequence[str]) -> frozenset[str]:
     with _LOCK:
         for name in choice if explicit else CLIENTS:
             if name not in _HANDLED:
+                if not explicit and name in _UNAVAILABLE:
+                    continue  # said once already
                 instrumentor = _instrumentor(name, explicit)
                 if instrumentor is None:
+                    _UNAVAILABLE.add(name)
                     continue
                 if instrumentor.is_instrumented_by_opentelemetry:
                     logger.info(

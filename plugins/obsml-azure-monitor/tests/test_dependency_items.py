@@ -102,6 +102,8 @@ def test_outbound_calls_arrive_as_dependency_items_of_the_requests_operation(ser
         assert item["tags"]["ai.operation.parentId"] == request["data"]["baseData"]["id"]
         assert (data["type"], data["target"]) == ("HTTP", host)
         assert properties(item)["obsml.model.version"] == "10"
+    assert features["data"]["baseData"]["name"] == "GET /features"
+    assert properties(features)["obsml.correlation_id"] == "dep-1"
     assert features["data"]["baseData"]["data"] == f"{stub}/features?token=[REDACTED]&row=3"
     assert (features["data"]["baseData"]["resultCode"], features["data"]["baseData"]["success"]) == ("200", True)
     assert (fallback["data"]["baseData"]["resultCode"], fallback["data"]["baseData"]["success"]) == ("503", False)
