@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,6 +20,8 @@ import aiohttp
 import httpx
 import pytest
 import urllib3
+from azure.storage.blob import ContainerClient
+from azurite import Azurite
 from conftest import read_spans, running_gunicorn, running_server
 from dependency_apps import SECRET
 from otlp_receiver import OtlpReceiver, running_receiver
@@ -29,6 +32,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from test_store_azure import read_blob_spans
 
 import obsml
 from obsml import ConfigError, ObsmlMiddleware
@@ -190,6 +194,36 @@ def same_at_the_collector(receiver: OtlpReceiver, stored: list[dict[str, Any]]) 
         )
         assert got["attributes"] == span["attributes"]
     return received
+
+
+def test_obsml_writing_to_azure_blob_and_exporting_over_otlp_records_only_the_apps_calls(
+    stub: Stub, store: Path, azurite: Azurite, azure_container: ContainerClient
+) -> None:
+    # adlfs talks to Azure Blob with aiohttp, the OTLP exporter with requests: both instrumented here.
+    with running_receiver() as receiver:
+        env = {
+            **targets(stub), "OBSML_STORE": f"abfs://{azure_container.container_name}/obsml",
+            "AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string,
+            "OBSML_EXPORTERS": "jsonl,otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+        }
+        with serving("uvicorn", store, env) as url:
+            correlation_id = the_call(url)
+            blob_spans(azure_container, 4)
+        spans = read_blob_spans(azure_container)  # all, after the exit flush: Azure Blob's calls are not among them
+        assert [span["kind"] for span in spans] == ["SERVER", "CLIENT", "CLIENT", "CLIENT"]
+        _, calls = request_and_dependencies(spans, correlation_id)
+        assert {call["attributes"]["server.port"] for call in calls} == {
+            int(stub.url.rsplit(":", 1)[1]), int(env["DEPENDENCY_CLOSED"].rsplit(":", 1)[1])
+        }
+        same_at_the_collector(receiver, spans)
+
+
+def blob_spans(container: ContainerClient, n: int) -> list[dict[str, Any]]:
+    """The spans in the container, once there are ``n`` (delivery to a remote store takes its time)."""
+    deadline = time.monotonic() + 30
+    while len(spans := read_blob_spans(container)) < n and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return spans
 
 
 def test_each_call_is_counted_and_timed_per_target_and_outcome_in_the_apps_metrics(stub: Stub, store: Path) -> None:
