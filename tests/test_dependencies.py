@@ -316,6 +316,25 @@ def test_aiohttp_and_urllib3_calls_are_client_spans_of_the_request(
     assert obsml.stats()["dependencies_captured"] == 1
 
 
+def test_a_calls_url_is_stored_without_its_user_and_password_nor_the_query_values_redact_query_names(
+    stub: Stub, store: Path
+) -> None:
+    host = stub.url.removeprefix("http://")
+
+    async def view(request: Request) -> Response:
+        async with httpx.AsyncClient() as client:
+            answer = await client.get(f"http://scorer:CANARY-password-1f2e@{host}/ok?apikey=CANARY-key-3d4c&row=1")
+        return JSONResponse({"status": answer.status_code})
+
+    middleware = [Middleware(ObsmlMiddleware, store=str(store), redact_query=["apikey"])]
+    with running_server(Starlette(routes=[Route("/", view)], middleware=middleware)) as url:
+        assert httpx.get(url).json() == {"status": 200}
+    obsml.flush()
+    (call,) = [span for span in read_spans(store) if span["kind"] == "CLIENT"]
+    assert call["attributes"]["url.full"] == f"{stub.url}/ok?apikey=[REDACTED]&row=1"
+    assert "CANARY" not in json.dumps(call)
+
+
 def test_an_unknown_client_is_a_config_error_naming_those_accepted() -> None:
     with pytest.raises(ConfigError, match="httpx, requests, urllib3, aiohttp"):
         ObsmlMiddleware(Starlette(), dependencies="httpx,grpc")
