@@ -11,9 +11,9 @@ from typing import Protocol
 from ._secrets import scrub
 from ._stats import DropReason, count
 
-# Folders of part files (spans, model data rows): they may use the disk reserve and the spool
-# budget that bodies and other offloaded values leave them.
-PART_FOLDERS = ("traces/", "modeldata/")
+# Folders of part files (spans, request log records, model data rows): they may use the disk reserve
+# and the spool budget that bodies and other offloaded values leave them.
+PART_FOLDERS = ("traces/", "logs/", "modeldata/")
 # Each writer's status (``_status``): obsml's own bookkeeping, not data, so it is counted under none
 # of the data counters (a status counted as written would change what the next status reports).
 STATUS_FOLDER = "_obsml/status"

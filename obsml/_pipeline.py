@@ -14,14 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan
 
 from ._attributes import span_attributes
 from ._body_redaction import BodyRedactor
 from ._capture import Capture
+from ._dependencies import dependency_attributes, instrument_dependencies
 from ._headers import HeaderSlots
 from ._ids import sampling_threshold
 from ._log_records import RequestLogs
-from ._metrics import register_metrics
+from ._metrics import record_dependency, register_metrics
 from ._policy import CapturePolicy
 from ._redact import RedactionPolicy
 from ._registry import load_redactor
@@ -185,6 +187,8 @@ class Capturer:
             install_log_handler()
         if self.capture_print:
             install_print_capture()
+        # The HTTP clients whose calls during a request become its CLIENT child spans (issue 18).
+        self.dependency_clients = instrument_dependencies(settings.dependencies) if self.enabled else frozenset()
 
     def otel_configured(self) -> bool:
         """Whether the application set a global TracerProvider (then obsml makes its context current).
@@ -231,6 +235,13 @@ class Capturer:
                 tee.stream.finish(commit=commit and keep_bodies and tee.unseen is None)
         name, attributes = span_attributes(capture, described, self.base_attributes, self.redaction, keep_bodies)
         self.pipeline.tracing.emit(capture, name, attributes)
+
+    def emit_dependency(self, span: ReadableSpan, correlation_id: str) -> None:
+        """Writer side: a finished CLIENT span of a request of this middleware (``_dependencies``)."""
+        count("dependencies_captured")
+        attributes, scrub = dependency_attributes(span, self.redaction.query, self.base_attributes, correlation_id)
+        self.pipeline.tracing.emit_dependency(span, attributes, scrub)
+        record_dependency(span, attributes)
 
     def flush(self, shutdown: bool = False) -> bool:
         return self.pipeline.flush(self.settings.flush_timeout, shutdown)

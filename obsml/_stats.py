@@ -47,6 +47,7 @@ Counter = Literal[
     "requests_captured",  # spans handed to the writer
     "requests_sampled_out",  # successful requests skipped by OBSML_SAMPLE_RATE
     "requests_skipped",  # requests OBSML_SKIP_ROUTES left without a span
+    "dependencies_captured",  # outbound calls made during requests, handed to the writer as CLIENT spans
     "spans_exported",  # spans the exporters accepted (jsonl: written to the store, or to its spool)
     "payloads_written",  # bodies in the store under payloads/ (for a remote store: delivered)
     "trace_files_written",  # part files in the store under traces/ (for a remote store: delivered)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 import threading
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
@@ -324,6 +324,53 @@ class Tracing:
                 exporter.add(record)
             except Exception:  # as _Counted counts a failed export
                 record_drop("span", "export_error", 1, detail=type(exporter).__name__)
+
+    def emit_dependency(self, span: ReadableSpan, attributes: Attributes, scrub: Callable[[str], str]) -> None:
+        """A finished CLIENT span of the app's (``_dependencies``) to the same exporters as the request
+        spans, with ``attributes`` (already made by ``dependency_attributes``) and this pipeline's
+        resource; ``scrub`` takes redacted URL parts out of the status and exception texts."""
+        context = span.context
+        if context is None:
+            return
+        start = span.start_time or 0
+        end = span.end_time or start
+        status = span.status
+        if status.description is not None and scrub(status.description) != status.description:
+            status = Status(status.status_code, scrub(status.description))
+        events = tuple(
+            Event(event.name, {key: scrub(value) if isinstance(value, str) else value
+                               for key, value in (event.attributes or {}).items()}, event.timestamp)
+            for event in span.events
+        )
+        if self._records:
+            record = span_record(
+                name=span.name,
+                trace_id=context.trace_id,
+                span_id=context.span_id,
+                parent_span_id=span.parent.span_id if span.parent is not None else None,
+                kind=span.kind.name,
+                start=start,
+                end=end,
+                status=(status.status_code.name, status.description),
+                attributes=attributes,
+                events=[event_record(event.name, event.timestamp, dict(event.attributes or {})) for event in events],
+                resource=self._resource_record,
+                dropped_attributes=span.dropped_attributes,
+            )
+            for exporter in self._records:
+                try:
+                    exporter.add(record)
+                except Exception:  # as _Counted counts a failed export
+                    record_drop("span", "export_error", 1, detail=type(exporter).__name__)
+        if not self._span_processors:
+            return
+        rebuilt = ReadableSpan(
+            span.name, context, span.parent, self._resource, attributes, events, span.links, span.kind,
+            status=status, start_time=start, end_time=end, instrumentation_scope=span.instrumentation_scope,
+        )
+        for processor in self._span_processors:
+            # Past the filter that keeps the app's own spans out: this one is obsml's to export.
+            (processor.inner if isinstance(processor, _OnlyObsml) else processor).on_end(rebuilt)
 
     @staticmethod
     def _parent(capture: Capture) -> SpanContext | None:

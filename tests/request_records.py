@@ -84,7 +84,7 @@ def write_calls(store: Path, request_span: dict[str, Any], calls: list[Call]) ->
 
 def write_lines(store: Path, request_span: dict[str, Any], lines: list[Line]) -> None:
     """``lines`` as log records of the request, in part files under ``logs/<yyyy>/<mm>/<dd>/<hh>/``."""
-    parts = PartFiles(Store(obsml.Settings.load(store=str(store))), kind="log", written="spans_exported")
+    parts = PartFiles(Store(obsml.Settings.load(store=str(store))), kind="log", written="logs_exported")
     own = request_span["attributes"]
     start = start_ns(request_span)
     for line in lines:

@@ -182,3 +182,14 @@ def test_the_time_to_first_byte_benchmark_runs_both_servers_and_obsml_captures_t
     assert rows.count("bare") == rows.count("obsml") == 2
     spans = [int(line.rsplit(" ", 1)[1]) for line in result.stdout.splitlines() if line.startswith("obsml spans")]
     assert len(spans) == 2 and 0 < spans[0] < spans[1]  # each server's obsml variant wrote its spans
+
+
+def test_the_dependency_cost_benchmark_runs_every_variant_and_obsml_records_every_call() -> None:
+    # A smoke run (issue 18): it asserts itself that obsml's variant recorded each call; no timing is asserted.
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "dependency_cost.py"), "--quick"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("no outbound call,") == 2
+    assert result.stdout.count("one requests call,") == 3
