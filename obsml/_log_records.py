@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
@@ -32,6 +32,7 @@ from ._store import Store
 
 if TYPE_CHECKING:
     from ._capture import Capture
+    from ._redact import RedactionPolicy
     from ._writer import Writer
 
 # The attributes every LogRecord has: anything else on a record came from ``extra=``.
@@ -91,6 +92,8 @@ class LogSettings(Protocol):
     def base_attributes(self) -> dict[str, str]: ...
     @property
     def writer(self) -> Writer: ...
+    @property
+    def redaction(self) -> RedactionPolicy: ...
 
 
 class LogEntry:
@@ -205,10 +208,10 @@ class RequestLogs:
             attributes["code.function.name"] = record.funcName
             attributes["code.line.number"] = record.lineno
             if record.exc_info and record.exc_info[1] is not None:
-                attributes.update(_exception_attributes(record.exc_info[1]))
-            body: Any = scrub(message)
+                attributes.update(_exception_attributes(record.exc_info[1], settings.redaction.queries_in_text))
+            body: Any = settings.redaction.queries_in_text(scrub(message))
         else:
-            body = _printed_body(scrub(message))
+            body = _printed_body(settings.redaction.queries_in_text(scrub(message)))
         if truncated:
             attributes["obsml.print.truncated_characters"] = truncated
         level_name = logging.getLevelName(levelno)
@@ -251,10 +254,10 @@ class RequestLogs:
             provider.shutdown()
 
 
-def _exception_attributes(exc: BaseException) -> dict[str, str]:
+def _exception_attributes(exc: BaseException, redact: Callable[[str], str]) -> dict[str, str]:
     module, name = type(exc).__module__, type(exc).__qualname__
     return {
         "exception.type": f"{module}.{name}" if module and module != "builtins" else name,
-        "exception.message": scrub(str(exc)),
-        "exception.stacktrace": scrub("".join(traceback.format_exception(exc))),
+        "exception.message": redact(scrub(str(exc))),
+        "exception.stacktrace": redact(scrub("".join(traceback.format_exception(exc)))),
     }

@@ -46,6 +46,8 @@ MAX_HEADERS_RECORDED = 64
 MAX_HEADER_VALUE_LENGTH = 8192
 MAX_HEADER_VALUES = 16
 MAX_HEADER_NAME_LENGTH = 256
+# A URL's query inside free text: from "?" to the first space, quote, bracket or fragment.
+_QUERY_IN_TEXT = re.compile(r"\?([^\s'\"<>()\[\]{}#]+)")
 
 
 def header_text(raw_value: bytes) -> str:
@@ -122,6 +124,13 @@ class RedactionPolicy:
         if truncated:
             attributes[f"obsml.{prefix}.headers_truncated"] = sorted(truncated)
         return attributes
+
+    def queries_in_text(self, text: str) -> str:
+        """``text`` (a log message, an exception's) with :meth:`query` applied to every URL query in
+        it: a client library's log line quotes the URL it called, credentials included."""
+        if "?" not in text:
+            return text
+        return _QUERY_IN_TEXT.sub(lambda m: "?" + self.query(m[1]), text)
 
     def query(self, raw_query: str) -> str:
         """The query string with credential values replaced; every other byte kept as it came.

@@ -32,7 +32,9 @@ def score(marker: str) -> dict[str, str]:
     try:
         raise KeyError(marker)
     except KeyError:
-        scoring_log.exception("fell back for %s", marker, extra={"input": {"marker": marker, "rows": [1, 2]}})
+        # The URL's token is a credential (obsml's query keys): the stored message keeps its place only.
+        scoring_log.exception("fell back for %s (https://features.local/v1?token=s3cret-%s&n=1)", marker, marker,
+                              extra={"input": {"marker": marker, "rows": [1, 2]}})
     print(json.dumps({"input": marker, "output": 0.5}))
     scoring_log.debug("below the scoring logger's level: no record at all")
     logging.getLogger("obsml.example").warning("obsml's own logger: never recorded as the app's")

@@ -73,6 +73,7 @@ def test_each_requests_log_lines_and_prints_are_stored_and_exported_with_its_ids
     assert len(received) == len(stored) == 3 * len(MARKERS) + 2
     # Only the scoring code and its prints: nothing from obsml's, urllib3's loggers, other threads or start-up.
     assert {record["logger"] for record in stored} == {"scoring", "stdout"}
+    assert "s3cret" not in json.dumps(stored) + json.dumps(received)  # a URL's token in a log message
     for marker in MARKERS:
         span = spans[marker]
         mine = [r for r in stored if r["attributes"]["obsml.correlation_id"] == marker]
@@ -82,7 +83,7 @@ def test_each_requests_log_lines_and_prints_are_stored_and_exported_with_its_ids
         assert info["body"] == f"scoring {marker}" and info["severity_number"] == 9
         assert info["attributes"]["code.function.name"] == "score"
         assert info["attributes"]["obsml.service"] == "default"
-        assert error["body"] == f"fell back for {marker}" and error["severity_number"] == 17
+        assert error["body"] == f"fell back for {marker} (https://features.local/v1?token=[REDACTED]&n=1)" and error["severity_number"] == 17
         assert error["attributes"]["exception.type"] == "KeyError"
         assert error["attributes"]["exception.message"] == f"'{marker}'"
         assert "raise KeyError(marker)" in error["attributes"]["exception.stacktrace"]
@@ -131,5 +132,5 @@ def test_only_records_at_the_level_set_are_kept_and_a_bad_format_string_costs_no
         assert running.stop() in (0, -signal.SIGTERM), running.log()[-3000:]
     records = {record["attributes"]["obsml.correlation_id"]: record for record in read_logs(store)}
     assert len(read_logs(store)) == 2  # no INFO line, no print (capture off)
-    assert records["m1"]["body"] == "fell back for m1" and records["m1"]["severity_text"] == "ERROR"
+    assert records["m1"]["body"].startswith("fell back for m1 ") and records["m1"]["severity_text"] == "ERROR"
     assert records["bad"]["body"] == "bad %d format"

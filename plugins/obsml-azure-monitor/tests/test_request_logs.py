@@ -76,7 +76,7 @@ def test_log_lines_and_a_printed_json_line_arrive_as_items_of_their_request(
     assert by_message["scoring m1"]["data"]["baseData"]["severityLevel"] == 1  # Information
     (details,) = exception["data"]["baseData"]["exceptions"]
     assert details["typeName"] == "KeyError"
-    assert details["message"] == "fell back for m1"
+    assert details["message"] == "fell back for m1 (https://features.local/v1?token=[REDACTED]&n=1)"
     assert json.loads(exception["data"]["baseData"]["properties"]["input"]) == {"marker": "m1", "rows": [1, 2]}
     assert len(stored(store, "logs")) == 3  # the same records in the store
 
