@@ -5,8 +5,9 @@ benchmark (``asgi_overhead.py``, with Sentry and Logfire as peers) and WSGI benc
 (``wsgi_overhead.py``) at 200 B, 1 KB, 100 KB and 1 MB; the server benchmark with wrk
 (``server_load.py``: uvicorn httptools and h11, gunicorn sync and gthread; streaming time to
 first byte); the sink-outage benchmark (``sink_outage.py``) and the collector's cost
-(``collect_overhead.py``). Records the machine (CPU model, cores, load average at start and end)
-and the versions of everything measured. ``--quick`` is a smoke run of the whole, under a minute.
+(``collect_overhead.py``); the request logs' and the dependency instrumentation's cost
+(``log_cost.py``, ``dependency_cost.py``). Records the machine (CPU model, cores, load average at
+start and end) and the versions of everything measured. ``--quick`` is a smoke run of the whole, under a minute.
 
     python benchmarks/bench.py [--quick] [--out benchmarks/results]
     python benchmarks/bench.py --steps asgi,server --servers uvicorn-httptools --out /tmp/b   # a part of it
@@ -54,6 +55,9 @@ def steps(quick: bool, scratch: Path, servers: str | None) -> dict[str, list[str
                    "--json", str(scratch / "server.json")],
         "sink_outage": ["sink_outage.py", *outage],
         "collector": ["collect_overhead.py", *collect],
+        # Issue 18: what the request logs and the dependency instrumentation cost a request.
+        "logs": ["log_cost.py", *(["--quick"] if quick else [])],
+        "dependencies": ["dependency_cost.py", *(["--quick"] if quick else [])],
     }
 
 
@@ -102,6 +106,8 @@ def run_step(name: str, argv: list[str], scratch: Path) -> dict[str, Any]:
             for cells in re.findall(r"^\| (\w+) \| ([^|]+?) \| ([\d.]+ / [\d.]+) \| ([\d.]+) \|$",
                                     process.stdout, re.MULTILINE)
         ]
+    elif name in ("logs", "dependencies"):  # their own summary, as printed
+        step["output"] = [line for line in process.stdout.splitlines() if line.strip()]
     if process.returncode:
         step["stderr_tail"] = process.stderr[-2000:]
     return step
@@ -112,7 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run of every step, under a minute")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="folder of the results")
     parser.add_argument(
-        "--steps", help="comma-separated steps to run (default: all): asgi,wsgi,server,sink_outage,collector"
+        "--steps",
+        help="comma-separated steps to run (default: all): asgi,wsgi,server,sink_outage,collector,logs,dependencies",
     )
     parser.add_argument("--servers", help="comma-separated server kinds for the server step (default: all)")
     args = parser.parse_args(argv)

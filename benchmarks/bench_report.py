@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
-STEPS = ("asgi", "wsgi", "server", "sink_outage", "collector")
+STEPS = ("asgi", "wsgi", "server", "sink_outage", "collector", "logs", "dependencies")
 COLOURS = {"obsml": "tab:blue", "otel": "tab:orange", "sentry": "tab:purple", "logfire": "tab:red"}
 
 
@@ -148,6 +148,10 @@ def markdown(result: dict[str, Any], png_name: str) -> str:
         lines += [f"| {r['format']} | {r['input']} | {r['collect_median_p99_us']} | {r['writer_us_per_row']} |"
                   for r in steps["collector"].get("rows", [])]
         lines.append("")
+    own_summaries = (("logs", "Request logs (`log_cost.py`)"), ("dependencies", "Dependencies (`dependency_cost.py`)"))
+    for name, title in own_summaries:
+        if steps[name].get("output"):
+            lines += [f"### {title}", "", "```", *steps[name]["output"], "```", ""]
     ran = result["steps"]
     failed = [f"{name} (exit {step['exit_status']})" for name, step in ran.items() if step["exit_status"]]
     lines += ["Steps: " + ", ".join(f"{name} {step['seconds']:.0f} s" for name, step in ran.items()) + "."]
