@@ -9,6 +9,7 @@ obsml starts, and writes each of its spans (kind, trace id) to that file plus th
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any
 
@@ -26,6 +27,8 @@ import obsml
 from obsml import ObsmlMiddleware, ObsmlWSGIMiddleware
 
 SECRET = "CANARY-query-sig-5e6f"
+scoring_log = logging.getLogger("scoring")
+scoring_log.setLevel(logging.INFO)  # the app's logging: obsml records what it lets through
 
 if os.environ.get("APP_SPAN_LOG"):
     from opentelemetry import trace
@@ -75,7 +78,9 @@ async def call(request: Request) -> Response:
     stub, closed = _targets()
     async with httpx.AsyncClient() as client:
         ok = (await client.get(f"{stub}/ok", params={"sig": SECRET, "model": "7"})).status_code
+    scoring_log.info("features fetched: %s", ok)
     unavailable, refused = await run_in_threadpool(_with_requests, stub, closed)
+    scoring_log.warning("model B unavailable (%s), then %s", unavailable, refused)
     return JSONResponse({"ok": ok, "unavailable": unavailable, "refused": refused})
 
 

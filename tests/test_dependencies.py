@@ -35,6 +35,7 @@ from starlette.routing import Route
 from test_store_azure import read_blob_spans
 
 import obsml
+import obsml.cli
 from obsml import ConfigError, ObsmlMiddleware
 
 pytestmark = pytest.mark.usefixtures("forget_new_pipelines")
@@ -182,6 +183,26 @@ def test_the_views_outbound_calls_are_client_spans_of_the_request_in_the_store_a
     assert {span["scope"] for span in received if span["kind"] == "SPAN_KIND_CLIENT"} == {
         "opentelemetry.instrumentation.httpx", "opentelemetry.instrumentation.requests"
     }
+
+
+def test_obsml_logs_shows_a_served_request_with_its_log_lines_and_calls_in_time_order(
+    stub: Stub, store: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    with running_uvicorn(store, targets(stub)) as url:
+        correlation_id = the_call(url)
+    assert obsml.cli.main(["logs", "--store", str(store), "--correlation-id", correlation_id, "--format", "json"]) == 0
+    request, *entries = (json.loads(line) for line in capsysbinary.readouterr().out.splitlines())
+    assert (request["record"], request["correlation_id"], request["route"]) == ("request", correlation_id, "/call")
+    assert [(e["record"], e.get("message") or e["status_code"]) for e in entries] == [
+        ("dependency", 200),
+        ("log", "features fetched: 200"),
+        ("dependency", 503),
+        ("dependency", None),
+        ("log", "model B unavailable (503), then ConnectionError"),
+    ]
+    assert {e["trace_id"] for e in entries} == {request["trace_id"]}
+    assert entries[3]["error_type"] == "requests.exceptions.ConnectionError"
+    assert entries[4]["severity_text"] == "WARN"
 
 
 def same_at_the_collector(receiver: OtlpReceiver, stored: list[dict[str, Any]]) -> list[dict[str, Any]]:

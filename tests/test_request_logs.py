@@ -83,7 +83,8 @@ def test_each_requests_log_lines_and_prints_are_stored_and_exported_with_its_ids
         assert info["body"] == f"scoring {marker}" and info["severity_number"] == 9
         assert info["attributes"]["code.function.name"] == "score"
         assert info["attributes"]["obsml.service"] == "default"
-        assert error["body"] == f"fell back for {marker} (https://features.local/v1?token=[REDACTED]&n=1)" and error["severity_number"] == 17
+        assert error["body"] == f"fell back for {marker} (https://features.local/v1?token=[REDACTED]&n=1)"
+        assert error["severity_number"] == 17
         assert error["attributes"]["exception.type"] == "KeyError"
         assert error["attributes"]["exception.message"] == f"'{marker}'"
         assert "raise KeyError(marker)" in error["attributes"]["exception.stacktrace"]
