@@ -84,22 +84,25 @@ def run_demo(app: str | None, store: str, requests: int, out: IO[str] | None = N
     """Run the demo; returns the exit status (0 when the server ran and spans were read back)."""
     out = out or sys.stdout
     try:
-        status = _run(server, app or server.default_app, store, requests, out)
+        status, scored_id = _run(server, app or server.default_app, store, requests, out)
     except DemoError as exc:
         print(f"obsml demo: error: {exc}", file=sys.stderr)
         return 1
-    _print_next_commands(out, store)
+    _print_next_commands(out, store, scored_id)
     return status
 
 
-def _print_next_commands(out: IO[str], store: str) -> None:
-    """Two commands that read what the demo just wrote, to copy."""
+def _print_next_commands(out: IO[str], store: str, scored_id: str | None) -> None:
+    """Commands that read what the demo just wrote, to copy."""
     where = f"--store {shlex.quote(store)}"
     print(f"\nRead it back (from this directory):\n  obsml logs --errors {where}\n  obsml query {shlex.quote(QUERY)} "
           f"{where}", file=out, flush=True)
+    if scored_id:  # a request the model answered, with the scoring code's log line under it
+        print(f"  obsml logs --correlation-id {shlex.quote(scored_id)} {where}", file=out, flush=True)
 
 
-def _run(server: Server, app: str, store_url: str, requests: int, out: IO[str]) -> int:
+def _run(server: Server, app: str, store_url: str, requests: int, out: IO[str]) -> tuple[int, str | None]:
+    """The demo's exit status, and the correlation id of one request the model answered."""
     cwd = os.getcwd()
     traffic = _load_traffic(cwd)
     httpx = _import_demo_dependency("httpx")
@@ -144,13 +147,14 @@ def _run(server: Server, app: str, store_url: str, requests: int, out: IO[str]) 
     summary = traffic.summarise(
         out, reader, sent, settings.inline_limit, spans, by_pid, new_traces, new_payloads, log.name
     )
+    scored_id = next((r.correlation_id for r in sent if r.status == 200 and r.correlation_id and r.rows), None)
     if not {"service", "model", "version"} <= set(health):
-        return int(summary)
+        return int(summary), scored_id
     labels = traffic.collect_labels(sent, store_url, health)
     say(out, "")
     say(out, f"Labels for {len(labels)} of these requests, collected later as a batch job would, into {reader.shown()}")
     model_data = traffic.show_model_data(out, store_url, health["model"], began, sent, labels)
-    return int(summary) or int(model_data)
+    return int(summary) or int(model_data), scored_id
 
 
 # --- preparation ---------------------------------------------------------------------------------

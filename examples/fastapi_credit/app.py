@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -37,6 +38,10 @@ from examples.credit_model import (
     validate_rows,
 )
 from obsml import Collector, ObsmlMiddleware
+
+# The scoring code's own log lines: obsml keeps each with its request (`obsml logs --correlation-id`).
+log = logging.getLogger("credit")
+log.setLevel(logging.INFO)
 
 STREAM_DELAY_S = 0.01  # between two events of /score/stream, as a slower model would
 
@@ -66,6 +71,8 @@ def _score_and_collect(model: Any, rows: Any) -> list[dict[str, Any]]:
     answers = score_matrix(model, matrix)
     seen = inputs.collect(matrix)  # under the correlation id of the request being served
     predictions.collect(answers, correlation_id=seen.correlation_id)
+    approved = sum(answer["decision"] == "approve" for answer in answers)
+    log.info("scored %d rows, %d approved", len(answers), approved)  # kept with the request (OBSML_LOG_LEVEL)
     return answers
 
 

@@ -19,6 +19,7 @@ as model data (``obsml.Collector``) under the request's correlation id.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -36,6 +37,10 @@ from examples.credit_model import (
     validate_rows,
 )
 from obsml import Collector, ObsmlWSGIMiddleware
+
+# The scoring code's own log lines: obsml keeps each with its request (`obsml logs --correlation-id`).
+log = logging.getLogger("credit")
+log.setLevel(logging.INFO)
 
 STREAM_DELAY_S = 0.01  # between two events of /score/stream, as a slower model would
 
@@ -60,6 +65,8 @@ def _score_and_collect(rows: Any) -> list[dict[str, Any]]:
     answers = score_matrix(MODEL, matrix)
     seen = inputs.collect(matrix)  # under the correlation id of the request being served
     predictions.collect(answers, correlation_id=seen.correlation_id)
+    approved = sum(answer["decision"] == "approve" for answer in answers)
+    log.info("scored %d rows, %d approved", len(answers), approved)  # kept with the request (OBSML_LOG_LEVEL)
     return answers
 
 
