@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -141,6 +142,14 @@ def main() -> int:
     args = parser.parse_args()
     n, rounds = (200, 3) if args.quick else (args.requests, args.rounds)
     store = tempfile.mkdtemp(prefix="obsml-dependency-cost-")
+    try:
+        return measure(n, rounds, store)
+    finally:
+        obsml.flush(60)
+        shutil.rmtree(store, ignore_errors=True)
+
+
+def measure(n: int, rounds: int, store: str) -> int:
     options = {"store": store, "service": "bench", "model": "m", "version": "1", "status": False}
 
     # No outbound call: first with nothing instrumented in the process, then with obsml's instrumentation.

@@ -139,7 +139,7 @@ def test_make_bench_quick_writes_the_json_the_table_and_the_plot_with_every_numb
 
     steps = data["steps"]
     assert {name: step["exit_status"] for name, step in steps.items()} == dict.fromkeys(
-        ("asgi", "wsgi", "server", "sink_outage", "collector"), 0
+        ("asgi", "wsgi", "server", "sink_outage", "collector", "logs", "dependencies"), 0
     )
     asgi, wsgi = steps["asgi"]["results"], steps["wsgi"]["results"]
     sizes = ["200 B", "1 KB", "100 KB", "1 MB"]
@@ -162,7 +162,8 @@ def test_make_bench_quick_writes_the_json_the_table_and_the_plot_with_every_numb
     assert len(steps["sink_outage"]["verdicts"]) == 2 and len(steps["collector"]["rows"]) == 6
 
     table = written.with_suffix(".md").read_text()
-    for needle in ("| 1 MB |", "| gunicorn-gthread | 1 KB | obsml |", "Time to first byte", "Versions: ", "VERDICT"):
+    for needle in ("| 1 MB |", "| gunicorn-gthread | 1 KB | obsml |", "Time to first byte", "Versions: ", "VERDICT",
+                   "per log line", "one requests call, obsml's instrumentation"):
         assert needle.lower() in table.lower()
     assert f"]({written.with_suffix('.png').name})" in table
     assert written.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
