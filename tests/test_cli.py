@@ -41,8 +41,8 @@ def test_the_demo_serves_the_example_and_summarises_what_the_store_holds(tmp_pat
     assert {"/score", "/score/stream"} <= routes
     assert any(span["status"]["code"] == "ERROR" for span in spans)
     assert any("obsml.request.body.uri" in span["attributes"] for span in spans)
-    # It ends with two commands to copy; the query one reads what the demo just wrote.
-    *_, logs, query = result.stdout.splitlines()
+    # It ends with three commands to copy; the query one reads what the demo just wrote.
+    *_, logs, query, timeline = result.stdout.splitlines()
     assert logs == f"  obsml logs --errors --store {shlex.quote(str(store))}"
     command = shlex.split(query)
     assert command[:2] == ["obsml", "query"] and command[-2:] == ["--store", str(store)]
@@ -65,6 +65,14 @@ def test_the_demo_serves_the_example_and_summarises_what_the_store_holds(tmp_pat
     for span in failed:
         [line] = [line for line in lines if f" {span['attributes']['obsml.correlation_id']} " in line]
         assert all(event["attributes"]["exception.type"] in line for event in span["events"][:1])
+
+    # The timeline one shows an answered request and the scoring code's log line under it.
+    shown = subprocess.run([sys.executable, "-m", "obsml.cli", *shlex.split(timeline)[1:]], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
+    assert shown.returncode == 0, shown.stderr
+    request, *entries = shown.stdout.splitlines()
+    assert " 200 " in request and shlex.split(timeline)[3] in request
+    assert len(entries) == 1 and "INFO" in entries[0] and "credit: scored " in entries[0], shown.stdout
 
     # The model data: the head of inputs ⋈ predictions ⋈ labels, each label beside its own input row.
     table_lines = list(itertools.takewhile(str.strip, result.stdout.split("Model data (", 1)[1].splitlines()[2:]))
