@@ -77,7 +77,8 @@ SPAN_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("resource", "JSON", "resource"),
 )
 #: The ``dependencies`` view: (column, DuckDB type, where it comes from). ``request.`` columns are the
-#: request span's (trace_id and span_id = parent_span_id), NULL when it is not in the window.
+#: request span's (trace_id and span_id = parent_span_id); the call's own attributes give all but
+#: the route when the request is not in the window.
 DEPENDENCY_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("start_time", "TIMESTAMPTZ", "start_time"),
     ("end_time", "TIMESTAMPTZ", "end_time"),
@@ -286,13 +287,24 @@ class StoreViews:
             return None
         source, within = _read(files, _SPAN_LINE), self._within()
         own = [(name, kind, key) for name, kind, key in DEPENDENCY_COLUMNS if not key.startswith("request.")]
-        calls = ", ".join(_column(name, kind, key, _DERIVED) for name, kind, key in own)
-        # The request's columns, from the request spans of the same window (a call outside it keeps NULLs).
+        # The request's columns, from the request spans of the same window. A call carries the
+        # correlation id, service, model and version itself (obsml puts them on its CLIENT spans), so
+        # only the route is NULL for a call whose request is outside the window.
         joined = [name for name, _, key in DEPENDENCY_COLUMNS if key.startswith("request.")]
+        carried = [(name, kind, key) for name, kind, key in SPAN_COLUMNS if name in joined and name != "route"]
+        calls = ", ".join(_column(name, kind, key, _DERIVED) for name, kind, key in [*own, *carried])
         from_request = ", ".join(
             _column(name, kind, key, _DERIVED) for name, kind, key in SPAN_COLUMNS if name in joined
         )
-        selected = ", ".join(f"{'r' if name in joined else 'c'}.{_quoted(name)}" for name, _, _ in DEPENDENCY_COLUMNS)
+        carried_names = {name for name, _, _ in carried}
+
+        def pick(name: str) -> str:
+            quoted = _quoted(name)
+            if name in carried_names:
+                return f"coalesce(c.{quoted}, r.{quoted}) AS {quoted}"
+            return f"{'r' if name in joined else 'c'}.{quoted}"
+
+        selected = ", ".join(pick(name) for name, _, _ in DEPENDENCY_COLUMNS)
         return (
             f"SELECT {selected} FROM (SELECT {calls} FROM {source} WHERE kind = 'CLIENT'{within}) AS c"
             f" LEFT JOIN (SELECT trace_id, span_id, {from_request} FROM {source} WHERE {_IS_REQUEST}{within}) AS r"

@@ -53,6 +53,14 @@ def start_ns(request_span: dict[str, Any]) -> int:
     return int(start.timestamp()) * 1_000_000_000 + start.microsecond * 1000
 
 
+def request_ids(request_span: dict[str, Any]) -> dict[str, Any]:
+    """The request's correlation id, service, model and version, as obsml puts them on its log
+    records and CLIENT spans."""
+    own = request_span["attributes"]
+    names = ("obsml.correlation_id", "obsml.service", "obsml.model.name", "obsml.model.version")
+    return {name: own[name] for name in names if name in own}
+
+
 def write_calls(store: Path, request_span: dict[str, Any], calls: list[Call]) -> None:
     """``calls`` as CLIENT spans of a private SDK provider, parented on the request span, exported by
     obsml's jsonl exporter (the stable HTTP semantic conventions, as the contrib instrumentations write)."""
@@ -67,6 +75,7 @@ def write_calls(store: Path, request_span: dict[str, Any], calls: list[Call]) ->
         host, _, port = call.url.split("/")[2].partition(":")
         attributes: dict[str, Any] = {"http.request.method": call.method, "url.full": call.url,
                                       "server.address": host, "server.port": int(port or 80)}
+        attributes.update(request_ids(request_span))  # what obsml adds to its CLIENT spans
         span = tracer.start_span(call.method, context=context, kind=SpanKind.CLIENT, attributes=attributes,
                                  start_time=start + int(call.at * MS))
         if call.raised is not None:
@@ -85,13 +94,9 @@ def write_calls(store: Path, request_span: dict[str, Any], calls: list[Call]) ->
 def write_lines(store: Path, request_span: dict[str, Any], lines: list[Line]) -> None:
     """``lines`` as log records of the request, in part files under ``logs/<yyyy>/<mm>/<dd>/<hh>/``."""
     parts = PartFiles(Store(obsml.Settings.load(store=str(store))), kind="log", written="logs_exported")
-    own = request_span["attributes"]
     start = start_ns(request_span)
     for line in lines:
-        attributes: dict[str, Any] = {
-            name: own[name] for name in ("obsml.correlation_id", "obsml.service", "obsml.model.name",
-                                         "obsml.model.version") if name in own
-        }  # fmt: skip
+        attributes: dict[str, Any] = request_ids(request_span)
         attributes.update({"code.function.name": "score", "code.line.number": 12})
         if line.raised is not None:
             attributes.update({

@@ -385,7 +385,7 @@ def test_outbound_calls_are_dependencies_of_their_request_and_spans_stay_one_row
     assert [call["duration_ms"] for call in calls] == [3.0, 2.0, 1.0, 2.0]
 
 
-def test_a_dependency_whose_request_is_outside_the_window_keeps_nulls_for_the_request(
+def test_a_dependency_whose_request_is_outside_the_window_keeps_its_ids_but_not_the_route(
     store: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     request = served(store, "early")["early"]
@@ -393,7 +393,9 @@ def test_a_dependency_whose_request_is_outside_the_window_keeps_nulls_for_the_re
     since = (datetime.fromisoformat(request["start_time"]) + timedelta(microseconds=500)).isoformat()
     [call] = rows(capsys, store, "select * from dependencies", "--since", since)
     assert (call["url"], call["parent_span_id"]) == ("http://features.local:8081/rows/7", request["span_id"])
-    assert [call[name] for name in ("correlation_id", "service", "model", "version", "route")] == [None] * 5
+    assert call["correlation_id"] == "early" and call["route"] is None  # the id is the call's own
+    assert [call[name] for name in ("service", "model", "version")] == [
+        request["attributes"][name] for name in ("obsml.service", "obsml.model.name", "obsml.model.version")]
 
 
 def test_log_records_are_the_logs_view_with_their_request(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
