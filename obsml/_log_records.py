@@ -19,8 +19,18 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 from opentelemetry._logs import LogRecord, SeverityNumber
-from opentelemetry.sdk._logs import LoggerProvider, ReadableLogRecord
-from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter, LogRecordExportResult
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk._logs.export import LogRecordExporter as LogRecordExporter
+    from opentelemetry.sdk._logs.export import LogRecordExportResult
+else:
+    try:
+        from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportResult
+    except ImportError:  # OpenTelemetry's SDK before 1.34 (Azure ML's inference server pins one) names them so
+        from opentelemetry.sdk._logs.export import LogExporter as LogRecordExporter
+        from opentelemetry.sdk._logs.export import LogExportResult as LogRecordExportResult
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
 
@@ -31,6 +41,9 @@ from ._stats import count, guarded, record_drop
 from ._store import Store
 
 if TYPE_CHECKING:
+    # Only a type: OpenTelemetry's SDK names it so since 1.34 (obsml supports 1.30 and later).
+    from opentelemetry.sdk._logs import ReadableLogRecord
+
     from ._capture import Capture
     from ._redact import RedactionPolicy
     from ._writer import Writer

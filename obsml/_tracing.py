@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.sdk._logs.export import LogRecordExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
@@ -36,6 +35,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status,
 from .__version__ import __version__
 from ._exceptions import PluginError
 from ._exporters import JsonlExporter, event_record, span_record
+from ._log_records import LogRecordExporter
 from ._registry import exporter_target, load_exporter
 from ._settings import Settings
 from ._stats import count, record_drop
