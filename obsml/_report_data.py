@@ -140,14 +140,14 @@ def distribution(column: str, kind: str, window: Side, reference: Side | None) -
         labels = [f"{low + n * width:.6g}" for n in range(HISTOGRAM_BINS)]
     else:
         value = f"CAST({quoted} AS VARCHAR)"
-        found = [dict(side.all(f"SELECT {value}, count(*) FROM {{rows}} WHERE {value} IS NOT NULL GROUP BY 1"))
-                 for side in sides]
+        by_side = [dict(side.all(f"SELECT {value}, count(*) FROM {{rows}} WHERE {value} IS NOT NULL GROUP BY 1"))
+                   for side in sides]
         totals: dict[str, int] = {}
-        for side_counts in found:
+        for side_counts in by_side:
             for category, n in side_counts.items():
                 totals[category] = totals.get(category, 0) + int(n)
         labels = sorted(totals, key=lambda category: (-totals[category], category))[:TOP_CATEGORIES]
-        counts = [[int(side_counts.get(category, 0)) for category in labels] for side_counts in found]
+        counts = [[int(side_counts.get(category, 0)) for category in labels] for side_counts in by_side]
     return Distribution(column, kind, labels, counts[0], counts[1] if len(counts) > 1 else None, int(rows),
                         float(missing or 0))
 

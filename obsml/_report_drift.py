@@ -5,10 +5,10 @@ reference file read by DuckDB); every count is taken in DuckDB, so a week of row
 Python whole:
 
 - a numeric column: the reference's deciles (``quantile_cont``) are the bins of the population
-  stability index, each side counted per bin in SQL; the Kolmogorov–Smirnov test
+  stability index, each side counted per bin in SQL; the Kolmogorov-Smirnov test
   (``scipy.stats.ks_2samp``) runs on a reservoir sample of at most :data:`KS_SAMPLE` values a side;
 - a categorical column (text, booleans): counts per value in SQL, the PSI over the values of both
-  sides, and the chi-square test of the 2×K table (``scipy.stats.chi2_contingency``).
+  sides, and the chi-square test of the 2 by K table (``scipy.stats.chi2_contingency``).
 
 A column is drifted when its PSI reaches ``psi_threshold`` or its test's p-value falls below
 ``p_threshold``; rows are sorted by severity (drifted first, then by PSI).

@@ -8,17 +8,35 @@ from __future__ import annotations
 
 from collections import defaultdict
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import IO, Any
 
 from . import _report_data as data
 from . import _report_html as page
-from ._report import Comparison, Reference, Thresholds, drift_table
+from ._report_compare import Comparison, Reference, Thresholds, drift_table
 from ._status_command import _dropped, _in, _latest, _read, _totals
 
-if TYPE_CHECKING:
-    from ._report import Progress
-
 Section = tuple[str, str]
+
+
+class Progress:
+    """``obsml report: [3/7] model data`` redrawn on one line of a terminal; nothing when not a terminal."""
+
+    def __init__(self, command: str, total: int, stream: IO[str]) -> None:
+        self.command, self.total, self.stream, self.done = command, total, stream, 0
+        self.shown = stream.isatty()
+
+    def step(self, what: str) -> None:
+        self.done += 1
+        if self.shown:
+            filled = int(20 * (self.done - 1) / self.total)
+            bar = "#" * filled + "-" * (20 - filled)
+            self.stream.write(f"\r\x1b[2K{self.command}: [{bar}] {self.done}/{self.total} {what}")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.shown:
+            self.stream.write("\r\x1b[2K")
+            self.stream.flush()
 
 
 def build_report(
@@ -92,7 +110,8 @@ def _drops(views: Any) -> str:
     totals = _totals(status["stats"] for status in statuses)
     if not _dropped(totals):
         return page.note(f"Nothing dropped by the {len(statuses)} writer(s) alive in this window.")
-    rows = [(reason, kind, n) for reason, kinds in sorted(totals["dropped"].items()) for kind, n in sorted(kinds.items())]
+    rows = [(reason, kind, n)
+            for reason, kinds in sorted(totals["dropped"].items()) for kind, n in sorted(kinds.items())]
     return page.table(["reason", "kind", "dropped"], rows)
 
 

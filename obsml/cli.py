@@ -381,7 +381,8 @@ def _positive(text: str) -> float:
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from ._report import Thresholds, run_report
+    from ._report import run_report
+    from ._report_compare import Thresholds
 
     return run_report(args.store, since=args.since, until=args.until, output=args.output, reference=args.reference,
                       model=args.model, version=args.version, task=args.task,
@@ -389,7 +390,8 @@ def _run_report(args: argparse.Namespace) -> int:
 
 
 def _run_drift(args: argparse.Namespace) -> int:
-    from ._report import Thresholds, run_drift
+    from ._report import run_drift
+    from ._report_compare import Thresholds
 
     return run_drift(args.store, since=args.since, until=args.until, reference=args.reference, model=args.model,
                      version=args.version, thresholds=Thresholds(psi=args.threshold_psi, p_value=args.threshold_p),
