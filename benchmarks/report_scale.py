@@ -32,7 +32,7 @@ import time
 from datetime import datetime, timedelta, timezone
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from query_scale import SPAN  # noqa: E402 - the span template of the query benchmark
+from query_scale import SPAN  # the span template of the query benchmark
 
 WEEK = datetime(2026, 11, 2, tzinfo=timezone.utc)
 HOURS = 7 * 24
