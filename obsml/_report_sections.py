@@ -14,6 +14,7 @@ from . import _report_data as data
 from . import _report_html as page
 from ._report_compare import Comparison, Reference, Thresholds, drift_table
 from ._status_command import _dropped, _in, _latest, _read, _totals
+from ._views import _quoted
 
 Section = tuple[str, str]
 
@@ -78,13 +79,11 @@ def _health(views: Any, model: str | None, version: str | None, step: int) -> st
     if not views.define(["spans"]):
         return page.missing("No request in this window: nothing was captured, or the window is wrong "
                             "(--since, --until).")
-    filters = data.where(model, version)
-    by_version = data.health_by_version(views.connection, filters)
-    if not by_version:
+    if not data.materialize_spans(views.connection, data.where(model, version)):
         return page.missing("No request of this model and version in this window.")
     seconds = step * 1.0
     series: dict[str, list[tuple[Any, list[float | None]]]] = defaultdict(list)
-    for moment, name, n, p50, p95, p99, failed in data.health_over_time(views.connection, filters, step):
+    for moment, name, n, p50, p95, p99, failed in data.health_over_time(views.connection, step):
         series[name].append((moment, [n / seconds, p50, p95, p99, 100 * failed]))
     plot = page.lines_by_version(
         f"per {_step_name(step)}", sorted(series.items()),
@@ -94,9 +93,9 @@ def _health(views: Any, model: str | None, version: str | None, step: int) -> st
         ["version", "requests", "p50 ms", "p95 ms", "p99 ms", "failed %", "request body p50 B", "p95 B",
          "response body p50 B", "p95 B", "request bodies offloaded %", "response bodies offloaded %"],
         [(v, n, p50, p95, p99, 100 * f, q50, q95, r50, r95, 100 * o1, 100 * o2)
-         for v, n, p50, p95, p99, f, q50, q95, r50, r95, o1, o2 in by_version],
+         for v, n, p50, p95, p99, f, q50, q95, r50, r95, o1, o2 in data.health_by_version(views.connection)],
     )
-    exceptions = data.top_exceptions(views.connection, filters)
+    exceptions = data.top_exceptions(views.connection)
     raised = page.table(["exception", "example message", "requests", "example correlation id"], exceptions) \
         if exceptions else page.note("No exception in this window.")
     return f"{summary}{plot}<h3>Top exceptions</h3>{raised}"
@@ -146,8 +145,10 @@ def _model_data(views: Any, comparison: Comparison, columns: list[tuple[str, str
                                                 shown.reference))
     parts.append(page.table(["identifier", "column", "kind", "rows", "missing %"], rates))
     parts.append(f'<div class="grid">{"".join(plots)}</div>')
-    filters = data.where(comparison.model, comparison.version)
-    schemas = data.schema_changes(views.connection, filters)
+    sources = {identifier: comparison.window(identifier).sql for identifier in comparison.present}
+    if comparison.has_labels:
+        sources["labels"] = f"SELECT * FROM labels{data.where(comparison.model, comparison.version)}"
+    schemas = data.schema_changes(views.connection, sources)
     by_identifier: dict[str, int] = defaultdict(int)
     for row in schemas:
         by_identifier[row[0]] += 1
@@ -173,7 +174,11 @@ def _quality(views: Any, comparison: Comparison, task: str | None, step: int) ->
     chosen_task, label, prediction, score = chosen
     version_column = data.joined_column(columns, "version", "inputs")
     time_column = data.joined_column(columns, "collected_at", "inputs")
-    rows = f"SELECT * FROM joined{data.where(comparison.model, comparison.version, version_column=version_column)}"
+    # The labelled rows, read once: every metric below reads them again.
+    connection.execute(f"CREATE OR REPLACE TEMP TABLE report_labelled AS SELECT * FROM joined"
+                       f"{data.where(comparison.model, comparison.version, version_column=version_column)}"
+                       f"{' AND' if comparison.model or comparison.version else ' WHERE'} {_quoted(label)} IS NOT NULL")
+    rows = "SELECT * FROM report_labelled"
     found = data.quality(connection, rows, chosen_task, label, prediction, score, version_column, time_column, step)
     if not found.labelled:
         return page.missing("No labelled row in this window: labels have not arrived for these inputs yet.")
