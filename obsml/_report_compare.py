@@ -70,17 +70,17 @@ class Comparison:
         present = views.define(["inputs", "predictions", "labels"])
         self.present = [identifier for identifier in IDENTIFIERS if identifier in present]
         self.has_labels = "labels" in present
-        found = models(views.connection, self.present[0]) if self.present else []
+        self.version = version
+        self._tables: dict[str, str] = {}
+        found = models(views.connection, self._window_table(self.present[0])) if self.present else []
         self.model = model
         if model is None and found:
             self.model = found[0][0]
             if len(found) > 1:
                 self.notes.append(f"{len(found)} models in this window; this report shows {self.model!r} (the most "
                                   "rows): give --model for another")
-        self.version = version
         self.reference_views: Any = None
         self._columns: list[tuple[str, str, str, Any, Any]] | None = None
-        self._sides: dict[str, Any] = {}
         if reference is not None and reference.path is None:
             self.reference_views = StoreViews.open(store, since=reference.since, until=reference.until)
             self.reference_views.define(list(IDENTIFIERS))
@@ -90,36 +90,44 @@ class Comparison:
             self.reference_views.connection.close()
 
     def window(self, identifier: str) -> Any:
-        """The window's rows of ``identifier`` (the model and version kept), read once into a temporary table."""
+        """The window's rows of ``identifier`` (``labels`` too), of the model and version shown."""
+        from ._report_data import where
+        from ._report_drift import Side
+
+        return Side(self.views.connection, f"SELECT * FROM {self._window_table(identifier)}{where(self.model, None)}")
+
+    def _window_table(self, identifier: str) -> str:
         from ._report_data import where
 
-        return self._side(self.views.connection, f"window_{identifier}",
-                          f"SELECT * FROM {identifier}{where(self.model, self.version)}")
+        return self._table(self.views.connection, f"window_{identifier}",
+                           f"SELECT * FROM {identifier}{where(None, self.version)}")
 
     def reference_side(self, identifier: str) -> Any:
         """The reference's rows for ``identifier``, or None without a reference or without its rows."""
         from ._report_data import where
+        from ._report_drift import Side
         from ._views import _text
 
         if self.reference is None:
             return None
         if self.reference.path is not None:
             reader = REFERENCE_SUFFIXES[os.path.splitext(self.reference.path)[1].lower()]
-            return self._side(self.views.connection, "reference_file",
-                              f"SELECT * FROM {reader}({_text(os.path.abspath(self.reference.path))})")
+            table = self._table(self.views.connection, "reference_file",
+                                f"SELECT * FROM {reader}({_text(os.path.abspath(self.reference.path))})")
+            return Side(self.views.connection, f"SELECT * FROM {table}")
         if not self.reference_views.defined.get(identifier):
             return None
-        return self._side(self.reference_views.connection, f"reference_{identifier}",
-                          f"SELECT * FROM {identifier}{where(self.model, None)}")
+        table = self._table(self.reference_views.connection, f"reference_{identifier}",
+                            f"SELECT * FROM {identifier}{where(self.model, None)}")
+        return Side(self.reference_views.connection, f"SELECT * FROM {table}")
 
-    def _side(self, connection: Any, name: str, sql: str) -> Any:
-        # Each statistic reads its side again: a view would parse every part file each time, a table once.
-        from ._report_drift import Side
-
-        if name not in self._sides:
+    def _table(self, connection: Any, name: str, sql: str) -> str:
+        """``sql`` read once into a temporary table: a model-data view parses every part file (and infers its
+        schema again) each time it is read or bound, and each statistic reads its side again."""
+        if name not in self._tables:
             connection.execute(f"CREATE OR REPLACE TEMP TABLE report_{name} AS {sql}")
-            self._sides[name] = Side(connection, f"SELECT * FROM report_{name}")
-        return self._sides[name]
+            self._tables[name] = f"report_{name}"
+        return self._tables[name]
 
     def columns(self) -> list[tuple[str, str, str, Any, Any]]:
         """(identifier, column, kind, window side, reference side or None) for every feature and prediction."""

@@ -14,7 +14,7 @@ from . import _report_data as data
 from . import _report_html as page
 from ._report_compare import Comparison, Reference, Thresholds, drift_table
 from ._status_command import _dropped, _in, _latest, _read, _totals
-from ._views import _quoted
+from ._views import _quoted, join_sql
 
 Section = tuple[str, str]
 
@@ -147,7 +147,7 @@ def _model_data(views: Any, comparison: Comparison, columns: list[tuple[str, str
     parts.append(f'<div class="grid">{"".join(plots)}</div>')
     sources = {identifier: comparison.window(identifier).sql for identifier in comparison.present}
     if comparison.has_labels:
-        sources["labels"] = f"SELECT * FROM labels{data.where(comparison.model, comparison.version)}"
+        sources["labels"] = comparison.window("labels").sql
     schemas = data.schema_changes(views.connection, sources)
     by_identifier: dict[str, int] = defaultdict(int)
     for row in schemas:
@@ -161,25 +161,29 @@ def _model_data(views: Any, comparison: Comparison, columns: list[tuple[str, str
 
 
 def _quality(views: Any, comparison: Comparison, task: str | None, step: int) -> str:
-    if not comparison.present or not comparison.has_labels or not views.define(["joined"]):
+    if "inputs" not in comparison.present or not comparison.has_labels:
         return page.missing("No labels in this window: collect them with obsml.Collector(model, \"labels\", ...) "
                             "under the correlation id of their inputs (README: \"Model data (Collector)\").")
     connection = views.connection
-    columns = connection.sql("SELECT * FROM joined").columns
-    predictions = data.features(connection, "SELECT * FROM predictions") if "predictions" in comparison.present else {}
-    labels = data.features(connection, "SELECT * FROM labels")
-    chosen = data.choose_columns(predictions, labels, task, columns)
+    # inputs ⋈ predictions ⋈ labels as the joined view pairs them, over the tables already read (the
+    # labels of the window: a label collected after --until is not in it).
+    present = [(name, comparison.window(name).sql) for name in [*comparison.present, "labels"]]
+    columns = {name: connection.sql(sql).columns for name, sql in present}
+    joined = join_sql(present, columns, keys=("correlation_id", "model"))
+    joined_columns = connection.sql(joined).columns
+    predictions = data.features(connection, present[1][1]) if "predictions" in comparison.present else {}
+    labels = data.features(connection, present[-1][1])
+    chosen = data.choose_columns(predictions, labels, task, joined_columns)
     if chosen is None:
         return page.missing("The labels have no column to score.")
     chosen_task, label, prediction, score = chosen
-    version_column = data.joined_column(columns, "version", "inputs")
-    time_column = data.joined_column(columns, "collected_at", "inputs")
+    version_column = data.joined_column(joined_columns, "version", "inputs")
+    time_column = data.joined_column(joined_columns, "collected_at", "inputs")
     # The labelled rows, read once: every metric below reads them again.
-    connection.execute(f"CREATE OR REPLACE TEMP TABLE report_labelled AS SELECT * FROM joined"
-                       f"{data.where(comparison.model, comparison.version, version_column=version_column)}"
-                       f"{' AND' if comparison.model or comparison.version else ' WHERE'} {_quoted(label)} IS NOT NULL")
-    rows = "SELECT * FROM report_labelled"
-    found = data.quality(connection, rows, chosen_task, label, prediction, score, version_column, time_column, step)
+    connection.execute(f"CREATE OR REPLACE TEMP TABLE report_labelled AS SELECT * FROM ({joined})"
+                       f" WHERE {_quoted(label)} IS NOT NULL")
+    found = data.quality(connection, "SELECT * FROM report_labelled", chosen_task, label, prediction, score,
+                         version_column, time_column, step)
     if not found.labelled:
         return page.missing("No labelled row in this window: labels have not arrived for these inputs yet.")
     names = ["accuracy", "precision", "recall", "roc_auc"] if chosen_task == "classification" else ["mae", "rmse"]

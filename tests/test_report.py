@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from PIL import Image
 from report_apps import reference_rows, write_store
 from sklearn.metrics import accuracy_score, precision_score, recall_score, roc_auc_score
 
@@ -113,3 +117,23 @@ def test_a_missing_extra_is_named_in_one_line(
     assert status == 2
     assert capsys.readouterr().err == "obsml report: needs matplotlib: pip install 'obsml[report]'\n"
     assert not (tmp_path / "r.html").exists()
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="no chromium: make chromium installs it")
+def test_the_report_opens_in_headless_chromium_and_shows_its_plots(served: Path, tmp_path: Path) -> None:
+    page = served / "browser.html"
+    report(served / "store", page, "--reference", str(served / "train.parquet"))
+    shot = tmp_path / "shot.png"
+
+    subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--screenshot={shot}",
+         "--window-size=1200,7000", page.as_uri()],
+        env={**os.environ, "HOME": str(tmp_path)}, capture_output=True, timeout=120, check=True,
+    )
+
+    with Image.open(shot) as image:
+        pixels = list(image.convert("RGB").getdata())
+    assert sum(pixel != (255, 255, 255) for pixel in pixels) > len(pixels) // 100  # not blank
+    # The distributions are drawn: the window's bars (#d9534f) beside the reference's (#9aa7b8).
+    assert sum(abs(r - 0xD9) + abs(g - 0x53) + abs(b - 0x4F) < 30 for r, g, b in pixels) > 1000
+    assert sum(abs(r - 0x9A) + abs(g - 0xA7) + abs(b - 0xB8) < 30 for r, g, b in pixels) > 1000
