@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pty
 import re
 import shutil
 import subprocess
@@ -137,3 +138,20 @@ def test_the_report_opens_in_headless_chromium_and_shows_its_plots(served: Path,
     # The distributions are drawn: the window's bars (#d9534f) beside the reference's (#9aa7b8).
     assert sum(abs(r - 0xD9) + abs(g - 0x53) + abs(b - 0x4F) < 30 for r, g, b in pixels) > 1000
     assert sum(abs(r - 0x9A) + abs(g - 0xA7) + abs(b - 0xB8) < 30 for r, g, b in pixels) > 1000
+
+
+def test_a_progress_bar_is_drawn_on_a_terminal_and_nothing_otherwise(served: Path, tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "obsml.cli", "report", "--store", str(served / "store"), "-o",
+               str(tmp_path / "r.html")]
+    piped = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
+    primary, secondary = pty.openpty()
+    try:
+        subprocess.run(command, stdout=subprocess.DEVNULL, stderr=secondary, timeout=120, check=True)
+        os.set_blocking(primary, False)
+        drawn = os.read(primary, 65536).decode()
+    finally:
+        os.close(primary)
+        os.close(secondary)
+
+    assert piped.stderr == "" and piped.stdout == f"obsml report: wrote {tmp_path / 'r.html'}\n"
+    assert "obsml report: [" in drawn and "6/6 drift" in drawn
