@@ -11,6 +11,7 @@ import html
 import io
 import math
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
 from ._secrets import scrub
@@ -95,8 +96,8 @@ def pyplot_module() -> Any:
 
 
 def lines_by_version(title: str, series: Sequence[tuple[str, Sequence[tuple[Any, Sequence[float | None]]]]],
-                     names: Sequence[str]) -> str:
-    """One row of small plots, one per metric in ``names``, a line per version over time.
+                     names: Sequence[str], window: tuple[datetime, datetime]) -> str:
+    """One row of small plots, one per metric in ``names``, a line per version over the window.
 
     ``series`` is [(version, [(time, [value per metric])])].
     """
@@ -109,11 +110,12 @@ def lines_by_version(title: str, series: Sequence[tuple[str, Sequence[tuple[Any,
             ys = [values[index] for _, values in points if values[index] is not None]
             axis.plot(xs, ys, marker=".", label=f"v{version}")
         axis.set_title(name, fontsize=10)
+        axis.set_xlim(*window)  # the whole window, however few the points
         axis.tick_params(labelsize=7)
         for label in axis.get_xticklabels():
             label.set_rotation(30)
     axes[0][0].legend(fontsize=7)
-    figure.suptitle(title, fontsize=11)
+    figure.suptitle(title, fontsize=11, y=1.04)
     return image(figure)
 
 

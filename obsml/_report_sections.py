@@ -7,7 +7,7 @@ labels, no reference) says so in a sentence rather than being left out or failin
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import IO, Any
 
 from . import _report_data as data
@@ -48,10 +48,11 @@ def build_report(
     from ._secrets import scrub
 
     until = views.until or now
-    step = data.bucket_seconds(views.since or until.replace(year=until.year - 1), until)
+    step = data.bucket_seconds(views.since or until - timedelta(days=365), until)
     sections: list[Section] = []
     progress.step("requests")
-    sections.append(("Service health", _health(views, model, version, step)))
+    window = (views.since or until - timedelta(days=365), until)
+    sections.append(("Service health", _health(views, model, version, step, window)))
     progress.step("drops")
     sections.append(("Drops", _drops(views)))
     progress.step("dependencies and logs")
@@ -62,20 +63,20 @@ def build_report(
         columns = comparison.columns() if comparison.present else []
         sections.append(("Model data", _model_data(views, comparison, columns)))
         progress.step("quality")
-        sections.append(("Quality with labels", _quality(views, comparison, task, step)))
+        sections.append(("Quality with labels", _quality(views, comparison, task, step, window)))
         progress.step("drift")
         sections.append(("Drift", _drift(comparison, thresholds)))
     finally:
         comparison.close()
-    window = f"{views.since:%Y-%m-%d %H:%M} UTC" if views.since else "the start"
-    subtitle = f"Store {scrub(views.reader.shown())}, {window} to {until:%Y-%m-%d %H:%M} UTC"
+    start = f"{views.since:%Y-%m-%d %H:%M} UTC" if views.since else "the start"
+    subtitle = f"Store {scrub(views.reader.shown())}, {start} to {until:%Y-%m-%d %H:%M} UTC"
     subtitle += f"; model {comparison.model}" if comparison.model else ""
     subtitle += f", version {version}" if version else ""
     subtitle += f"; reference {reference.text}" if reference else "; no reference"
     return page.page("obsml report", subtitle, sections)
 
 
-def _health(views: Any, model: str | None, version: str | None, step: int) -> str:
+def _health(views: Any, model: str | None, version: str | None, step: int, window: tuple[datetime, datetime]) -> str:
     if not views.define(["spans"]):
         return page.missing("No request in this window: nothing was captured, or the window is wrong "
                             "(--since, --until).")
@@ -87,7 +88,7 @@ def _health(views: Any, model: str | None, version: str | None, step: int) -> st
         series[name].append((moment, [n / seconds, p50, p95, p99, 100 * failed]))
     plot = page.lines_by_version(
         f"per {_step_name(step)}", sorted(series.items()),
-        ["requests/s", "p50 ms", "p95 ms", "p99 ms", "failed %"],
+        ["requests/s", "p50 ms", "p95 ms", "p99 ms", "failed %"], window,
     )
     summary = page.table(
         ["version", "requests", "p50 ms", "p95 ms", "p99 ms", "failed %", "request body p50 B", "p95 B",
@@ -160,7 +161,8 @@ def _model_data(views: Any, comparison: Comparison, columns: list[tuple[str, str
     return "".join(parts)
 
 
-def _quality(views: Any, comparison: Comparison, task: str | None, step: int) -> str:
+def _quality(views: Any, comparison: Comparison, task: str | None, step: int,
+             window: tuple[datetime, datetime]) -> str:
     if "inputs" not in comparison.present or not comparison.has_labels:
         return page.missing("No labels in this window: collect them with obsml.Collector(model, \"labels\", ...) "
                             "under the correlation id of their inputs (README: \"Model data (Collector)\").")
@@ -182,13 +184,22 @@ def _quality(views: Any, comparison: Comparison, task: str | None, step: int) ->
     # The labelled rows, read once: every metric below reads them again.
     connection.execute(f"CREATE OR REPLACE TEMP TABLE report_labelled AS SELECT * FROM ({joined})"
                        f" WHERE {_quoted(label)} IS NOT NULL")
+    notes = []
+    if chosen_task == "classification" and prediction is not None and score is not None and not connection.execute(
+        f"SELECT count(*) FROM report_labelled WHERE CAST({_quoted(prediction)} AS VARCHAR) IN"
+        f" (SELECT DISTINCT CAST({_quoted(label)} AS VARCHAR) FROM report_labelled)"
+    ).fetchone()[0]:
+        # The prediction speaks another language than the label (approve/decline against True/False): the
+        # score, at 0.5, says the predicted class instead.
+        notes.append(page.note(f"{prediction} never takes a value of {label}: the predicted class is {score} >= 0.5"))
+        prediction = None
     found = data.quality(connection, "SELECT * FROM report_labelled", chosen_task, label, prediction, score,
                          version_column, time_column, step)
     if not found.labelled:
         return page.missing("No labelled row in this window: labels have not arrived for these inputs yet.")
     names = ["accuracy", "precision", "recall", "roc_auc"] if chosen_task == "classification" else ["mae", "rmse"]
     parts = [page.note(f"{chosen_task}: label {label}, prediction {prediction or '-'}"
-                       + (f", score {score}" if score else "") + f"; {found.labelled:,} labelled rows")]
+                       + (f", score {score}" if score else "") + f"; {found.labelled:,} labelled rows"), *notes]
     parts.append(page.table(["version", "rows", *names],
                             [("all", int(found.overall.get("rows") or 0), *(found.overall.get(m) for m in names))]
                             + [(v, int(m.get("rows") or 0), *(m.get(name) for name in names))
@@ -196,7 +207,7 @@ def _quality(views: Any, comparison: Comparison, task: str | None, step: int) ->
     series: dict[str, list[tuple[Any, list[float | None]]]] = defaultdict(list)
     for moment, name, value in found.over_time:
         series[name].append((moment, [value]))
-    parts.append(page.lines_by_version(f"per {_step_name(step)}", sorted(series.items()), [names[0]]))
+    parts.append(page.lines_by_version(f"per {_step_name(step)}", sorted(series.items()), [names[0]], window))
     if found.delays:
         parts.append("<h3>Label delay</h3>")
         parts.append(page.table(["p10", "p50", "p90", "max"],
