@@ -37,7 +37,8 @@ def run_drift(
     version: str | None = None, thresholds: Thresholds = DEFAULT_THRESHOLDS, format: str = "text",
     out: IO[str] | None = None, err: IO[str] | None = None,
 ) -> int:
-    """Print the drift table; 1 when a column is drifted, 0 when none is, 2 on a usage or store error."""
+    """Print the drift table; 1 when a column is drifted, 0 when none is (or the window has no model data),
+    2 on a usage or store error, or a reference without rows of the window's columns."""
     out, err = out or sys.stdout, err or sys.stderr
     if message := missing_extra("drift", ("duckdb", "scipy")):
         print(message, file=err)
@@ -63,6 +64,9 @@ def run_drift(
         return 2
     for line in comparison.notes:
         print(f"obsml drift: {line}", file=err)
+    if not rows and comparison.present:  # a gate against nothing is misconfigured, not passed
+        print(f"obsml drift: the reference {reference} has no rows of the window's columns", file=err)
+        return 2
     if not rows:
         print("obsml drift: no model data to compare in this window", file=err)
     if format == "json":

@@ -106,3 +106,12 @@ def test_a_window_without_model_data_flags_nothing(tmp_path: Path, capsys: pytes
 
     assert (status, out) == (0, "")
     assert "no model data to compare in this window" in err
+
+
+def test_a_reference_period_without_rows_is_an_error_not_a_pass(
+    shifted: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, err = drift(shifted, capsys, "--reference", "14d..7d")
+
+    assert (status, out) == (2, "")
+    assert err == "obsml drift: the reference 14d..7d has no rows of the window's columns\n"
