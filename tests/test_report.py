@@ -160,3 +160,16 @@ def test_a_progress_bar_is_drawn_on_a_terminal_and_nothing_otherwise(served: Pat
 
     assert piped.stderr == "" and piped.stdout == f"obsml report: wrote {tmp_path / 'r.html'}\n"
     assert "obsml report: [" in drawn and "6/6 drift" in drawn
+
+
+def test_with_several_models_the_report_says_which_it_shows_and_model_picks_another(tmp_path: Path) -> None:
+    write_store(tmp_path / "store", model="credit")
+    write_store(tmp_path / "store", model="fraud", labels=False, failures=0)
+
+    chosen = report(tmp_path / "store", tmp_path / "chosen.html")
+    fraud = report(tmp_path / "store", tmp_path / "fraud.html", "--model", "fraud")
+
+    assert "2 models in this window; this report shows &#x27;credit&#x27;" in section(chosen, "Model data")
+    assert "; model credit;" in chosen and "Quality with labels</h2><p class=\"note\">" in chosen
+    assert "; model fraud;" in fraud and "No labelled row" in section(fraud, "Quality with labels")
+    assert re.search(r'<tr><td>2</td><td class="n">20</td>', section(fraud, "Service health"))  # its requests only
