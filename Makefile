@@ -9,7 +9,7 @@ TOOLS := .tools
 AZURITE_VERSION := 3.37.0
 AZURITE_STAMP := $(TOOLS)/.installed-azurite-$(AZURITE_VERSION)
 
-.PHONY: demo test lint bench clean azurite wrk test-integrations
+.PHONY: demo test lint bench clean azurite wrk chromium test-integrations
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,14 @@ wrk:
 		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 
+# Headless Chromium, which opens obsml report's HTML in tests/test_report.py, from Debian's packages.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "chromium not found: installing it with apt-get"; \
+		if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
 demo: $(DEMO_STAMP)
 	$(BIN)/obsml demo
 
@@ -54,8 +62,9 @@ demo-wsgi: $(DEMO_STAMP)
 	$(BIN)/obsml demo --wsgi
 
 # pytest exits 5 when it collected nothing: say so loudly rather than fail on it.
+# chromium: tests/test_report.py opens a report in it.
 # wrk too: tests/test_benchmarks.py runs `benchmarks/bench.py --quick` (make bench is never part of make test).
-test: $(TEST_STAMP) $(AZURITE_STAMP) wrk
+test: $(TEST_STAMP) $(AZURITE_STAMP) wrk chromium
 	$(BIN)/python -m ruff check obsml examples benchmarks tests plugins
 	$(BIN)/python -m mypy
 	$(BIN)/python -m mypy --strict plugins/obsml-azure-monitor/obsml_azure_monitor

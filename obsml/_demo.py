@@ -88,8 +88,29 @@ def run_demo(app: str | None, store: str, requests: int, out: IO[str] | None = N
     except DemoError as exc:
         print(f"obsml demo: error: {exc}", file=sys.stderr)
         return 1
+    _write_report(out, store)
     _print_next_commands(out, store, scored_id)
     return status
+
+
+def _write_report(out: IO[str], store: str) -> None:
+    """End with the HTML report of the hour the demo ran (``obsml report``), next to a local store."""
+    import io
+    from datetime import timedelta
+
+    from ._report import missing_extra, run_report
+
+    if message := missing_extra("report", ("duckdb", "scipy", "matplotlib")):
+        print(f"\nNo report: {message}", file=out, flush=True)
+        return
+    local = "://" not in store or store.startswith("file://")
+    folder = os.path.dirname(os.path.abspath(store.removeprefix("file://"))) if local else os.getcwd()
+    output = os.path.join(folder, "obsml-report.html")
+    print(f"\nReport of this run (obsml report --since 1h --store {shlex.quote(store)} -o {shlex.quote(output)}):",
+          file=out, flush=True)
+    since = datetime.now(timezone.utc) - timedelta(hours=1)
+    if run_report(store, since=since, until=None, output=output, out=io.StringIO()) == 0:
+        print(f"  {output}", file=out, flush=True)
 
 
 def _print_next_commands(out: IO[str], store: str, scored_id: str | None) -> None:

@@ -30,9 +30,10 @@ Drops = dict[str, dict[str, int]]
 
 
 def run_status(
-    store: str, since: str | None, until: str | None, output: str = "text", out: TextIO = sys.stdout
+    store: str, since: str | None, until: str | None, output: str = "text", out: TextIO | None = None
 ) -> int:
     """Print the status of ``store``'s writers in the window; 1 when something was dropped, else 0."""
+    out = out or sys.stdout  # looked up now: a default bound at import would keep whatever stdout was then
     now = datetime.now(timezone.utc)
     try:
         start, end = moment(since, now, "--since"), moment(until, now, "--until")

@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_logs(commands)
     _add_tail(commands)
     _add_run(commands)
+    _add_report(commands)
+    _add_drift(commands)
     return parser
 
 
@@ -314,6 +316,86 @@ def _run_run(args: argparse.Namespace) -> int:
             setattr(args, name, getattr(found, name))
     return run(args.app, server=args.server, interface=args.interface, workers=args.workers,
                options=[*theirs, *options[cut + 1:]])
+
+
+def _add_report(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    report = commands.add_parser(
+        "report",
+        help="write one self-contained HTML report: health, dependencies, model data, quality, drift",
+        description=(
+            "Write an HTML file (plots embedded, nothing fetched when it opens) of the window: request rate, "
+            "latency and failures per version, top exceptions, drops, outbound calls, error logs, each feature's "
+            "and prediction's distribution against the reference, quality against labels, and the drift table. "
+            "Needs pip install 'obsml[report]'."
+        ),
+        epilog="example: obsml report --since 7d --reference 14d..7d -o report.html",
+    )
+    add_store_options(report, since="7d")
+    _model_data_options(report)
+    report.add_argument("--task", choices=("classification", "regression"),
+                        help="how the labels are scored (default: from the label's type)")
+    report.add_argument("-o", "--output", default="obsml-report.html", metavar="FILE",
+                        help="the HTML file to write (default: obsml-report.html)")
+    report.set_defaults(handler=_run_report)
+
+
+def _add_drift(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    drift = commands.add_parser(
+        "drift",
+        help="the drift table of the window against a reference: exit status 1 when a feature drifted",
+        description=(
+            "Compare each feature and prediction of the window with the reference: population stability index, "
+            "and a Kolmogorov-Smirnov (numbers) or chi-square (categories) test. Exit status 1 when any column is "
+            "flagged, 0 when none is, 2 on a usage error: a scheduled job can decide to retrain. "
+            "Needs pip install 'obsml[report]'."
+        ),
+        epilog="example: obsml drift --since 1d --reference train.parquet --format json",
+    )
+    add_store_options(drift, since="1d")
+    _model_data_options(drift, reference_required=True)
+    drift.add_argument("--format", choices=("text", "json"), default="text",
+                       help="an aligned table (default) or one JSON object a line per column")
+    drift.set_defaults(handler=_run_drift)
+
+
+def _model_data_options(parser: argparse.ArgumentParser, reference_required: bool = False) -> None:
+    parser.add_argument("--reference", required=reference_required, metavar="PERIOD_OR_FILE",
+                        help="what the window is compared with: an earlier period START..END (2026-11-01..2026-11-08, "
+                             "14d..7d) or a training-data file (.csv, .parquet, .jsonl) with the same column names")
+    parser.add_argument("--model", help="this model only (default: the model with the most rows)")
+    parser.add_argument("--version", help="this model version only (in the window; the reference keeps every one)")
+    parser.add_argument("--threshold-psi", type=_positive, default=0.2, metavar="PSI",
+                        help="flag a column whose population stability index is at least PSI (default: 0.2)")
+    parser.add_argument("--threshold-p", type=_positive, default=0.01, metavar="P",
+                        help="flag a column whose test's p-value is under P (default: 0.01)")
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from ._report import run_report
+    from ._report_compare import Thresholds
+
+    return run_report(args.store, since=args.since, until=args.until, output=args.output, reference=args.reference,
+                      model=args.model, version=args.version, task=args.task,
+                      thresholds=Thresholds(psi=args.threshold_psi, p_value=args.threshold_p))
+
+
+def _run_drift(args: argparse.Namespace) -> int:
+    from ._report import run_drift
+    from ._report_compare import Thresholds
+
+    return run_drift(args.store, since=args.since, until=args.until, reference=args.reference, model=args.model,
+                     version=args.version, thresholds=Thresholds(psi=args.threshold_psi, p_value=args.threshold_p),
+                     format=args.format)
 
 
 def _add_status(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

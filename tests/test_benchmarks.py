@@ -81,6 +81,21 @@ def test_the_query_scale_benchmark_agrees_with_raw_duckdb_and_leaves_nothing_beh
     assert list(tmp_path.iterdir()) == []
 
 
+def test_the_report_scale_benchmark_writes_a_report_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    # A smoke run on 20,000 spans and rows (issue 19): the report is written; nothing asserted on time.
+    import json
+    import os
+
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "report_scale.py"), "--quick"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    measured = json.loads(result.stdout.splitlines()[-1])
+    assert (measured["spans"], measured["rows"]) == (20_000, 20_000) and measured["report_kb"] > 50
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_writer_cost_benchmark_reports_every_case_against_the_floor(tmp_path: Path) -> None:
     # A smoke run (issue 16): writer CPU per span and per body, the floor, the GIL wait; nothing asserted on time.
     import os

@@ -41,6 +41,9 @@ def test_the_demo_serves_the_example_and_summarises_what_the_store_holds(tmp_pat
     assert {"/score", "/score/stream"} <= routes
     assert any(span["status"]["code"] == "ERROR" for span in spans)
     assert any("obsml.request.body.uri" in span["attributes"] for span in spans)
+    # Then an HTML report of the run, beside the store.
+    report = tmp_path / "obsml-report.html"
+    assert f"\n  {report}\n" in result.stdout and "Quality with labels" in report.read_text()
     # It ends with three commands to copy; the query one reads what the demo just wrote.
     *_, logs, query, timeline = result.stdout.splitlines()
     assert logs == f"  obsml logs --errors --store {shlex.quote(str(store))}"
