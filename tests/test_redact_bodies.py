@@ -319,6 +319,8 @@ HIDDEN_FIELDS = {
     "utf-16": ('{"secret":"CANARY-h5"}'.encode("utf-16-le"), "secret"),
     "dotted-path": (b'{"applicant":{"ssn":"CANARY-h6"}}', "applicant.ssn"),
     "jsonl-line-2": (b'{"a":1}\n{"items":[{"card":"CANARY-h7"}]}\n', "1.items.0.card"),
+    # Few strings for the size: its keys are looked at one by one rather than searched in one pass.
+    "after-a-long-value": (b'{"note":"' + b"x" * 4000 + b'","db-Pass_word" :"CANARY-h8"}', "db-Pass_word"),
 }
 
 
