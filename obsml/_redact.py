@@ -46,6 +46,9 @@ MAX_HEADERS_RECORDED = 64
 MAX_HEADER_VALUE_LENGTH = 8192
 MAX_HEADER_VALUES = 16
 MAX_HEADER_NAME_LENGTH = 256
+# What is done with a header's values: kept (cut at the bound), replaced, or checked as ids.
+_KEPT, _REDACTED, _CORRELATION = 0, 1, 2
+_NAME_CACHE_LIMIT = 1024
 # A URL's query inside free text: from "?" to the first space, quote, bracket or fragment.
 _QUERY_IN_TEXT = re.compile(r"\?([^\s'\"<>()\[\]{}#]+)")
 
@@ -81,6 +84,9 @@ class RedactionPolicy:
         # The body field rules (OBSML_REDACT_FIELDS) apply to query keys too (issue 15); normalized
         # and by suffix, they have no cheap test, so a query is then always parsed (on the writer).
         self.fields = fields if fields else None
+        # Caches of the writer's per-request work on headers (issue 16): a server sees few names.
+        self._header_names: dict[bytes, tuple[str, int]] = {}
+        self._attribute_keys: dict[str, dict[str, str]] = {"request": {}, "response": {}}
 
     def header_attributes(self, prefix: str, pairs: Iterable[tuple[bytes, bytes]]) -> Attributes:
         """``http.{request,response}.header.<name>`` attributes, credentials replaced, sizes capped."""
@@ -89,33 +95,46 @@ class RedactionPolicy:
         truncated: set[str] = set()
         beyond: dict[str, list[int]] = {}  # name: [values over MAX_HEADER_VALUES, their bytes]
         long_names = 0
+        known = self._header_names
         for raw_name, raw_value in pairs:
-            if len(raw_name) > MAX_HEADER_NAME_LENGTH:
-                long_names += 1
-                continue
-            name = raw_name.decode("latin-1").lower()
-            recorded = values.setdefault(name, [])
+            rule = known.get(raw_name)
+            if rule is None:
+                if len(raw_name) > MAX_HEADER_NAME_LENGTH:
+                    long_names += 1
+                    continue
+                rule = self._header_rule(raw_name)
+            name = rule[0]
+            recorded = values.get(name)
+            if recorded is None:
+                recorded = values[name] = []
             if len(recorded) == MAX_HEADER_VALUES:
                 counts = beyond.setdefault(name, [0, 0])
                 counts[0] += 1
                 counts[1] += len(raw_value)
-            elif name in self.headers:
+            elif rule[1] == _REDACTED:
                 redacted.add(name)
                 recorded.append(REDACTED)
-            elif name in self.correlation_headers and not recordable_correlation_value(raw_value):
+            elif rule[1] == _CORRELATION and not recordable_correlation_value(raw_value):
                 recorded.append(rejected(raw_value))  # may be hostile: never stored (README)
+            elif len(raw_value) <= MAX_HEADER_VALUE_LENGTH:
+                recorded.append(raw_value.decode("latin-1"))
             else:
-                if len(raw_value) > MAX_HEADER_VALUE_LENGTH:
-                    truncated.add(name)
+                truncated.add(name)
                 recorded.append(header_text(raw_value))
         for name, (count, size) in beyond.items():
             values[name].append(f"[obsml: {count} more values, {size} bytes]")
             truncated.add(name)
         attributes: Attributes = {}
-        for index, (name, header_values) in enumerate(sorted(values.items())):
+        keys = self._attribute_keys.setdefault(prefix, {})
+        for index, name in enumerate(sorted(values)):
             if index == MAX_HEADERS_RECORDED:
                 break
-            attributes[f"http.{prefix}.header.{name}"] = header_values
+            key = keys.get(name)
+            if key is None:
+                key = f"http.{prefix}.header.{name}"
+                if len(keys) < _NAME_CACHE_LIMIT:
+                    keys[name] = key
+            attributes[key] = values[name]
         not_recorded = max(0, len(values) - MAX_HEADERS_RECORDED) + long_names
         if not_recorded:
             attributes[f"obsml.{prefix}.headers_not_recorded"] = not_recorded
@@ -124,6 +143,15 @@ class RedactionPolicy:
         if truncated:
             attributes[f"obsml.{prefix}.headers_truncated"] = sorted(truncated)
         return attributes
+
+    def _header_rule(self, raw_name: bytes) -> tuple[str, int]:
+        """A header name as recorded (lower case) and what is done with its values; remembered for
+        the first names seen (on the writer only; a client inventing names just finds it full)."""
+        name = raw_name.decode("latin-1").lower()
+        rule = _REDACTED if name in self.headers else _CORRELATION if name in self.correlation_headers else _KEPT
+        if len(self._header_names) < _NAME_CACHE_LIMIT:
+            self._header_names[raw_name] = (name, rule)
+        return name, rule
 
     def queries_in_text(self, text: str) -> str:
         """``text`` (a log message, an exception's) with :meth:`query` applied to every URL query in

@@ -307,3 +307,40 @@ def _no_leftover_raw_files() -> Iterator[None]:
     yield
     raw = spool_dir() / "raw"
     assert not raw.exists() or list(raw.iterdir()) == []  # raw bodies never have a name
+
+
+# Each hides a field the rules name from a plain byte search for the name (issue 16: a body is
+# parsed only when such a search cannot rule a match out).
+HIDDEN_FIELDS = {
+    "separators-and-case": (b'{"User_PASS-word":"CANARY-h1"}', "User_PASS-word"),
+    "suffix-after-spaces": (b'{"db . Token" :"CANARY-h2"}', "db . Token"),
+    "unicode-escape": (b'{"\\u0070assword":"CANARY-h3"}', "password"),
+    "kelvin-sign-apikey": ('{"api\u212aey":"CANARY-h4"}'.encode(), "api\u212aey"),
+    "utf-16": ('{"secret":"CANARY-h5"}'.encode("utf-16-le"), "secret"),
+    "dotted-path": (b'{"applicant":{"ssn":"CANARY-h6"}}', "applicant.ssn"),
+    "jsonl-line-2": (b'{"a":1}\n{"items":[{"card":"CANARY-h7"}]}\n', "1.items.0.card"),
+    # Few strings for the size: its keys are looked at one by one rather than searched in one pass.
+    "after-a-long-value": (b'{"note":"' + b"x" * 4000 + b'","db-Pass_word" :"CANARY-h8"}', "db-Pass_word"),
+}
+
+
+@pytest.mark.parametrize("case", list(HIDDEN_FIELDS))
+def test_a_field_hidden_from_a_byte_search_is_still_redacted(store: Path, case: str) -> None:
+    body, path = HIDDEN_FIELDS[case]
+    media = "application/x-ndjson" if case.startswith("jsonl") else "application/json"
+    with running_server(make_app(store=str(store), redact_fields=OPTIONS["redact_fields"])) as url:
+        response = httpx.post(f"{url}/echo", content=body, headers={"content-type": media, "x-correlation-id": case})
+        assert response.content == body
+        attributes = span_by_correlation_id(store, case)["attributes"]
+    assert attributes["obsml.request.body.redacted_paths"] == [path]
+    assert b"CANARY" not in body_bytes({"attributes": attributes}, "request")
+
+
+def test_a_json_body_that_no_rule_names_is_stored_byte_exact_with_its_spacing(store: Path) -> None:
+    # Near misses: a name not at the end of a key, a name in a value, a key ending in a name plus "s".
+    body = b'{ "max_tokens" : 256, "author":"auth token password", "passwords_count": 2,\n "x": [1, 2.50]}'
+    with running_server(make_app(store=str(store))) as url:
+        httpx.post(f"{url}/echo", content=body, headers={"content-type": "application/json", "x-correlation-id": "e"})
+        attributes = span_by_correlation_id(store, "e")["attributes"]
+    assert body_bytes({"attributes": attributes}, "request") == body
+    assert "obsml.request.body.redacted" not in attributes
