@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(commands)
     _add_report(commands)
     _add_drift(commands)
+    _add_retention(commands)
     return parser
 
 
@@ -430,6 +431,47 @@ def _run_status(args: argparse.Namespace) -> int:
     from ._status_command import run_status
 
     return run_status(args.store, args.since, args.until, args.output_format)
+
+
+def _add_retention(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    retention = commands.add_parser(
+        "retention",
+        help="delete the store's date partitions older than a limit (a dry run unless --yes)",
+        description=(
+            "List the whole date partitions of the store that ended more than --older-than ago (an hour of "
+            "traces/ and logs/, a day of payloads/, of each model-data identifier and its media, of writers' "
+            "statuses), with their objects and bytes; --yes deletes them. Never the current partition, nor one "
+            "a writer that has not exited may still write (from its status, said in the output). Exit status 0 "
+            "when listed or deleted, 1 when a partition could not be deleted (run it again to finish), 2 when "
+            "the store cannot be read."
+        ),
+        epilog="example: obsml retention --older-than 30d --include traces,payloads --yes",
+    )
+    add_store_options(retention, window=False)
+    retention.add_argument("--older-than", required=True, type=_moment("--older-than"), metavar="AGE",
+                           help="partitions that ended at least AGE ago (30d, 12h, 0s) or by an ISO time")
+    retention.add_argument("--include", type=_includes, default="traces,payloads,modeldata,status", metavar="LIST",
+                           help="which folders, comma-separated: traces (with logs/), payloads, modeldata (with "
+                                "modeldata-media/), status (writers' statuses) (default: all four)")
+    retention.add_argument("--yes", action="store_true", help="delete them (default: only list them)")
+    retention.set_defaults(handler=_run_retention)
+
+
+def _includes(text: str) -> tuple[str, ...]:
+    from ._exceptions import ConfigError
+    from ._retention import parse_includes
+
+    try:
+        return parse_includes(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _run_retention(args: argparse.Namespace) -> int:
+    from ._retention import run_retention
+
+    # argparse parses the string default with _includes too: a tuple either way.
+    return run_retention(args.store, cutoff=args.older_than, includes=args.include, delete=args.yes)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
