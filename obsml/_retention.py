@@ -106,7 +106,7 @@ def run_retention(
     except Exception as exc:  # whatever the filesystem raises (adlfs: the Azure SDK's errors), in one line
         print(f"{COMMAND}: cannot read {shown}: {' '.join(describe_error(exc).split())}", file=err)
         return 2
-    print(f"{COMMAND} of {shown}: {', '.join(includes)} partitions that ended by {_shown(cutoff)}", file=out)
+    print(f"{COMMAND} of {shown}: partitions of {', '.join(includes)} that ended by {_shown(cutoff)}", file=out)
     _print_plan(plan, out)
     objects, size = sum(map(len, plan.old.values())), sum(sum(found.values()) for found in plan.old.values())
     amount = f"{len(plan.old):,} partitions: {objects:,} objects, {_bytes(size)}"
@@ -114,7 +114,7 @@ def run_retention(
         print("nothing to delete", file=out)
         return 0
     if not delete:
-        print(f"would delete {amount} (a dry run: --yes deletes them)", file=out)
+        print(f"would delete {amount}; a dry run: --yes deletes them", file=out)
         return 0
     progress = Progress(COMMAND, len(plan.old), err)
     for done, (partition, found) in enumerate(plan.old.items()):
