@@ -44,6 +44,9 @@ INCLUDES: dict[str, tuple[tuple[str, int, bool], ...]] = {
 # How far back of its last status a writer may still write: a request's spans and bodies are filed
 # under its start, written when it ends; queued objects follow within a flush interval.
 WRITER_GRACE = timedelta(hours=1)
+# Objects deleted in one call on a remote store: its round trips, not the partitions, set the time
+# (adlfs sends a call's deletes concurrently). A local disk deletes one partition at a time.
+BATCH_OBJECTS = 500
 COMMAND = "obsml retention"
 
 
@@ -117,16 +120,20 @@ def run_retention(
         print(f"would delete {amount}; a dry run: --yes deletes them", file=out)
         return 0
     progress = Progress(COMMAND, len(plan.old), err)
-    for done, (partition, found) in enumerate(plan.old.items()):
-        progress.step(partition.folder)
+    done = 0
+    for batch in _batches(plan.old, 1 if _local(reader) else BATCH_OBJECTS):
         try:
-            delete_partition(reader, partition, found)
+            delete_partitions(reader, {partition: plan.old[partition] for partition in batch})
         except Exception as exc:
             progress.close()
             reason = " ".join(describe_error(exc).split())
-            print(f"{COMMAND}: cannot delete {partition.folder} of {shown}: {reason}; {done:,} of "
-                  f"{len(plan.old):,} partitions deleted, run it again to finish", file=err)
+            which = batch[0].folder if len(batch) == 1 else f"{batch[0].folder} to {batch[-1].folder} ({len(batch)})"
+            print(f"{COMMAND}: cannot delete {which} of {shown}: {reason}; {done:,} of {len(plan.old):,} "
+                  "partitions deleted, run it again to finish", file=err)
             return 1
+        for partition in batch:
+            progress.step(partition.folder)
+        done += len(batch)
     progress.close()
     print(f"deleted {amount}", file=out)
     return 0
@@ -192,22 +199,41 @@ def _statuses(reader: StoreReader, since: date) -> list[Status]:
     return statuses
 
 
-def delete_partition(reader: StoreReader, partition: Partition, objects: dict[str, int]) -> None:
-    """Delete ``objects`` (the partition's), then on a local disk its folders left empty.
+def delete_partitions(reader: StoreReader, objects: dict[Partition, dict[str, int]]) -> None:
+    """Delete the partitions' ``objects``, then on a local disk the folders left empty.
 
     A compaction's manifest goes after the parts it lists and before its Parquet, so that a query
     running meanwhile never reads a part twice nor a manifest without its Parquet; what a failure
     leaves is deleted by the next run (a missing object is no error).
     """
-    names = sorted(objects)
+    names = sorted(name for found in objects.values() for name in found)
     manifests = [name for name in names if _compacted(name) and name.endswith(".manifest.json")]
     compacted = [name for name in names if _compacted(name) and name not in manifests]
     rest = [name for name in names if not _compacted(name)]
     for group in (rest, manifests, compacted):
         if group:
             _remove(reader, [f"{reader.root}/{name}" for name in group])
-    if scheme_of_protocol(reader.fs.protocol) in ("file", "local"):
-        _remove_empty_folders(reader, partition.folder)
+    if _local(reader):
+        for partition in objects:
+            _remove_empty_folders(reader, partition.folder)
+
+
+def _batches(old: dict[Partition, dict[str, int]], size: int) -> Iterator[list[Partition]]:
+    """Partitions in order, grouped until a group holds ``size`` objects: one call deletes a group."""
+    batch: list[Partition] = []
+    count = 0
+    for partition, found in old.items():
+        batch.append(partition)
+        count += len(found)
+        if count >= size:
+            yield batch
+            batch, count = [], 0
+    if batch:
+        yield batch
+
+
+def _local(reader: StoreReader) -> bool:
+    return scheme_of_protocol(reader.fs.protocol) in ("file", "local")
 
 
 def _compacted(relative: str) -> bool:
