@@ -120,21 +120,25 @@ def run_retention(
         print(f"would delete {amount}; a dry run: --yes deletes them", file=out)
         return 0
     progress = Progress(COMMAND, len(plan.old), err)
-    done = 0
-    for batch in _batches(plan.old, 1 if _local(reader) else BATCH_OBJECTS):
-        try:
-            delete_partitions(reader, {partition: plan.old[partition] for partition in batch})
-        except Exception as exc:
-            progress.close()
-            reason = " ".join(describe_error(exc).split())
-            which = batch[0].folder if len(batch) == 1 else f"{batch[0].folder} to {batch[-1].folder} ({len(batch)})"
-            print(f"{COMMAND}: cannot delete {which} of {shown}: {reason}; {done:,} of {len(plan.old):,} "
-                  "partitions deleted, run it again to finish", file=err)
-            return 1
-        for partition in batch:
-            progress.step(partition.folder)
-        done += len(batch)
-    progress.close()
+    done, failed = 0, None
+    try:
+        for batch in _batches(plan.old, 1 if _local(reader) else BATCH_OBJECTS):
+            try:
+                delete_partitions(reader, {partition: plan.old[partition] for partition in batch})
+            except Exception as exc:
+                failed = (batch, describe_error(exc))
+                break
+            for partition in batch:
+                progress.step(partition.folder)
+            done += len(batch)
+    finally:  # also when interrupted: the terminal's line is left clean
+        progress.close()
+    if failed is not None:
+        batch, reason = failed
+        which = batch[0].folder if len(batch) == 1 else f"{batch[0].folder} to {batch[-1].folder} ({len(batch)})"
+        print(f"{COMMAND}: cannot delete {which} of {shown}: {' '.join(reason.split())}; {done:,} "
+              f"of {len(plan.old):,} partitions deleted, run it again to finish", file=err)
+        return 1
     print(f"deleted {amount}", file=out)
     return 0
 
@@ -156,7 +160,8 @@ def make_plan(reader: StoreReader, includes: Sequence[str], cutoff: datetime, no
                     else:
                         plan.kept.append((partition, hold.why))
     found = _objects(reader, old)
-    plan.old = {partition: found[partition] for partition in old if found[partition]}
+    # An empty folder is listed on a local disk only, where it is there to remove (a blob store has none).
+    plan.old = {partition: found[partition] for partition in old if found[partition] or _local(reader)}
     return plan
 
 
