@@ -28,7 +28,18 @@ from ._exceptions import ConfigError, ObsmlError
 from ._objects import describe_error
 from ._progress import Progress
 from ._query import (
-    _DURATION, _UNITS, LOGS, ROOT, SPANS, _day, _hour_days, _openable, _text, subfolders, union_sql, window_sql,
+    _DURATION,
+    _UNITS,
+    LOGS,
+    ROOT,
+    SPANS,
+    _day,
+    _hour_days,
+    _openable,
+    _text,
+    subfolders,
+    union_sql,
+    window_sql,
 )
 from ._reader import StoreReader
 from ._secrets import scrub
@@ -105,12 +116,12 @@ def run_compact(
         print(f"obsml compact: cannot compact {failure}", file=err)
     if totals.partitions or totals.deleted:
         ratio = f" ({totals.bytes_after / totals.bytes_before:.0%} of the size)" if totals.bytes_before else ""
-        print(f"obsml compact: {totals.partitions} partitions compacted: {totals.parts} part files, {totals.rows} rows, "
-              f"{totals.bytes_before:,} bytes into {totals.bytes_after:,}{ratio}; "
+        print(f"obsml compact: {totals.partitions} partitions compacted: {totals.parts} part files, "
+              f"{totals.rows} rows, {totals.bytes_before:,} bytes into {totals.bytes_after:,}{ratio}; "
               f"{totals.deleted} replaced files deleted", file=out)
     else:
-        print(f"obsml compact: nothing to do in {shown} (partitions closed before {now - older_than:%Y-%m-%d %H:%M} UTC)",
-              file=out)
+        closed = f"{now - older_than:%Y-%m-%d %H:%M}"
+        print(f"obsml compact: nothing to do in {shown} (partitions closed before {closed} UTC)", file=out)
     return 1 if totals.failed else 0
 
 
@@ -123,7 +134,8 @@ def duration(text: str, setting: str) -> timedelta:
 
 def partitions(reader: StoreReader, cutoff: datetime) -> Iterator[Partition]:
     """The partitions of ``reader`` that ended before ``cutoff``, each with its listing (one per day or identifier)."""
-    for top, kind in ((SPANS, "spans"), (LOGS, "logs")):
+    hourly: tuple[tuple[str, Kind], ...] = ((SPANS, "spans"), (LOGS, "logs"))
+    for top, kind in hourly:
         for day in _hour_days(reader, top):
             first = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
             if first + timedelta(hours=1) > cutoff:
@@ -143,8 +155,8 @@ def partitions(reader: StoreReader, cutoff: datetime) -> Iterator[Partition]:
                     by_day: dict[str, list[str]] = defaultdict(list)
                     for path in reader.files(top):
                         below = path[len(top) + 1:].split("/")  # yyyy, mm, dd, name
-                        day = _day(*below[:3]) if len(below) == 4 else None
-                        if day is not None and datetime(day.year, day.month, day.day, tzinfo=timezone.utc) + \
+                        at = _day(*below[:3]) if len(below) == 4 else None
+                        if at is not None and datetime(at.year, at.month, at.day, tzinfo=timezone.utc) + \
                                 timedelta(days=1) <= cutoff:
                             by_day[path.rpartition("/")[0]].append(path)
                     yield from (Partition("modeldata", folder, listed) for folder, listed in sorted(by_day.items()))

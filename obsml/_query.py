@@ -6,9 +6,9 @@ Spans are ``traces/<yyyy>/<mm>/<dd>/<hh>/<writer-id>-<seq>.jsonl`` (README: "The
 "Model data: reading back"),
 ``modeldata/<service>/<model>/<version>/<identifier>/<yyyy>/<mm>/<dd>/<writer-id>-<seq>.<suffix>``:
 a window reads only its days. Where ``obsml compact`` has been, a compacted parquet stands for the
-part files its manifest names (``obsml._compacted``). The file lists are built here from the date folders, never by DuckDB's
-globbing or hive partitioning (the folders are plain ``yyyy/mm/dd/hh``). The connection and its views
-are ``obsml._views``'s (and ``obsml.modeldata``'s).
+part files its manifest names (``obsml._compacted``). The file lists are built here from the date
+folders, never by DuckDB's globbing or hive partitioning (the folders are plain ``yyyy/mm/dd/hh``).
+The connection and its views are ``obsml._views``'s (and ``obsml.modeldata``'s).
 """
 
 from __future__ import annotations
