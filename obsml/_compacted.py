@@ -16,21 +16,30 @@ query that listed them before the manifest appeared still finds them.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
-
-from ._reader import StoreReader
+from datetime import datetime, timezone
+from typing import Any, Protocol
 
 PREFIX = "compacted-"
 PARQUET = ".parquet"
 MANIFEST = ".manifest.json"
 FORMAT = "obsml.compacted/1"
+# The keys of a span or log line kept as JSON text in a compacted parquet (obsml._views' JSON columns).
+JSON_KEYS = ("attributes", "events", "resource", "body")
 # <yyyymmddThhmmssZ>-<8 hex>: sorts by time, then at random (two runs in one second).
 ID = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{8}")
+
+
+class StoreReader(Protocol):
+    """What is read here of ``obsml._reader.StoreReader`` (which reads through this module)."""
+
+    fs: Any
+    root: str
 
 
 @dataclass(frozen=True)
@@ -127,3 +136,21 @@ def readable(reader: StoreReader, listed: list[str]) -> list[str]:
             read.append(manifest.parquet)
     read += [path for path in listed if not is_compacted(path) and path not in replaced]
     return sorted(read)
+
+
+def compacted_lines(data: bytes) -> list[dict[str, Any]]:
+    """The records of a compacted parquet of spans or log records, as their JSON lines were (file order).
+
+    Needs pyarrow (the ``query`` extra, which ``obsml compact`` needs too).
+    """
+    import pyarrow.parquet as pq
+
+    records: list[dict[str, Any]] = pq.read_table(io.BytesIO(data)).to_pylist()
+    for record in records:
+        del record["filename"]
+        for key, value in record.items():
+            if isinstance(value, datetime):  # as the writer formats it (obsml._exporters._iso)
+                record[key] = value.astimezone(timezone.utc).isoformat(timespec="microseconds")
+            elif key in JSON_KEYS and isinstance(value, str):
+                record[key] = json.loads(value)
+    return records
