@@ -1,0 +1,323 @@
+"""``obsml compact`` (issue 20, item 4): closed partitions into Parquet, read back unchanged, under queries.
+
+Stores are written by the real middleware and Collector (a uvicorn subprocess serving
+``dependency_apps``, and ``report_apps``' scoring app) or, for many hours of spans, by hand in the
+jsonl exporter's format. Compaction runs as a user runs it (``obsml.cli.main``) or, to put a store
+at a later hour, through ``run_compact(now=...)``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import httpx
+import pytest
+from adlfs import AzureBlobFileSystem
+from azure.storage.blob import ContainerClient
+from azurite import Azurite
+from report_apps import write_store
+from test_dependencies import running_stub, running_uvicorn, targets
+
+from obsml import _compact
+from obsml._compact import run_compact
+from obsml._reader import StoreReader
+from obsml._views import StoreViews
+from obsml.cli import main
+
+pytestmark = pytest.mark.usefixtures("forget_new_pipelines")
+
+VIEWS = ("spans", "dependencies", "logs", "inputs", "predictions", "labels", "modeldata", "joined")
+COUNT = "select count(*), count(distinct span_id), count(distinct writer) from spans"
+DAY = datetime(2026, 11, 2, tzinfo=timezone.utc)
+HOURS, WRITERS, PARTS, SPANS_A_PART = 6, 2, 3, 7  # spans in HOURS hours of DAY, each in WRITERS x PARTS parts
+LATER = timedelta(days=2)  # a store's hour and day are closed this long after now
+LOCAL = fsspec.filesystem("file", auto_mkdir=True)
+
+
+def span_line(at: datetime, number: int) -> str:
+    """A SERVER span as the jsonl exporter writes it, its ids from ``number``."""
+    return json.dumps({
+        "name": "POST /score", "trace_id": f"{number:032x}", "span_id": f"{number:016x}", "parent_span_id": None,
+        "kind": "SERVER", "start_time": at.isoformat(timespec="microseconds"),
+        "end_time": (at + timedelta(milliseconds=5)).isoformat(timespec="microseconds"), "duration_ms": 5.0,
+        "status": {"code": "UNSET", "description": None},
+        "attributes": {"obsml.correlation_id": f"c-{number}", "http.response.status_code": 200 + number % 3,
+                       "http.route": "/score", "obsml.service": "credit"},
+        "events": [], "resource": {"service.name": "credit"}, "dropped_attributes": 0,
+    }) + "\n"  # fmt: skip
+
+
+def write_hours(fs: Any, root: str, hours: int = HOURS, first_number: int = 0) -> int:
+    """Spans in ``hours`` hours of DAY through ``fs`` under ``root``; returns how many."""
+    number = first_number
+    for hour in range(hours):
+        at = DAY + timedelta(hours=hour)
+        for writer in range(WRITERS):
+            for part in range(1, PARTS + 1):
+                lines = []
+                for n in range(SPANS_A_PART):
+                    lines.append(span_line(at + timedelta(seconds=n), number))
+                    number += 1
+                fs.pipe_file(f"{root}/traces/{at:%Y/%m/%d/%H}/{4000 + writer}-{writer:08x}-{part:06d}.jsonl",
+                             "".join(lines).encode())
+    return number - first_number
+
+
+def counted(store: str) -> tuple[int, int, int]:
+    with StoreViews.open(store) as views:
+        views.reader.fs.invalidate_cache()  # adlfs caches listings; a query run as a command starts without
+        views.define(["spans"])
+        [found] = views.connection.execute(COUNT).fetchall()
+        return tuple(found)  # type: ignore[return-value]
+
+
+def every_view(store: Path) -> dict[str, list[str]]:
+    """Each view's rows, as sorted texts (rows in any order, each value exact)."""
+    with StoreViews.open(str(store)) as views:
+        views.define(VIEWS)
+        return {name: sorted(map(repr, views.connection.sql(f"select * from {name}").fetchall())) for name in VIEWS}
+
+
+def files(store: Path, top: str = "") -> list[str]:
+    return sorted(path.relative_to(store).as_posix() for path in (store / top).rglob("*") if path.is_file())
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store of every kind of record: requests with outbound calls and log records (uvicorn), model data."""
+    store = tmp_path_factory.mktemp("compact") / "store"
+    with running_stub() as stub, running_uvicorn(store, targets(stub)) as url:
+        for _ in range(3):
+            assert httpx.get(f"{url}/call", timeout=30).status_code == 200
+        assert httpx.get(f"{url}/plain", timeout=30).status_code == 200
+    write_store(store)  # inputs, predictions, labels through the Collector, requests through the middleware
+    return store
+
+
+def test_every_view_reads_the_same_rows_before_and_after_compaction_and_deletion(
+    served: Path, tmp_path: Path
+) -> None:
+    store = tmp_path / "store"
+    LOCAL.copy(str(served), str(store), recursive=True)
+    before = every_view(store)
+    assert all(before[name] for name in VIEWS), {name: len(rows) for name, rows in before.items()}
+    spans_before = StoreReader.open(str(store)).spans()
+
+    later = datetime.now(timezone.utc) + LATER
+    assert run_compact(str(store), older_than=timedelta(hours=2), grace=timedelta(hours=1), now=later) == 0
+    parts = [path for path in files(store) if path.endswith(".jsonl") and "/compacted-" not in path]
+    assert parts, "the replaced part files stay until the grace period is over"
+    assert every_view(store) == before
+
+    assert run_compact(str(store), older_than=timedelta(hours=2), grace=timedelta(hours=1),
+                       now=later + timedelta(hours=2)) == 0
+    left = [path for path in files(store) if not path.startswith("_obsml/") and not path.startswith("payloads/")]
+    assert left and all(path.rpartition("/")[2].startswith("compacted-") for path in left), left
+    assert every_view(store) == before
+    assert StoreReader.open(str(store)).spans() == spans_before
+
+
+def test_a_manifest_names_the_parts_it_replaced_and_its_parquet(tmp_path: Path) -> None:
+    fs = LOCAL
+    write_hours(fs, str(tmp_path), hours=1)
+    folder = tmp_path / "traces" / f"{DAY:%Y/%m/%d/%H}"
+    parts = {path.name: path.stat().st_size for path in folder.iterdir()}
+
+    assert main(["compact", "--store", str(tmp_path)]) == 0
+
+    [manifest] = folder.glob("compacted-*.manifest.json")
+    document = json.loads(manifest.read_text())
+    parquet = folder / document["parquet"]["name"]
+    assert parquet.name == manifest.name.replace(".manifest.json", ".parquet")
+    assert {source["name"]: source["size"] for source in document["sources"]} == parts
+    assert document["parquet"]["size"] == parquet.stat().st_size
+    assert document["parquet"]["rows"] == WRITERS * PARTS * SPANS_A_PART
+    assert len(document["parquet"]["sha256"]) == 64
+
+
+@pytest.fixture
+def blob_store(azurite: Azurite, azure_container: ContainerClient, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
+    AzureBlobFileSystem.clear_instance_cache()  # fsspec caches filesystems by arguments, not by environment
+    yield f"abfs://{azure_container.container_name}/obsml"
+    AzureBlobFileSystem.clear_instance_cache()
+
+
+@pytest.fixture(params=["local", "azurite"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "local":
+        return str(tmp_path / "store")
+    return str(request.getfixturevalue("blob_store"))
+
+
+def test_queries_during_compaction_count_every_span_once_at_every_step(
+    any_store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fs, root = fsspec.core.url_to_fs(any_store) if "://" in any_store else (LOCAL, any_store)
+    expected = (written := write_hours(fs, root), written, WRITERS)
+    assert counted(any_store) == expected
+
+    # A query at every step: after each object compaction puts (a parquet alone, then its manifest)...
+    seen: list[tuple[int, int, int]] = []
+    put = _compact._put
+
+    def put_then_query(*args: Any, **kwargs: Any) -> None:
+        put(*args, **kwargs)
+        seen.append(counted(any_store))
+
+    monkeypatch.setattr(_compact, "_put", put_then_query)
+    # ...and queries in a loop on another thread meanwhile, each listing the store afresh.
+    racing: list[tuple[int, int, int]] = []
+    done = threading.Event()
+
+    def query_loop() -> None:
+        while not done.is_set():
+            racing.append(counted(any_store))
+
+    thread = threading.Thread(target=query_loop)
+    thread.start()
+    try:
+        assert main(["compact", "--store", any_store]) == 0
+    finally:
+        done.set()
+        thread.join()
+    assert seen == [expected] * (2 * HOURS)
+    assert racing and set(racing) == {expected}
+
+    # The replaced parts deleted (a query that listed them before the manifests has had its grace).
+    assert main(["compact", "--store", any_store, "--grace", "0s"]) == 0
+    fs.invalidate_cache()
+    assert not [path for path in fs.find(f"{root}/traces") if path.endswith(".jsonl")]
+    assert counted(any_store) == expected
+
+
+def test_late_parts_get_a_compacted_file_of_their_own_and_count_once(tmp_path: Path) -> None:
+    store, fs = str(tmp_path), LOCAL
+    written = write_hours(fs, store)
+    assert main(["compact", "--store", store]) == 0
+    late = DAY + timedelta(hours=1)
+    fs.pipe_file(f"{store}/traces/{late:%Y/%m/%d/%H}/4999-0000ffff-000001.jsonl",
+                 span_line(late + timedelta(minutes=59), 10**6).encode())
+    assert counted(store) == (written + 1, written + 1, WRITERS + 1)
+
+    assert main(["compact", "--store", store]) == 0
+
+    folder = tmp_path / "traces" / f"{late:%Y/%m/%d/%H}"
+    manifests = [json.loads(path.read_text()) for path in sorted(folder.glob("compacted-*.manifest.json"))]
+    assert [[source["name"] for source in manifest["sources"]] for manifest in manifests][1] == [
+        "4999-0000ffff-000001.jsonl"
+    ]
+    assert counted(store) == (written + 1, written + 1, WRITERS + 1)
+    assert main(["compact", "--store", store, "--grace", "0s"]) == 0
+    assert sorted(path.name.split(".")[-1] for path in folder.iterdir()) == ["json", "json", "parquet", "parquet"]
+    assert counted(store) == (written + 1, written + 1, WRITERS + 1)
+
+
+def test_replaced_parts_are_deleted_only_once_the_grace_period_is_over(tmp_path: Path) -> None:
+    store = str(tmp_path)
+    written = write_hours(LOCAL, store, hours=1)
+    now = datetime.now(timezone.utc)
+    assert run_compact(store, older_than=timedelta(hours=2), grace=timedelta(minutes=10), now=now) == 0
+    parts = [path for path in files(tmp_path) if path.endswith(".jsonl")]
+    assert len(parts) == WRITERS * PARTS
+
+    assert run_compact(store, older_than=timedelta(hours=2), grace=timedelta(minutes=10),
+                       now=now + timedelta(minutes=9)) == 0
+    assert [path for path in files(tmp_path) if path.endswith(".jsonl")] == parts
+    assert run_compact(store, older_than=timedelta(hours=2), grace=timedelta(minutes=10),
+                       now=now + timedelta(minutes=11)) == 0
+    assert [path for path in files(tmp_path) if path.endswith(".jsonl")] == []
+    assert counted(store) == (written, written, WRITERS)
+
+
+def test_the_current_hour_and_day_are_never_compacted(served: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    LOCAL.copy(str(served), str(store), recursive=True)
+    write_hours(LOCAL, str(store), hours=1)  # and an old hour, which is compacted
+    fresh = files(store)
+
+    assert main(["compact", "--store", str(store), "--older-than", "0s"]) == 0
+
+    compacted = [path for path in files(store) if path not in fresh]
+    assert compacted and all(path.startswith(f"traces/{DAY:%Y/%m/%d/%H}/compacted-") for path in compacted)
+    now = datetime.now(timezone.utc)
+    assert not [path for path in compacted if f"/{now:%Y/%m/%d}/" in path]
+
+
+def test_two_runs_at_once_count_their_parts_once_and_the_later_manifest_goes(tmp_path: Path) -> None:
+    store = str(tmp_path)
+    written = write_hours(LOCAL, store, hours=1)
+    reader = StoreReader.open(store)
+    [partition] = _compact.partitions(reader, datetime.now(timezone.utc))
+    pending = [path for path in partition.listed if path.endswith(".jsonl")]
+    with StoreViews.open(store) as views:  # two runs that listed the same parts, each writing its file
+        _compact._write(reader, views.connection, partition, pending, _compact.Totals())
+        _compact._write(reader, views.connection, partition, pending, _compact.Totals())
+    folder = tmp_path / "traces" / f"{DAY:%Y/%m/%d/%H}"
+    assert len(list(folder.glob("compacted-*.manifest.json"))) == 2
+    assert counted(store) == (written, written, WRITERS)
+
+    assert main(["compact", "--store", store, "--grace", "0s"]) == 0
+    assert len(list(folder.glob("compacted-*"))) == 2  # one parquet and its manifest
+    assert counted(store) == (written, written, WRITERS)
+
+
+def test_a_run_that_dies_before_its_manifest_leaves_a_parquet_nobody_reads_then_swept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = str(tmp_path)
+    written = write_hours(LOCAL, store, hours=1)
+    put = _compact._put
+
+    def no_manifest(reader: StoreReader, relative: str, **kwargs: Any) -> None:
+        if relative.endswith(".manifest.json"):
+            raise OSError(28, "No space left on device")
+        put(reader, relative, **kwargs)
+
+    monkeypatch.setattr(_compact, "_put", no_manifest)
+    assert main(["compact", "--store", store]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"obsml compact: cannot compact traces/{DAY:%Y/%m/%d/%H}: OSError") and err.count("\n") == 1
+    folder = tmp_path / "traces" / f"{DAY:%Y/%m/%d/%H}"
+    [orphan] = folder.glob("compacted-*.parquet")
+    assert counted(store) == (written, written, WRITERS)
+
+    monkeypatch.setattr(_compact, "_put", put)
+    assert main(["compact", "--store", store, "--grace", "0s"]) == 0
+    assert not orphan.exists()
+    assert counted(store) == (written, written, WRITERS)
+
+
+def test_a_store_that_cannot_be_read_is_one_line_and_exit_2(
+    azurite: Azurite, azure_container: ContainerClient, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], tmp_path: Path,
+) -> None:
+    url = f"abfs://{azure_container.container_name}/obsml"
+    wrong_key = azurite.connection_string.replace("AccountKey=Eby8", "AccountKey=AAAA")
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", wrong_key)
+    AzureBlobFileSystem.clear_instance_cache()
+    try:
+        assert main(["compact", "--store", url]) == 2
+    finally:
+        AzureBlobFileSystem.clear_instance_cache()
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(f"obsml compact: cannot read {url}: ") and err.count("\n") == 1
+    assert "AccountKey" not in err
+
+    monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING")
+    monkeypatch.delenv("AZURE_STORAGE_ACCOUNT_NAME", raising=False)
+    try:
+        assert main(["compact", "--store", url]) == 2
+    finally:
+        AzureBlobFileSystem.clear_instance_cache()
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("obsml compact: ") and err.count("\n") == 1
+
+    assert main(["compact", "--store", str(tmp_path / "nowhere")]) == 2
+    assert capsys.readouterr().err == f"obsml compact: cannot read {tmp_path / 'nowhere'}: no store there\n"
