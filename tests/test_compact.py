@@ -100,14 +100,29 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return store
 
 
+def printed_by_logs(store: Path, capsys: pytest.CaptureFixture[str]) -> list[str]:
+    """``obsml logs`` of every request, and of one with its log records and outbound calls."""
+    with StoreViews.open(str(store)) as views:
+        views.define(["dependencies"])
+        [(called,)] = views.connection.execute("select correlation_id from dependencies limit 1").fetchall()
+    capsys.readouterr()  # what came before (compact's summary)
+    printed = []
+    for options in ([], ["--correlation-id", called]):
+        assert main(["logs", "--store", str(store), "--format", "json", "--limit", "1000", *options]) == 0
+        printed.append(capsys.readouterr().out)
+    assert '"log"' in printed[1] and '"dependency"' in printed[1]
+    return printed
+
+
 def test_every_view_reads_the_same_rows_before_and_after_compaction_and_deletion(
-    served: Path, tmp_path: Path
+    served: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     store = tmp_path / "store"
     LOCAL.copy(str(served), str(store), recursive=True)
     before = every_view(store)
     assert all(before[name] for name in VIEWS), {name: len(rows) for name, rows in before.items()}
     spans_before = StoreReader.open(str(store)).spans()
+    logs_before = printed_by_logs(store, capsys)
 
     later = datetime.now(timezone.utc) + LATER
     assert run_compact(str(store), older_than=timedelta(hours=2), grace=timedelta(hours=1), now=later) == 0
@@ -121,6 +136,7 @@ def test_every_view_reads_the_same_rows_before_and_after_compaction_and_deletion
     assert left and all(path.rpartition("/")[2].startswith("compacted-") for path in left), left
     assert every_view(store) == before
     assert StoreReader.open(str(store)).spans() == spans_before
+    assert printed_by_logs(store, capsys) == logs_before
 
 
 def test_a_manifest_names_the_parts_it_replaced_and_its_parquet(tmp_path: Path) -> None:
