@@ -9,6 +9,9 @@ at a later hour, through ``run_compact(now=...)``.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -337,3 +340,14 @@ def test_a_store_that_cannot_be_read_is_one_line_and_exit_2(
 
     assert main(["compact", "--store", str(tmp_path / "nowhere")]) == 2
     assert capsys.readouterr().err == f"obsml compact: cannot read {tmp_path / 'nowhere'}: no store there\n"
+
+
+def test_the_compact_scale_benchmark_finds_the_same_answers_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    # A smoke run on 7,000 spans over a week: both stores answer the same; nothing asserted on time.
+    benchmark = Path(__file__).resolve().parent.parent / "benchmarks" / "compact_scale.py"
+    result = subprocess.run([sys.executable, str(benchmark), "--quick"], capture_output=True, text=True,
+                            timeout=600, env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "168 partitions compacted: 672 part files, 7000 rows" in result.stdout
+    assert result.stdout.count("part files / compacted:") == 6
+    assert list(tmp_path.iterdir()) == []
