@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import subprocess
 import sys
 import threading
@@ -351,3 +352,22 @@ def test_the_compact_scale_benchmark_finds_the_same_answers_and_leaves_nothing_b
     assert "168 partitions compacted: 672 part files, 7000 rows" in result.stdout
     assert result.stdout.count("part files / compacted:") == 6
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_progress_bar_is_drawn_on_a_terminal_and_nothing_otherwise(tmp_path: Path) -> None:
+    write_hours(LOCAL, str(tmp_path / "piped"), hours=2)
+    write_hours(LOCAL, str(tmp_path / "terminal"), hours=2)
+    command = [sys.executable, "-m", "obsml.cli", "compact", "--store"]
+    piped = subprocess.run([*command, str(tmp_path / "piped")], capture_output=True, text=True, timeout=120, check=True)
+    primary, secondary = pty.openpty()
+    try:
+        subprocess.run([*command, str(tmp_path / "terminal")], stdout=subprocess.DEVNULL, stderr=secondary,
+                       timeout=120, check=True)
+        os.set_blocking(primary, False)
+        drawn = os.read(primary, 65536).decode()
+    finally:
+        os.close(primary)
+        os.close(secondary)
+
+    assert piped.stderr == "" and piped.stdout.startswith("obsml compact: 2 partitions compacted: ")
+    assert "obsml compact: [" in drawn and f"2/2 traces/{DAY:%Y/%m/%d}/01" in drawn
