@@ -21,6 +21,7 @@ from typing import Any
 
 import fsspec
 import httpx
+import pandas as pd
 import pytest
 from adlfs import AzureBlobFileSystem
 from azure.storage.blob import ContainerClient
@@ -28,11 +29,12 @@ from azurite import Azurite
 from report_apps import write_store
 from test_dependencies import running_stub, running_uvicorn, targets
 
-from obsml import _compact
+from obsml import Collector, _compact, flush
 from obsml._compact import run_compact
 from obsml._reader import StoreReader
 from obsml._views import StoreViews
 from obsml.cli import main
+from obsml.modeldata import read
 
 pytestmark = pytest.mark.usefixtures("forget_new_pipelines")
 
@@ -371,3 +373,25 @@ def test_a_progress_bar_is_drawn_on_a_terminal_and_nothing_otherwise(tmp_path: P
 
     assert piped.stderr == "" and piped.stdout.startswith("obsml compact: 2 partitions compacted: ")
     assert "obsml compact: [" in drawn and f"2/2 traces/{DAY:%Y/%m/%d}/01" in drawn
+
+
+def test_a_model_data_day_of_jsonl_csv_and_parquet_parts_reads_the_same_once_compacted(tmp_path: Path) -> None:
+    store = str(tmp_path)
+    for format in ("jsonl", "csv", "parquet"):
+        inputs = Collector("credit", "inputs", ["income", "region"], store=store, service="scoring", format=format)
+        for n in range(3):
+            inputs.collect([[1000.5 + n, "north"], [-7, "0042"]], correlation_id=f"{format}-{n:04d}")
+    assert flush(10)
+    suffixes = {path.rpartition(".")[2] for path in files(tmp_path, "modeldata")}
+    assert suffixes == {"jsonl", "csv", "parquet"}
+    rows = read(store, "credit", "inputs").sort_values(["correlation_id", "row"]).reset_index(drop=True)
+    viewed = every_view(tmp_path)
+
+    later = datetime.now(timezone.utc) + LATER
+    assert run_compact(store, older_than=timedelta(hours=2), grace=timedelta(0), now=later) == 0
+    assert run_compact(store, older_than=timedelta(hours=2), grace=timedelta(0), now=later + timedelta(hours=1)) == 0
+
+    assert all(path.rpartition("/")[2].startswith("compacted-") for path in files(tmp_path, "modeldata"))
+    after = read(store, "credit", "inputs").sort_values(["correlation_id", "row"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(after, rows)
+    assert every_view(tmp_path) == viewed
