@@ -192,7 +192,7 @@ def _compact(
 
 def _write(reader: StoreReader, connection: Any, partition: Partition, pending: list[str], totals: Totals) -> None:
     """One compacted parquet of ``pending``, put into the store, then its manifest."""
-    identifier = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
+    identifier = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S%fZ}-{secrets.token_hex(4)}"
     files = [_openable(reader, path) for path in pending]
     sizes = {path: int(info["size"]) for path, info in _info(reader, pending).items()}
     with tempfile.TemporaryDirectory(prefix="obsml-compact-") as scratch:
@@ -283,7 +283,7 @@ def _began(path: str) -> datetime | None:
     identifier = compacted_id(path)
     if identifier is None:
         return None
-    return datetime.strptime(identifier[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+    return datetime.strptime(identifier[:22], "%Y%m%dT%H%M%S%fZ").replace(tzinfo=timezone.utc)
 
 
 def _list(paths: list[str]) -> str:

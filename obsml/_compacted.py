@@ -31,8 +31,8 @@ MANIFEST = ".manifest.json"
 FORMAT = "obsml.compacted/1"
 # The keys of a span or log line kept as JSON text in a compacted parquet (obsml._views' JSON columns).
 JSON_KEYS = ("attributes", "events", "resource", "body")
-# <yyyymmddThhmmssZ>-<8 hex>: sorts by time, then at random (two runs in one second).
-ID = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{8}")
+# <yyyymmddThhmmssffffffZ>-<8 hex>: sorts by time (to the microsecond), then at random.
+ID = re.compile(r"\d{8}T\d{12}Z-[0-9a-f]{8}")
 
 
 class StoreReader(Protocol):
