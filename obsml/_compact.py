@@ -180,10 +180,11 @@ def _compact(
     for manifest in ignored:
         if _written(manifest) + grace <= now:
             doomed += [path for path in (manifest.path, manifest.parquet) if path in listed]
-    # A parquet without a manifest, left by a run that died before writing it (its id says when it began).
-    named = {manifest.parquet for manifest in in_folder}
+    # Leftovers of runs that died or overlapped (their ids say when they began): a parquet without its
+    # manifest, a manifest without its parquet (or that cannot be parsed). Readers ignore both already.
+    named = {path for manifest in in_folder for path in (manifest.parquet, manifest.path)}
     for path in partition.listed:
-        if path.endswith(PARQUET) and path not in named and (began := _began(path)) and began + grace <= now:
+        if path not in named and (began := _began(path)) is not None and began + grace <= now:
             doomed.append(path)
     if doomed:
         reader.fs.rm([f"{reader.root}/{path}" for path in doomed])

@@ -4,7 +4,8 @@ In a closed partition folder (an hour of ``traces/`` or ``logs/``, a day of a mo
 ``obsml compact`` writes ``compacted-<id>.parquet``, then, last, ``compacted-<id>.manifest.json``
 naming the part files it holds. The rule every reader follows, on one listing:
 
-- a parquet without its manifest is not read (being written, or left by a run that died);
+- a parquet without its manifest is not read (being written, or left by a run that died), nor a
+  manifest without its parquet;
 - a manifest's parquet is read, and the part files it names are not, whether still there or not;
 - manifests are taken in id order (``<utc time>-<random>``), and one naming a part file that an
   earlier one names already is ignored with its parquet (two runs that overlapped).
@@ -89,11 +90,13 @@ def parse_manifest(path: str, data: bytes) -> Manifest | None:
 
 
 def manifests(reader: StoreReader, listed: Iterable[str]) -> dict[str, list[Manifest]]:
-    """The manifests of ``listed`` by folder, in id order; an unreadable one is left out (its parts are read).
+    """The manifests of ``listed`` by folder, in id order; one that cannot be parsed, or whose parquet is not
+    listed, is left out (the part files it names are read).
 
     Raises what the filesystem raises when a manifest cannot be fetched (as a listing does).
     """
-    paths = [path for path in listed if path.endswith(MANIFEST) and compacted_id(path) is not None]
+    listed = set(listed)
+    paths = sorted(path for path in listed if path.endswith(MANIFEST) and compacted_id(path) is not None)
     if not paths:
         return {}
     # One call for them all: an async filesystem (abfs) fetches them concurrently.
@@ -103,7 +106,9 @@ def manifests(reader: StoreReader, listed: Iterable[str]) -> dict[str, list[Mani
         data = fetched.get(f"{reader.root}/{path}")
         if isinstance(data, Exception) and not isinstance(data, FileNotFoundError):
             raise data  # the store failing; a manifest gone since the listing is as if never listed
-        if isinstance(data, bytes) and (manifest := parse_manifest(path, data)) is not None:
+        manifest = parse_manifest(path, data) if isinstance(data, bytes) else None
+        # Its parquet is put before it: a listing without it is one after a run deleted it (see obsml._compact).
+        if manifest is not None and manifest.parquet in listed:
             found[manifest.folder].append(manifest)
     return {folder: sorted(found[folder], key=lambda manifest: manifest.id) for folder in found}
 

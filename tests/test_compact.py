@@ -395,3 +395,18 @@ def test_a_model_data_day_of_jsonl_csv_and_parquet_parts_reads_the_same_once_com
     after = read(store, "credit", "inputs").sort_values(["correlation_id", "row"]).reset_index(drop=True)
     pd.testing.assert_frame_equal(after, rows)
     assert every_view(tmp_path) == viewed
+
+
+def test_a_manifest_whose_parquet_is_gone_is_ignored_and_its_parts_compacted_again(tmp_path: Path) -> None:
+    store = str(tmp_path)
+    written = write_hours(LOCAL, store, hours=1)
+    assert main(["compact", "--store", store]) == 0
+    folder = tmp_path / "traces" / f"{DAY:%Y/%m/%d/%H}"
+    [parquet] = folder.glob("compacted-*.parquet")
+    parquet.unlink()  # as a run with --grace 0s would, deleting another run's parquet before its manifest came
+    assert counted(store) == (written, written, WRITERS)
+
+    assert main(["compact", "--store", store, "--grace", "0s"]) == 0
+    [manifest] = folder.glob("compacted-*.manifest.json")
+    assert (folder / json.loads(manifest.read_text())["parquet"]["name"]).exists()
+    assert counted(store) == (written, written, WRITERS)
