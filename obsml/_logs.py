@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import fsspec
 
+from ._compacted import MANIFEST, PARQUET, readable
 from ._exceptions import ObsmlError
 from ._logs_format import Printer, Row, Timeline
 from ._objects import describe_error
@@ -370,11 +371,13 @@ def _recent_files(reader: StoreReader, now: datetime) -> list[str]:
     folders = [f"traces/{moment:%Y/%m/%d/%H}" for moment in (now - timedelta(hours=1), now)]
     for folder in folders:  # a remote filesystem caches listings
         reader.fs.invalidate_cache(f"{reader.root}/{folder}")
-    return [path for folder in folders for path in _part_files(reader, folder)]
+    # Part files only: a compacted parquet holds spans of parts already listed here (obsml._compacted).
+    return [path for folder in folders for path in reader.files(folder) if path.endswith(".jsonl")]
 
 
 def _part_files(reader: StoreReader, folder: str) -> list[str]:
-    return [path for path in reader.files(folder) if path.endswith(".jsonl")]
+    """The files of an hour folder to read: its part files, or a compacted parquet instead of those it holds."""
+    return readable(reader, [path for path in reader.files(folder) if path.endswith((".jsonl", PARQUET, MANIFEST))])
 
 
 def _rows(result: Any) -> list[Row]:

@@ -5,9 +5,10 @@ Spans are ``traces/<yyyy>/<mm>/<dd>/<hh>/<writer-id>-<seq>.jsonl`` (README: "The
 (:func:`span_files`, :func:`log_files`). Model data is the collector's layout (README:
 "Model data: reading back"),
 ``modeldata/<service>/<model>/<version>/<identifier>/<yyyy>/<mm>/<dd>/<writer-id>-<seq>.<suffix>``:
-a window reads only its days. The file lists are built here from the date folders, never by DuckDB's
-globbing or hive partitioning (the folders are plain ``yyyy/mm/dd/hh``). The connection and its views
-are ``obsml._views``'s (and ``obsml.modeldata``'s).
+a window reads only its days. Where ``obsml compact`` has been, a compacted parquet stands for the
+part files its manifest names (``obsml._compacted``). The file lists are built here from the date
+folders, never by DuckDB's globbing or hive partitioning (the folders are plain ``yyyy/mm/dd/hh``).
+The connection and its views are ``obsml._views``'s (and ``obsml.modeldata``'s).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import re
 from collections import defaultdict
 from datetime import date, datetime, timedelta, timezone
 
+from ._compacted import MANIFEST, PARQUET, readable
 from ._exceptions import ConfigError
 from ._reader import StoreReader
 
@@ -93,7 +95,8 @@ def hour_files(reader: StoreReader, top: str, since: datetime | None, until: dat
             else:
                 listed += [path for hour in range(24) if start <= first + timedelta(hours=hour) < end
                            for path in reader.files(f"{top}/{day:%Y/%m/%d}/{hour:02d}")]
-    return [_openable(reader, path) for path in listed if path.endswith(".jsonl") and path.count("/") == 5]
+    listed = [path for path in listed if path.endswith((".jsonl", PARQUET, MANIFEST)) and path.count("/") == 5]
+    return [_openable(reader, path) for path in readable(reader, listed)]
 
 
 def _hour_days(reader: StoreReader, top: str) -> list[date]:
@@ -135,7 +138,7 @@ def part_files(
                 listed = reader.files(folder) if window is None or len(window) > 31 else [
                     path for day in window for path in reader.files(f"{folder}/{day:%Y/%m/%d}")
                 ]
-                for path in listed:
+                for path in readable(reader, listed):
                     below = path[len(folder) + 1:].split("/")  # yyyy, mm, dd, name
                     day = _day(*below[:3]) if len(below) == 4 else None
                     suffix = below[-1].rpartition(".")[2]

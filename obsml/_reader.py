@@ -15,6 +15,7 @@ from typing import Any
 
 import fsspec
 
+from ._compacted import MANIFEST, PARQUET, compacted_lines, readable
 from ._exceptions import ConfigError
 from ._sinks import scheme_of_protocol, sink_plugin
 from ._store import _store_hint as store_hint
@@ -58,12 +59,15 @@ class StoreReader:
         )
 
     def part_files(self) -> list[str]:
-        """The part files of the spans: ``traces/<yyyy>/<mm>/<dd>/<hh>/<writer-id>-<seq>.jsonl``."""
-        return [path for path in self.files("traces") if path.endswith(".jsonl")]
+        """The part files of the spans: ``traces/<yyyy>/<mm>/<dd>/<hh>/<writer-id>-<seq>.jsonl``; where
+        ``obsml compact`` has been, its parquet instead of the part files it replaced (``obsml._compacted``)."""
+        return readable(self, [path for path in self.files("traces") if path.endswith((".jsonl", PARQUET, MANIFEST))])
 
     def read_part(self, relative: str) -> list[Span]:
-        """The spans of one part file, in file order."""
+        """The spans of one part file (or compacted parquet), in file order."""
         data = self.fs.cat_file(f"{self.root}/{relative}")
+        if relative.endswith(PARQUET):
+            return compacted_lines(data)
         # Split on newlines only, not splitlines(): U+2028 and friends may sit inside a JSON string.
         return [json.loads(line) for line in data.split(b"\n") if line.strip()]
 

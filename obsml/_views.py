@@ -36,6 +36,7 @@ from datetime import datetime, timezone
 from types import ModuleType
 from typing import Any
 
+from ._compacted import PARQUET
 from ._query import _openable, identifiers, log_files, part_files, span_files, union_sql, window_sql
 from ._reader import StoreReader
 
@@ -156,6 +157,7 @@ _DERIVED = {
     "error": "coalesce(status.code = 'ERROR', false)",
     "exception_type": f"json_extract_string({_EXCEPTION}, '$.attributes.\"exception.type\"')",
     "exception_message": f"json_extract_string({_EXCEPTION}, '$.attributes.\"exception.message\"')",
+    # A compacted parquet keeps each row's part file (obsml._compact), so the writer survives compaction.
     "writer": r"regexp_extract(filename, '([^/]+)-[0-9]+\.jsonl$', 1)",
     "kind": "coalesce(kind, 'SERVER')",
 }
@@ -395,9 +397,18 @@ def join_sql(present: Sequence[tuple[str, str]], columns: dict[str, list[str]], 
 
 
 def _read(files: list[str], declared: dict[str, str]) -> str:
-    """DuckDB's reading of JSON-line part files, every top-level key declared (see ``_SPAN_LINE``)."""
+    """DuckDB's reading of JSON-line part files, every top-level key declared (see ``_SPAN_LINE``), and
+    of compacted parquet files (``obsml compact``: the same keys and ``filename``), cast to the same types."""
     columns = "{" + ", ".join(f"{_text(key)}: {_text(kind)}" for key, kind in declared.items()) + "}"
-    return f"read_json({_list(files)}, format='newline_delimited', filename=true, columns={columns})"
+    parts = [path for path in files if not path.endswith(PARQUET)]
+    compacted = [path for path in files if path.endswith(PARQUET)]
+    lines = f"read_json({_list(parts)}, format='newline_delimited', filename=true, columns={columns})"
+    if not compacted:
+        return lines
+    typed = ", ".join(f"CAST({_quoted(key)} AS {kind}) AS {_quoted(key)}" for key, kind in declared.items())
+    reads = [f"SELECT * FROM {lines}"] if parts else []
+    reads.append(f"SELECT {typed}, filename FROM read_parquet({_list(compacted)})")
+    return "(" + " UNION ALL BY NAME ".join(reads) + ")"
 
 
 def _column(name: str, kind: str, key: str, derived: dict[str, str]) -> str:

@@ -15,7 +15,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
 from .__version__ import __version__
@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report(commands)
     _add_drift(commands)
     _add_retention(commands)
+    _add_compact(commands)
     return parser
 
 
@@ -472,6 +473,47 @@ def _run_retention(args: argparse.Namespace) -> int:
 
     # argparse parses the string default with _includes too: a tuple either way.
     return run_retention(args.store, cutoff=args.older_than, includes=args.include, delete=args.yes)
+
+
+def _add_compact(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    compact = commands.add_parser(
+        "compact",
+        help="rewrite closed hours (and model-data days) of the store into one Parquet file each",
+        description=(
+            "Rewrite each closed partition of the store (an hour folder of traces/ and logs/, a day of a model-data "
+            "identifier, ended more than --older-than ago) from its part files into one compacted Parquet file and "
+            "a manifest naming the parts it replaced; queries read it instead of them. Replaced part files are "
+            "deleted by a later run, once --grace has passed. Safe under concurrent queries and for cron: exit "
+            "status 0 when done, 1 when a partition could not be compacted, 2 when the store cannot be read. "
+            "Needs pip install 'obsml[query]'."
+        ),
+        epilog="example: obsml compact --older-than 2h   (README: \"Compaction\")",
+    )
+    add_store_options(compact, window=False)
+    compact.add_argument("--older-than", type=_duration("--older-than"), default="2h", metavar="DURATION",
+                         help="compact partitions that ended at least this long ago (default: 2h)")
+    compact.add_argument("--grace", type=_duration("--grace"), default="1h", metavar="DURATION",
+                         help="delete replaced part files once their manifest is this old (default: 1h)")
+    compact.set_defaults(handler=_run_compact)
+
+
+def _duration(setting: str) -> Callable[[str], timedelta]:
+    def parse(text: str) -> timedelta:
+        from ._compact import duration
+        from ._exceptions import ConfigError
+
+        try:
+            return duration(text, setting)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{setting}: ")) from None
+
+    return parse
+
+
+def _run_compact(args: argparse.Namespace) -> int:
+    from ._compact import run_compact
+
+    return run_compact(args.store, older_than=args.older_than, grace=args.grace)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
