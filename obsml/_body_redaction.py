@@ -134,7 +134,7 @@ class BodyRedactor:
         away): half a document is never parsed, and one of a kind obsml redacts is never kept.
         A hook's exception is raised as :class:`HookFailed` (see :func:`redact_or_drop`).
         """
-        if not self.active:
+        if not self.active or not data:  # an unread body (the app failed first) has no field to redact
             return Redacted(data, 0, ())
         kind = body_kind(media)
         if kind == "unknown":

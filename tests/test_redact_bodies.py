@@ -7,6 +7,7 @@ Afterwards every byte of the store and of the spool directory is searched for th
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -344,3 +345,22 @@ def test_a_json_body_that_no_rule_names_is_stored_byte_exact_with_its_spacing(st
         attributes = span_by_correlation_id(store, "e")["attributes"]
     assert body_bytes({"attributes": attributes}, "request") == body
     assert "obsml.request.body.redacted" not in attributes
+
+
+def test_a_json_body_the_app_never_read_is_not_counted_as_a_dropped_payload(store: Path) -> None:
+    async def failing(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        raise RuntimeError("model not loaded")  # before reading the request body
+
+    app = ObsmlMiddleware(failing, store=str(store), service="redact-unread")
+
+    async def post() -> int:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://scoring") as client:
+            response = await client.post("/score", json={"card": "4111"}, headers={"x-correlation-id": "unread"})
+            return response.status_code
+
+    assert asyncio.run(post()) == 500
+    assert obsml.flush(10)
+    attributes = span_by_correlation_id(store, "unread")["attributes"]
+    assert "obsml.request.body.lost" not in attributes
+    assert "unredactable" not in obsml.stats()["dropped"]  # type: ignore[operator]
