@@ -24,12 +24,10 @@ from datetime import datetime, timedelta, timezone
 from typing import IO, Any, Literal
 
 from ._compacted import FORMAT, MANIFEST, PARQUET, PREFIX, Manifest, accepted, compacted_id, is_compacted, manifests
-from ._exceptions import ConfigError, ObsmlError
+from ._exceptions import ObsmlError
 from ._objects import describe_error
 from ._progress import Progress
 from ._query import (
-    _DURATION,
-    _UNITS,
     LOGS,
     ROOT,
     SPANS,
@@ -123,13 +121,6 @@ def run_compact(
         closed = f"{now - older_than:%Y-%m-%d %H:%M}"
         print(f"obsml compact: nothing to do in {shown} (partitions closed before {closed} UTC)", file=out)
     return 1 if totals.failed else 0
-
-
-def duration(text: str, setting: str) -> timedelta:
-    """``text`` (``2h``, ``30m``, ``0s``) as a timedelta; ConfigError otherwise."""
-    if match := _DURATION.fullmatch(text.strip()):
-        return timedelta(**{_UNITS[match[2]]: int(match[1])})
-    raise ConfigError(f"{setting}: {text!r} is not a duration (30m, 2h, 1d)")
 
 
 def partitions(reader: StoreReader, cutoff: datetime) -> Iterator[Partition]:

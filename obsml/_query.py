@@ -43,13 +43,20 @@ def moment(value: datetime | str | None, now: datetime, setting: str) -> datetim
     if value is None:
         return None
     if isinstance(value, str):
-        if match := _DURATION.fullmatch(value.strip()):
-            return now - timedelta(**{_UNITS[match[2]]: int(match[1])})
+        if _DURATION.fullmatch(value.strip()):
+            return now - duration(value, setting)
         try:
             value = datetime.fromisoformat(value.strip())
         except ValueError:
             raise ConfigError(f"{setting}: {value!r} is neither a duration (7d, 15m) nor an ISO date") from None
     return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+def duration(text: str, setting: str) -> timedelta:
+    """``text`` (``2h``, ``30m``, ``0s``, ``1w``) as a timedelta; ConfigError otherwise."""
+    if match := _DURATION.fullmatch(text.strip()):
+        return timedelta(**{_UNITS[match[2]]: int(match[1])})
+    raise ConfigError(f"{setting}: {text!r} is not a duration (30m, 2h, 1d)")
 
 
 def subfolders(reader: StoreReader, folder: str) -> list[str]:

@@ -499,8 +499,8 @@ def _add_compact(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def _duration(setting: str) -> Callable[[str], timedelta]:
     def parse(text: str) -> timedelta:
-        from ._compact import duration
         from ._exceptions import ConfigError
+        from ._query import duration
 
         try:
             return duration(text, setting)
