@@ -100,7 +100,8 @@ def run_report(
     if message := missing_extra("report", ("duckdb", "scipy", "matplotlib")):
         print(message, file=err)
         return 2
-    from ._report_sections import Progress, build_report
+    from ._progress import Progress
+    from ._report_sections import build_report
     from ._views import StoreViews
 
     now = datetime.now(timezone.utc)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 from datetime import datetime, timedelta
-from typing import IO, Any
+from typing import Any
 
+from ._progress import Progress
 from ._report_compare import Comparison, Reference, Thresholds, drift_table
 from ._report_data import (
     bucket_seconds,
@@ -32,27 +33,6 @@ from ._status_command import _dropped, _in, _latest, _read, _totals
 from ._views import _quoted, join_sql
 
 Section = tuple[str, str]
-
-
-class Progress:
-    """``obsml report: [3/7] model data`` redrawn on one line of a terminal; nothing when not a terminal."""
-
-    def __init__(self, command: str, total: int, stream: IO[str]) -> None:
-        self.command, self.total, self.stream, self.done = command, total, stream, 0
-        self.shown = stream.isatty()
-
-    def step(self, what: str) -> None:
-        self.done += 1
-        if self.shown:
-            filled = int(20 * (self.done - 1) / self.total)
-            bar = "#" * filled + "-" * (20 - filled)
-            self.stream.write(f"\r\x1b[2K{self.command}: [{bar}] {self.done}/{self.total} {what}")
-            self.stream.flush()
-
-    def close(self) -> None:
-        if self.shown:
-            self.stream.write("\r\x1b[2K")
-            self.stream.flush()
 
 
 def build_report(

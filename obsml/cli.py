@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(commands)
     _add_report(commands)
     _add_drift(commands)
+    _add_export(commands)
     return parser
 
 
@@ -396,6 +397,47 @@ def _run_drift(args: argparse.Namespace) -> int:
     return run_drift(args.store, since=args.since, until=args.until, reference=args.reference, model=args.model,
                      version=args.version, thresholds=Thresholds(psi=args.threshold_psi, p_value=args.threshold_p),
                      format=args.format)
+
+
+def _add_export(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    export = commands.add_parser(
+        "export",
+        help="copy the store's new data objects to another URL (incremental, resumable, verified): for cron",
+        description=(
+            "Copy the store's data objects (part files of spans and log records, bodies, model data and its media) "
+            "that DEST_URL does not hold yet, each written whole and checked (size; sha256 read back for bodies), "
+            "recording each in a manifest under DEST_URL/_obsml/export/. A second run copies nothing; an "
+            "interrupted one resumes. Exit status 0 when the destination is up to date, 1 when an object failed "
+            "(each named on stderr) or another export to DEST_URL is running, 2 when a store cannot be used."
+        ),
+        epilog="example (cron): obsml export abfs://archive/obsml --store /var/obsml --since 2d",
+    )
+    export.add_argument("destination", metavar="DEST_URL",
+                        help="where the copy goes: a local path, file://, abfs://container/prefix, another fsspec URL")
+    add_store_options(export, window=False)
+    export.add_argument("--since", type=_moment("--since"), default=None, metavar="WHEN",
+                        help="only the date partitions (hours of spans and logs, days of the rest) that end after "
+                             "this: a duration before now (2d, 12h) or an ISO time (default: every partition)")
+    export.add_argument("--include", type=_includes, default=None, metavar="KINDS",
+                        help="comma-separated: traces (spans and log records), payloads (bodies), modeldata "
+                             "(rows and media) (default: all three)")
+    export.set_defaults(handler=_run_export)
+
+
+def _includes(text: str) -> tuple[str, ...]:
+    from ._export import INCLUDES
+
+    names = tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    unknown = [name for name in names if name not in INCLUDES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"expected some of {', '.join(INCLUDES)}, got {text!r}")
+    return names
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from ._export import INCLUDES, run_export
+
+    return run_export(args.store, args.destination, since=args.since, include=args.include or tuple(INCLUDES))
 
 
 def _add_status(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

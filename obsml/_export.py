@@ -1,0 +1,442 @@
+"""``obsml export DEST``: the store's data objects copied, incrementally, to another fsspec URL (issue 20).
+
+What was copied is recorded in the destination, under ``_obsml/export/manifest/``, one JSON line per
+object (path, size, sha256, the source's etag or mtime) in segment files written whole, one per
+batch: an object is recorded only once it is whole and verified at the destination, and a kill
+loses at most the last batch's records. The next run finds those objects at the destination
+(same size, same sha256) and records them without writing them again. A run copies what the
+manifest does not hold, or holds with another size or version; a second run copies nothing.
+README: "Continuous export".
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from hashlib import sha256
+from pathlib import Path
+from secrets import token_hex
+from typing import IO, Any, BinaryIO
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from ._exceptions import ConfigError
+from ._objects import describe_error
+from ._progress import Progress
+from ._query import _day, subfolders
+from ._reader import StoreReader
+from ._secrets import scrub
+from ._store import _store_hint, make_private_dirs
+
+# What each --include name brings: the requests' log records go with their spans (they carry the
+# spans' trace and span ids), model data with its offloaded media.
+INCLUDES = {"traces": ("traces", "logs"), "payloads": ("payloads",), "modeldata": ("modeldata", "modeldata-media")}
+_HOURLY = ("traces", "logs")  # <top>/<yyyy>/<mm>/<dd>/<hh>/<name>; the others end in <yyyy>/<mm>/<dd>/<name>
+_BELOW_MODEL_DATA = 4  # <service>/<model>/<version>/<identifier> before the date folders
+_READ_BACK = ("payloads/", "modeldata-media/")  # bodies: read back whole at the destination and hashed
+EXPORT_FOLDER = "_obsml/export"
+MANIFEST_FOLDER = f"{EXPORT_FOLDER}/manifest"
+_STAGING_FOLDER = f"{EXPORT_FOLDER}/staging"  # a local destination's objects before their rename
+BATCH_OBJECTS = 100  # records are written at least this often (objects)...
+BATCH_SECONDS = 2.0  # ...and this often (seconds): what a kill can cost is this batch's bookkeeping
+_MAX_SEGMENTS = 32  # more manifest segments than this are merged into one at the next run
+_MAX_FAILURES = 10  # then the run stops: a destination that fails this often is down
+_CHUNK = 1 << 20
+
+
+class ExportError(Exception):
+    """An object could not be copied as it is at the source; the message names it."""
+
+
+@dataclass(frozen=True)
+class Listed:
+    """A data object of the source: its path under the root, size, and etag (or mtime)."""
+
+    path: str
+    size: int
+    version: str
+
+
+@dataclass
+class Tally:
+    copied: int = 0
+    copied_bytes: int = 0
+    up_to_date: int = 0
+    found: int = 0  # already whole at the destination (an interrupted run's), recorded without a rewrite
+    vanished: int = 0  # listed, then gone from the source before it was read (compaction, retention)
+    failed: int = 0
+
+
+def run_export(
+    source: str, destination: str, *, since: datetime | None, include: tuple[str, ...] = tuple(INCLUDES),
+    out: IO[str] | None = None, err: IO[str] | None = None,
+) -> int:
+    """Copy ``source``'s data objects to ``destination``; 0 when it is up to date, 1 when an object
+    failed (or another export holds the destination), 2 when a store cannot be opened or read."""
+    out, err = out or sys.stdout, err or sys.stderr
+    try:
+        reader = StoreReader.open(source)
+        target = Destination.open(destination)
+    except ConfigError as exc:
+        print(f"obsml export: {exc}", file=err)
+        return 2
+    shown = scrub(target.shown)
+    # Listings of an earlier run in this process must not hide new objects (fsspec caches them).
+    reader.fs.invalidate_cache()
+    target.fs.invalidate_cache()
+    try:
+        with target.locked() as held:
+            if not held:
+                print(f"obsml export: another export to {shown} is running; nothing done", file=err)
+                return 1
+            manifest = Manifest.load(target)
+            try:
+                listed = [item for top in _tops(include) for item in _listed(reader, top, since)]
+            except Exception as exc:  # whatever the filesystem raises (adlfs: the Azure SDK's errors)
+                print(f"obsml export: cannot read {scrub(reader.shown())}: {_one_line(exc)}", file=err)
+                return 2
+            tally = _copy_all(reader, target, manifest, listed, err)
+    except Exception as exc:  # the destination: its lock, its manifest (read or written)
+        print(f"obsml export: cannot use the destination {shown}: {_one_line(exc)}", file=err)
+        return 2
+    summary = (f"obsml export: copied {tally.copied} objects ({_bytes(tally.copied_bytes)}) to {shown}, "
+               f"{tally.up_to_date} up to date")
+    summary += f", {tally.found} already there recorded" if tally.found else ""
+    summary += f", {tally.vanished} gone from the source meanwhile" if tally.vanished else ""
+    summary += f", {tally.failed} failed" if tally.failed else ""
+    print(summary, file=out)
+    return 1 if tally.failed else 0
+
+
+def _copy_all(reader: StoreReader, target: Destination, manifest: Manifest, listed: list[Listed],
+              err: IO[str]) -> Tally:
+    tally = Tally()
+    work = [item for item in listed if not manifest.up_to_date(item)]
+    tally.up_to_date = len(listed) - len(work)
+    # A compaction manifest goes after the Parquet file it names: a reader of the copy that sees it
+    # reads that file (issue 20, item 4), so it must not arrive first, nor without it.
+    work.sort(key=lambda item: (item.path.endswith(".manifest.json"), item.path))
+    failed_folders: set[str] = set()
+    progress = Progress("obsml export", len(work), err)
+    total_bytes, done_bytes = sum(item.size for item in work), 0
+    try:
+        for item in work:
+            folder = item.path.rpartition("/")[0]
+            if item.path.endswith(".manifest.json") and folder in failed_folders:
+                tally.failed += 1
+                _report(progress, err, f"{item.path}: not copied, an object of its folder failed")
+                continue
+            try:
+                copied = _copy_one(reader, target, manifest, item)
+            except FileNotFoundError as exc:
+                if _source_gone(reader, item):
+                    tally.vanished += 1
+                else:
+                    tally.failed += 1
+                    failed_folders.add(folder)
+                    _report(progress, err, f"{item.path}: {_one_line(exc)}")
+            except Exception as exc:  # the filesystem's errors and ExportError: this object only
+                tally.failed += 1
+                failed_folders.add(folder)
+                _report(progress, err, f"{item.path}: {_one_line(exc)}")
+                if tally.failed >= _MAX_FAILURES:
+                    _report(progress, err, f"{tally.failed} objects failed: stopping")
+                    break
+            else:
+                tally.copied += copied
+                tally.found += not copied
+                tally.copied_bytes += item.size if copied else 0
+            done_bytes += item.size
+            progress.step(f"{_bytes(done_bytes)} of {_bytes(total_bytes)}")
+            manifest.flush_if_due()
+    finally:
+        progress.close()
+        manifest.flush()
+    return tally
+
+
+def _copy_one(reader: StoreReader, target: Destination, manifest: Manifest, item: Listed) -> bool:
+    """Make ``item`` whole at the destination and record it; False when it was already there."""
+    source = f"{reader.root}/{item.path}"
+    known = manifest.records.get(item.path)
+    at_destination = target.size_of(item.path)
+    if at_destination == item.size:
+        # Copied by an interrupted run (or by this one under another version): the same bytes?
+        digest = _hash(reader.fs, source)
+        if (known is not None and known["sha256"] == digest) or digest == _hash(target.fs, target.path(item.path)):
+            manifest.add(item, digest)
+            return False
+    with reader.fs.open(source, "rb") as file:
+        digest = target.write(item, file)
+    manifest.add(item, digest)
+    return True
+
+
+class Destination:
+    """Where the copy goes: objects written whole (a local file renamed into place, an object store's put)."""
+
+    def __init__(self, fs: Any, root: str, url: str) -> None:
+        self.fs, self.root, self.url = fs, root.rstrip("/"), url
+        self.local = isinstance(fs, LocalFileSystem)
+        self.shown = self.root if self.local else str(fs.unstrip_protocol(self.root))
+
+    @classmethod
+    def open(cls, url: str) -> Destination:
+        scheme = url.partition("://")[0] if "://" in url else "file"
+        try:
+            fs, root = fsspec.core.url_to_fs(url)
+        except (ImportError, ValueError) as exc:  # never echo the URL: it may carry credentials
+            raise ConfigError(f"the destination: cannot open it: {_store_hint(scheme, exc)}") from None
+        return cls(fs, root, url)
+
+    def path(self, relative: str) -> str:
+        return f"{self.root}/{relative}"
+
+    def size_of(self, relative: str) -> int | None:
+        try:
+            return int(self.fs.info(self.path(relative))["size"])
+        except FileNotFoundError:
+            return None
+
+    def write(self, item: Listed, source: BinaryIO) -> str:
+        """Copy ``source`` to ``item.path``, checked; its sha256. On failure nothing is left there."""
+        digest, size = sha256(), 0
+        final = self.path(item.path)
+        with self._written(final) as file:
+            while chunk := source.read(_CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+                file.write(chunk)
+            if size != item.size:
+                raise ExportError(f"read {size} bytes from the source, which listed {item.size}")
+        self.fs.invalidate_cache(final)
+        try:
+            if (written := self.size_of(item.path)) != size:
+                raise ExportError(f"{written} bytes at the destination, {size} copied")
+            if item.path.startswith(_READ_BACK) and (read := _hash(self.fs, final)) != digest.hexdigest():
+                raise ExportError(f"sha256 {read} at the destination, {digest.hexdigest()} copied")
+        except BaseException:
+            with suppress(Exception):
+                self.fs.rm_file(final)
+            raise
+        return digest.hexdigest()
+
+    @contextmanager
+    def _written(self, final: str) -> Iterator[BinaryIO]:
+        if not self.local:
+            # An object store's put appears whole; a close after a failure may still commit the
+            # part written, so it is removed (the manifest never recorded it either way).
+            try:
+                with self.fs.open(final, "wb") as file:
+                    yield file
+            except BaseException:
+                with suppress(Exception):
+                    self.fs.rm_file(final)
+                raise
+            return
+        # Private like the store's own files (0600 in 0700 folders), renamed into place whole.
+        staging = self.path(_STAGING_FOLDER)
+        make_private_dirs(staging)
+        make_private_dirs(final.rpartition("/")[0])
+        temporary = f"{staging}/{token_hex(8)}"
+        try:
+            with open(os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600), "wb") as file:
+                yield file
+            os.replace(temporary, final)
+        except BaseException:
+            with suppress(FileNotFoundError):
+                os.unlink(temporary)
+            raise
+
+    def put(self, relative: str, data: bytes) -> None:
+        """A small object (a manifest segment), whole."""
+        with self._written(self.path(relative)) as file:
+            file.write(data)
+
+    @contextmanager
+    def locked(self) -> Iterator[bool]:
+        """Held by one export at a time: True, or False when another holds it.
+
+        A local destination's lock is a file in it (``_obsml/export/lock``); a remote one's is a file
+        of this host's cache named after a hash of the URL, so runs on one host (a cron job overlapping
+        itself) exclude each other. Runs on several hosts to one remote destination do not: the manifest
+        stays whole anyway (segments are only added), but objects may be copied twice.
+        """
+        if self.local:
+            make_private_dirs(self.path(EXPORT_FOLDER))
+            lock = Path(self.path(f"{EXPORT_FOLDER}/lock"))
+        else:
+            cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "obsml" / "export"
+            cache.mkdir(parents=True, exist_ok=True, mode=0o700)
+            lock = cache / f"{sha256(self.url.encode()).hexdigest()[:16]}.lock"  # never the URL itself
+        descriptor = os.open(lock, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            if self.local:  # what a killed run left before its rename: nobody else writes there now
+                for leftover in Path(self.path(_STAGING_FOLDER)).glob("*"):
+                    with suppress(FileNotFoundError):
+                        leftover.unlink()
+            yield True
+        finally:
+            os.close(descriptor)
+
+
+class Manifest:
+    """What the destination holds, by path: the records of every segment, the latest winning."""
+
+    def __init__(self, target: Destination, records: dict[str, dict[str, Any]], segments: list[str]) -> None:
+        self.target, self.records, self.segments = target, records, segments
+        self.pending: list[dict[str, Any]] = []
+        self.since_flush = time.monotonic()
+
+    @classmethod
+    def load(cls, target: Destination) -> Manifest:
+        try:
+            found = sorted(map(str, target.fs.find(target.path(MANIFEST_FOLDER))))
+        except FileNotFoundError:
+            found = []
+        segments = [path for path in found if path.endswith(".jsonl") and not path.rsplit("/", 1)[-1].startswith(".")]
+        records: dict[str, dict[str, Any]] = {}
+        for segment in segments:
+            for line in target.fs.cat_file(segment).split(b"\n"):
+                if line.strip():
+                    record = json.loads(line)
+                    records[record["path"]] = record
+        manifest = cls(target, records, segments)
+        if len(segments) > _MAX_SEGMENTS:
+            manifest.merge()
+        return manifest
+
+    def up_to_date(self, item: Listed) -> bool:
+        known = self.records.get(item.path)
+        return known is not None and known["size"] == item.size and known["source_version"] == item.version
+
+    def add(self, item: Listed, digest: str) -> None:
+        record = {"path": item.path, "size": item.size, "sha256": digest, "source_version": item.version,
+                  "exported_at": datetime.now(timezone.utc).isoformat()}
+        self.records[item.path] = record
+        self.pending.append(record)
+
+    def flush_if_due(self) -> None:
+        if len(self.pending) >= BATCH_OBJECTS or time.monotonic() - self.since_flush >= BATCH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """The pending records as one new segment (named to sort after the earlier ones)."""
+        self.since_flush = time.monotonic()
+        if not self.pending:
+            return
+        self.segments.append(self._write(self.pending))
+        self.pending = []
+
+    def merge(self) -> None:
+        """Every record in one segment, then the older segments removed (a kill between leaves both: harmless)."""
+        older = self.segments
+        self.segments = [self._write(list(self.records.values()))]
+        for segment in older:
+            with suppress(FileNotFoundError):
+                self.target.fs.rm_file(segment)
+
+    def _write(self, records: list[dict[str, Any]]) -> str:
+        name = f"{MANIFEST_FOLDER}/{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}-{os.getpid()}-{token_hex(4)}.jsonl"
+        self.target.put(name, b"".join(json.dumps(record).encode() + b"\n" for record in records))
+        return self.target.path(name)
+
+
+def _tops(include: tuple[str, ...]) -> list[str]:
+    return [top for name in include for top in INCLUDES[name]]
+
+
+def _listed(reader: StoreReader, top: str, since: datetime | None) -> Iterator[Listed]:
+    """The objects under ``top`` (with ``since``: in date partitions that end after it), hidden ones never."""
+    folders = [top] if since is None else list(_day_folders(reader, top, since.date()))
+    prefix = f"{reader.root}/"
+    for folder in folders:
+        try:
+            found = reader.fs.find(f"{reader.root}/{folder}", detail=True)
+        except FileNotFoundError:
+            continue
+        for path, info in sorted(found.items()):
+            relative = path[len(prefix):] if path.startswith(prefix) else path
+            if info.get("type") == "directory" or any(part.startswith(".") for part in relative.split("/")):
+                continue  # a writer's temporary (.<name>.<host>-<pid>-<rand>.tmp): not whole yet
+            if since is not None and top in _HOURLY and not _hour_ends_after(relative, since):
+                continue
+            version = info.get("etag") or info.get("mtime") or info.get("last_modified") or info.get("created")
+            yield Listed(relative, int(info["size"]), str(version or ""))
+
+
+def _day_folders(reader: StoreReader, top: str, first: date) -> Iterator[str]:
+    """``…/<yyyy>/<mm>/<dd>`` folders under ``top`` from ``first`` on (below the model-data levels for
+    ``modeldata``), listed level by level so that older years and months are never walked."""
+    parents = [top]
+    if top.startswith("modeldata"):
+        for _ in range(_BELOW_MODEL_DATA):
+            parents = [f"{parent}/{name}" for parent in parents for name in subfolders(reader, parent)]
+    for parent in parents:
+        for yyyy in subfolders(reader, parent):
+            if not yyyy.isdigit() or int(yyyy) < first.year:
+                continue
+            for mm in subfolders(reader, f"{parent}/{yyyy}"):
+                if not mm.isdigit() or (int(yyyy), int(mm)) < (first.year, first.month):
+                    continue
+                for dd in subfolders(reader, f"{parent}/{yyyy}/{mm}"):
+                    day = _day(yyyy, mm, dd)
+                    if day is not None and day >= first:
+                        yield f"{parent}/{yyyy}/{mm}/{dd}"
+
+
+def _hour_ends_after(relative: str, since: datetime) -> bool:
+    parts = relative.split("/")  # top, yyyy, mm, dd, hh, name
+    if len(parts) != 6 or not parts[4].isdigit():
+        return True  # a day's own object (a compacted day): its day folder was chosen already
+    hour = datetime(int(parts[1]), int(parts[2]), int(parts[3]), int(parts[4]), tzinfo=timezone.utc)
+    return hour >= since.replace(minute=0, second=0, microsecond=0)
+
+
+def _hash(fs: Any, path: str) -> str:
+    digest = sha256()
+    with fs.open(path, "rb") as file:
+        while chunk := file.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _source_gone(reader: StoreReader, item: Listed) -> bool:
+    try:
+        return not reader.fs.exists(f"{reader.root}/{item.path}")
+    except Exception:
+        return False
+
+
+def _report(progress: Progress, err: IO[str], line: str) -> None:
+    if progress.shown:
+        err.write("\r\x1b[2K")  # the bar's line, cleared for the message; redrawn at the next step
+    print(f"obsml export: {line}", file=err)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(scrub(describe_error(exc)).split())  # the Azure SDK's messages have several lines
+
+
+def _bytes(size: int) -> str:
+    if size < 1000:
+        return f"{size:,} bytes"
+    scaled = float(size)
+    for unit in ("KB", "MB", "GB"):
+        scaled /= 1000
+        if scaled < 1000 or unit == "GB":
+            break
+    return f"{scaled:.1f} {unit}"
