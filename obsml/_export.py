@@ -16,14 +16,16 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from hashlib import sha256
 from pathlib import Path
 from secrets import token_hex
-from typing import IO, Any, BinaryIO
+from typing import IO, Any, BinaryIO, TypeVar
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -50,6 +52,9 @@ BATCH_SECONDS = 2.0  # ...and this often (seconds): what a kill can cost is this
 _MAX_SEGMENTS = 32  # more manifest segments than this are merged into one at the next run
 _MAX_FAILURES = 10  # then the run stops: a destination that fails this often is down
 _CHUNK = 1 << 20
+_THREADS = 8  # objects copied at once: a remote store's latency, not the bandwidth, bounds one at a time
+_COMPACTION_MANIFEST = ".manifest.json"  # compacted-<id>.manifest.json (issue 20, item 4)
+T = TypeVar("T")
 
 
 class ExportError(Exception):
@@ -123,61 +128,81 @@ def _copy_all(reader: StoreReader, target: Destination, manifest: Manifest, list
     tally.up_to_date = len(listed) - len(work)
     # A compaction manifest goes after the Parquet file it names: a reader of the copy that sees it
     # reads that file (issue 20, item 4), so it must not arrive first, nor without it.
-    work.sort(key=lambda item: (item.path.endswith(".manifest.json"), item.path))
+    first = [item for item in work if not item.path.endswith(_COMPACTION_MANIFEST)]
+    last = [item for item in work if item.path.endswith(_COMPACTION_MANIFEST)]
     failed_folders: set[str] = set()
     progress = Progress("obsml export", len(work), err)
     total_bytes, done_bytes = sum(item.size for item in work), 0
+    pool = ThreadPoolExecutor(_THREADS, thread_name_prefix="obsml-export")
     try:
-        for item in work:
-            folder = item.path.rpartition("/")[0]
-            if item.path.endswith(".manifest.json") and folder in failed_folders:
-                tally.failed += 1
-                _report(progress, err, f"{item.path}: not copied, an object of its folder failed")
-                continue
-            try:
-                copied = _copy_one(reader, target, manifest, item)
-            except FileNotFoundError as exc:
-                if _source_gone(reader, item):
-                    tally.vanished += 1
+        for phase in (first, last):
+            for item, outcome in _in_order(pool, lambda item: _copy_one(reader, target, manifest, item), phase,
+                                           blocked=failed_folders if phase is last else set()):
+                if isinstance(outcome, BaseException):
+                    if isinstance(outcome, FileNotFoundError) and _source_gone(reader, item):
+                        tally.vanished += 1
+                    else:
+                        tally.failed += 1
+                        failed_folders.add(item.path.rpartition("/")[0])
+                        _report(progress, err, f"{item.path}: {_one_line(outcome)}")
                 else:
-                    tally.failed += 1
-                    failed_folders.add(folder)
-                    _report(progress, err, f"{item.path}: {_one_line(exc)}")
-            except Exception as exc:  # the filesystem's errors and ExportError: this object only
-                tally.failed += 1
-                failed_folders.add(folder)
-                _report(progress, err, f"{item.path}: {_one_line(exc)}")
+                    copied, digest = outcome
+                    manifest.add(item, digest)
+                    tally.copied += copied
+                    tally.found += not copied
+                    tally.copied_bytes += item.size if copied else 0
+                done_bytes += item.size
+                progress.step(f"{_bytes(done_bytes)} of {_bytes(total_bytes)}")
+                manifest.flush_if_due()
                 if tally.failed >= _MAX_FAILURES:
                     _report(progress, err, f"{tally.failed} objects failed: stopping")
-                    break
-            else:
-                tally.copied += copied
-                tally.found += not copied
-                tally.copied_bytes += item.size if copied else 0
-            done_bytes += item.size
-            progress.step(f"{_bytes(done_bytes)} of {_bytes(total_bytes)}")
-            manifest.flush_if_due()
+                    return tally
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
         progress.close()
         manifest.flush()
     return tally
 
 
-def _copy_one(reader: StoreReader, target: Destination, manifest: Manifest, item: Listed) -> bool:
-    """Make ``item`` whole at the destination and record it; False when it was already there."""
+def _in_order(pool: ThreadPoolExecutor, copy: Callable[[Listed], T], items: list[Listed], *, blocked: set[str],
+              ) -> Iterator[tuple[Listed, T | BaseException]]:
+    """``copy`` of each item, run by the pool a few ahead (objects in flight, not the whole list), in order.
+
+    An item of a folder in ``blocked`` is not copied: a compaction manifest whose Parquet file failed
+    must not arrive without it.
+    """
+    window: deque[tuple[Listed, Future[T]]] = deque()
+    for n, item in enumerate(items, 1):
+        if item.path.rpartition("/")[0] in blocked:
+            window.append((item, _failed(ExportError("not copied: an object of its folder failed"))))
+        else:
+            window.append((item, pool.submit(copy, item)))
+        while window and (len(window) >= 4 * _THREADS or n == len(items)):
+            done, future = window.popleft()
+            exc = future.exception()
+            yield done, (exc if exc is not None else future.result())
+
+
+def _failed(exc: Exception) -> Future[Any]:
+    future: Future[Any] = Future()
+    future.set_exception(exc)
+    return future
+
+
+def _copy_one(reader: StoreReader, target: Destination, manifest: Manifest, item: Listed) -> tuple[bool, str]:
+    """Make ``item`` whole at the destination (on a pool thread): (whether it was written, its sha256).
+
+    Not written when it is there already with the same bytes: copied by an interrupted run, which
+    had not recorded it yet. The caller records it.
+    """
     source = f"{reader.root}/{item.path}"
-    known = manifest.records.get(item.path)
-    at_destination = target.size_of(item.path)
-    if at_destination == item.size:
-        # Copied by an interrupted run (or by this one under another version): the same bytes?
+    if target.size_of(item.path) == item.size:
         digest = _hash(reader.fs, source)
+        known = manifest.records.get(item.path)
         if (known is not None and known["sha256"] == digest) or digest == _hash(target.fs, target.path(item.path)):
-            manifest.add(item, digest)
-            return False
+            return False, digest
     with reader.fs.open(source, "rb") as file:
-        digest = target.write(item, file)
-    manifest.add(item, digest)
-    return True
+        return True, target.write(item, file)
 
 
 class Destination:

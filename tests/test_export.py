@@ -71,7 +71,7 @@ def rows(capsys: pytest.CaptureFixture[str], store: str | Path, sql: str) -> lis
 def data_files(root: Path) -> dict[str, bytes]:
     """Every object of a local store but obsml's own, by path under the root."""
     return {str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*"))
-            if path.is_file() and not path.relative_to(root).parts[0] == "_obsml"}
+            if path.is_file() and path.relative_to(root).parts[0] != "_obsml"}
 
 
 def stamps(root: Path) -> dict[str, tuple[int, int]]:
@@ -109,7 +109,9 @@ def test_a_second_export_copies_nothing_and_writes_no_object_again(
     assert stamps(copy) == before
 
 
-def test_only_objects_new_at_the_source_are_copied_next_time(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_only_objects_new_at_the_source_are_copied_next_time(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     source, copy = tmp_path / "source", tmp_path / "copy"
     with running_server(make_app(store=str(source), **OPTIONS)) as url:
         httpx.post(f"{url}/echo", content=BIG, headers={"x-correlation-id": "first"})
@@ -123,7 +125,8 @@ def test_only_objects_new_at_the_source_are_copied_next_time(tmp_path: Path, cap
 
     new = set(data_files(source)) - set(before)
     assert {name.split("/")[0] for name in new} == {"traces", "payloads"}
-    assert (code, out.split(" to ")[0]) == (0, f"obsml export: copied {len(new)} objects ({_size(data_files(source), new)})")
+    copied = f"obsml export: copied {len(new)} objects ({_size(data_files(source), new)})"
+    assert (code, out.split(" to ")[0]) == (0, copied)
     assert {name: stamp for name, stamp in stamps(copy).items() if name in before} == before
     assert data_files(copy) == data_files(source)
 
@@ -196,7 +199,8 @@ def test_a_compaction_manifest_is_copied_after_the_parquet_it_names(
 
     assert export(capsys, tmp_path / "source", tmp_path / "copy")[0] == 0
 
-    manifest, parquet = (tmp_path / "copy" / hour / name for name in ("compacted-0.manifest.json", "compacted-0.parquet"))
+    copied = tmp_path / "copy" / hour
+    manifest, parquet = copied / "compacted-0.manifest.json", copied / "compacted-0.parquet"
     assert parquet.stat().st_mtime_ns <= manifest.stat().st_mtime_ns
 
 
@@ -238,7 +242,8 @@ def test_an_export_killed_in_the_middle_resumes_and_copies_nothing_twice(
     code, out, err = export(capsys, source, copy)
 
     copied, found = len(names) - len(written), len(written - recorded)
-    expected = f"obsml export: copied {copied} objects ({_size_of(copied * 4096)}) to {copy}, {len(recorded)} up to date"
+    expected = f"obsml export: copied {copied} objects ({_size_of(copied * 4096)}) to {copy}, "
+    expected += f"{len(recorded)} up to date"
     assert (code, out, err) == (0, expected + (f", {found} already there recorded" if found else "") + "\n", "")
     assert data_files(copy) == data_files(source)
     assert {name: stamp for name, stamp in stamps(copy).items() if name in written} == before  # none written twice
@@ -269,7 +274,8 @@ def test_a_destination_that_cannot_be_made_is_one_line_and_exit_status_2(
     code, out, err = export(capsys, tmp_path / "source", tmp_path / "file" / "copy")
 
     assert (code, out) == (2, "")
-    assert err.startswith(f"obsml export: cannot use the destination {tmp_path / 'file' / 'copy'}: ") and err.count("\n") == 1
+    assert err.startswith(f"obsml export: cannot use the destination {tmp_path / 'file' / 'copy'}: ")
+    assert err.count("\n") == 1
 
 
 def test_a_progress_bar_is_drawn_on_a_terminal_and_nothing_otherwise(tmp_path: Path) -> None:
@@ -293,8 +299,9 @@ def test_a_progress_bar_is_drawn_on_a_terminal_and_nothing_otherwise(tmp_path: P
 
 
 @pytest.fixture
-def azure_env(azurite: Azurite, monkeypatch: pytest.MonkeyPatch) -> Iterator[Azurite]:
+def azure_env(azurite: Azurite, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Azurite]:
     monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # a remote destination's lock file goes there
     AzureBlobFileSystem.clear_instance_cache()  # fsspec caches filesystems by arguments, not by environment
     yield azurite
     AzureBlobFileSystem.clear_instance_cache()
@@ -335,6 +342,7 @@ def test_a_destination_without_credentials_or_refusing_them_is_one_line_and_exit
 ) -> None:
     layout(tmp_path / "source", DATED)
     blob = f"abfs://{azure_container.container_name}/archive"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     for name in list(os.environ):
         if name.startswith(("AZURE_", "FSSPEC_ABFS")):
             monkeypatch.delenv(name)
