@@ -52,6 +52,7 @@ BATCH_SECONDS = 2.0  # ...and this often (seconds): what a kill can cost is this
 _MAX_SEGMENTS = 32  # more manifest segments than this are merged into one at the next run
 _MAX_FAILURES = 10  # then the run stops: a destination that fails this often is down
 _CHUNK = 1 << 20
+_WHOLE = 8 << 20  # objects up to this size are read and put in one request each (in memory)
 _THREADS = 8  # objects copied at once: a remote store's latency, not the bandwidth, bounds one at a time
 _COMPACTION_MANIFEST = ".manifest.json"  # compacted-<id>.manifest.json (issue 20, item 4)
 T = TypeVar("T")
@@ -197,10 +198,14 @@ def _copy_one(reader: StoreReader, target: Destination, manifest: Manifest, item
     """
     source = f"{reader.root}/{item.path}"
     if target.size_of(item.path) == item.size:
-        digest = _hash(reader.fs, source)
+        digest = _hash(reader.fs, source, item.size)
         known = manifest.records.get(item.path)
-        if (known is not None and known["sha256"] == digest) or digest == _hash(target.fs, target.path(item.path)):
+        if (known is not None and known["sha256"] == digest) or (
+            digest == _hash(target.fs, target.path(item.path), item.size)
+        ):
             return False, digest
+    if item.size <= _WHOLE:  # one GET and one PUT rather than a file's HEAD, GET, and upload of blocks
+        return True, target.write(item, reader.fs.cat_file(source))
     with reader.fs.open(source, "rb") as file:
         return True, target.write(item, file)
 
@@ -231,28 +236,38 @@ class Destination:
         except FileNotFoundError:
             return None
 
-    def write(self, item: Listed, source: BinaryIO) -> str:
+    def write(self, item: Listed, source: BinaryIO | bytes) -> str:
         """Copy ``source`` to ``item.path``, checked; its sha256. On failure nothing is left there."""
         digest, size = sha256(), 0
         final = self.path(item.path)
-        with self._written(final) as file:
-            while chunk := source.read(_CHUNK):
-                digest.update(chunk)
-                size += len(chunk)
-                file.write(chunk)
-            if size != item.size:
-                raise ExportError(f"read {size} bytes from the source, which listed {item.size}")
+        if isinstance(source, bytes) and not self.local:
+            digest.update(source)
+            size = len(source)
+            self._checked_size(item, size)
+            self.fs.pipe_file(final, source)
+        else:
+            with self._written(final) as file:
+                for chunk in _chunks(source):
+                    digest.update(chunk)
+                    size += len(chunk)
+                    file.write(chunk)
+                self._checked_size(item, size)
         self.fs.invalidate_cache(final)
         try:
             if (written := self.size_of(item.path)) != size:
                 raise ExportError(f"{written} bytes at the destination, {size} copied")
-            if item.path.startswith(_READ_BACK) and (read := _hash(self.fs, final)) != digest.hexdigest():
+            if item.path.startswith(_READ_BACK) and (read := _hash(self.fs, final, size)) != digest.hexdigest():
                 raise ExportError(f"sha256 {read} at the destination, {digest.hexdigest()} copied")
         except BaseException:
             with suppress(Exception):
                 self.fs.rm_file(final)
             raise
         return digest.hexdigest()
+
+    @staticmethod
+    def _checked_size(item: Listed, size: int) -> None:
+        if size != item.size:
+            raise ExportError(f"read {size} bytes from the source, which listed {item.size}")
 
     @contextmanager
     def _written(self, final: str) -> Iterator[BinaryIO]:
@@ -431,10 +446,20 @@ def _hour_ends_after(relative: str, since: datetime) -> bool:
     return hour >= since.replace(minute=0, second=0, microsecond=0)
 
 
-def _hash(fs: Any, path: str) -> str:
+def _chunks(source: BinaryIO | bytes) -> Iterator[bytes]:
+    if isinstance(source, bytes):
+        yield source
+        return
+    while chunk := source.read(_CHUNK):
+        yield chunk
+
+
+def _hash(fs: Any, path: str, size: int) -> str:
+    if size <= _WHOLE:
+        return sha256(fs.cat_file(path)).hexdigest()
     digest = sha256()
     with fs.open(path, "rb") as file:
-        while chunk := file.read(_CHUNK):
+        for chunk in _chunks(file):
             digest.update(chunk)
     return digest.hexdigest()
 
