@@ -478,7 +478,8 @@ def _report(progress: Progress, err: IO[str], line: str) -> None:
 
 
 def _one_line(exc: BaseException) -> str:
-    return " ".join(scrub(describe_error(exc)).split())  # the Azure SDK's messages have several lines
+    said = str(exc) if isinstance(exc, ExportError) else describe_error(exc)
+    return " ".join(scrub(said).split())  # the Azure SDK's messages have several lines
 
 
 def _bytes(size: int) -> str:
