@@ -2,7 +2,7 @@
 
 What was copied is recorded in the destination, under ``_obsml/export/manifest/``, one JSON line per
 object (path, size, sha256, the source's etag or mtime) in segment files written whole, one per
-batch: an object is recorded only once it is whole and verified at the destination, and a kill
+batch and date partition: an object is recorded only once it is whole and verified at the destination, and a kill
 loses at most the last batch's records. The next run finds those objects at the destination
 (same size, same sha256) and records them without writing them again. A run copies what the
 manifest does not hold, or holds with another size or version; a second run copies nothing.
@@ -16,7 +16,7 @@ import json
 import os
 import sys
 import time
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
@@ -103,7 +103,7 @@ def run_export(
             if not held:
                 print(f"obsml export: another export to {shown} is running; nothing done", file=err)
                 return 1
-            manifest = Manifest.load(target)
+            manifest = Manifest.load(target, _tops(include), since)
             try:
                 listed = [item for top in _tops(include) for item in _listed(reader, top, since)]
             except Exception as exc:  # whatever the filesystem raises (adlfs: the Azure SDK's errors)
@@ -334,29 +334,38 @@ class Destination:
 
 
 class Manifest:
-    """What the destination holds, by path: the records of every segment, the latest winning."""
+    """What the destination holds, by path: the records of the segments read, the latest winning.
 
-    def __init__(self, target: Destination, records: dict[str, dict[str, Any]], segments: list[str]) -> None:
-        self.target, self.records, self.segments = target, records, segments
+    Segments sit in one folder per kind and date partition of the objects they record
+    (``_obsml/export/manifest/<top>/<yyyy>/<mm>/<dd>/``, ``…/<top>/undated/`` for any other), so that
+    a run with ``--since`` reads only the records of the days it copies, however old the export.
+    """
+
+    def __init__(self, target: Destination) -> None:
+        self.target = target
+        self.records: dict[str, dict[str, Any]] = {}
+        self.segments: dict[str, list[str]] = defaultdict(list)  # by folder, oldest first
         self.pending: list[dict[str, Any]] = []
         self.since_flush = time.monotonic()
 
     @classmethod
-    def load(cls, target: Destination) -> Manifest:
-        try:
-            found = sorted(map(str, target.fs.find(target.path(MANIFEST_FOLDER))))
-        except FileNotFoundError:
-            found = []
-        segments = [path for path in found if path.endswith(".jsonl") and not path.rsplit("/", 1)[-1].startswith(".")]
-        records: dict[str, dict[str, Any]] = {}
-        for segment in segments:
-            for line in target.fs.cat_file(segment).split(b"\n"):
-                if line.strip():
-                    record = json.loads(line)
-                    records[record["path"]] = record
-        manifest = cls(target, records, segments)
-        if len(segments) > _MAX_SEGMENTS:
-            manifest.merge()
+    def load(cls, target: Destination, tops: list[str], since: datetime | None) -> Manifest:
+        manifest = cls(target)
+        listing = StoreReader(target.fs, target.root)
+        for top in tops:
+            base = f"{MANIFEST_FOLDER}/{top}"
+            folders = [base] if since is None else [*_day_folders(listing, base, since.date()), f"{base}/undated"]
+            for folder in folders:
+                for segment in listing.files(folder):  # sorted: oldest first (the names start with the time)
+                    if segment.endswith(".jsonl"):
+                        manifest.segments[segment.rpartition("/")[0]].append(segment)
+                        for line in target.fs.cat_file(target.path(segment)).split(b"\n"):
+                            if line.strip():
+                                record = json.loads(line)
+                                manifest.records[record["path"]] = record
+        for folder, segments in list(manifest.segments.items()):
+            if len(segments) > _MAX_SEGMENTS:
+                manifest.merge(folder)
         return manifest
 
     def up_to_date(self, item: Listed) -> bool:
@@ -374,25 +383,37 @@ class Manifest:
             self.flush()
 
     def flush(self) -> None:
-        """The pending records as one new segment (named to sort after the earlier ones)."""
+        """The pending records as new segments, one per folder (named to sort after the earlier ones)."""
         self.since_flush = time.monotonic()
-        if not self.pending:
-            return
-        self.segments.append(self._write(self.pending))
+        by_folder: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for record in self.pending:
+            by_folder[_manifest_folder(record["path"])].append(record)
+        for folder, records in by_folder.items():
+            self.segments[folder].append(self._write(folder, records))
         self.pending = []
 
-    def merge(self) -> None:
-        """Every record in one segment, then the older segments removed (a kill between leaves both: harmless)."""
-        older = self.segments
-        self.segments = [self._write(list(self.records.values()))]
+    def merge(self, folder: str) -> None:
+        """A folder's records in one segment, then its older segments removed (a kill between leaves
+        both: harmless, the records are the same)."""
+        older = self.segments[folder]
+        records = [record for record in self.records.values() if _manifest_folder(record["path"]) == folder]
+        self.segments[folder] = [self._write(folder, records)]
         for segment in older:
             with suppress(FileNotFoundError):
-                self.target.fs.rm_file(segment)
+                self.target.fs.rm_file(self.target.path(segment))
 
-    def _write(self, records: list[dict[str, Any]]) -> str:
-        name = f"{MANIFEST_FOLDER}/{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}-{os.getpid()}-{token_hex(4)}.jsonl"
+    def _write(self, folder: str, records: list[dict[str, Any]]) -> str:
+        name = f"{folder}/{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}-{os.getpid()}-{token_hex(4)}.jsonl"
         self.target.put(name, b"".join(json.dumps(record).encode() + b"\n" for record in records))
-        return self.target.path(name)
+        return name
+
+
+def _manifest_folder(relative: str) -> str:
+    """The manifest folder of an object's records: its kind and date partition."""
+    parts = relative.split("/")
+    at = 1 + (_BELOW_MODEL_DATA if parts[0].startswith("modeldata") else 0)
+    day = _day(parts[at], parts[at + 1], parts[at + 2]) if len(parts) > at + 3 else None
+    return f"{MANIFEST_FOLDER}/{parts[0]}/" + (f"{day:%Y/%m/%d}" if day else "undated")
 
 
 def _tops(include: tuple[str, ...]) -> list[str]:

@@ -252,11 +252,12 @@ def test_an_export_killed_in_the_middle_resumes_and_copies_nothing_twice(
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     manifest = copy / "_obsml/export/manifest"
     deadline = time.monotonic() + 60
-    while not (manifest.exists() and any(manifest.iterdir())) and time.monotonic() < deadline:
+    while not any(manifest.rglob("*.jsonl")) and time.monotonic() < deadline:
         time.sleep(0.005)
     process.send_signal(signal.SIGKILL)
     process.communicate()
-    recorded = {json.loads(line)["path"] for segment in manifest.iterdir() for line in segment.read_text().splitlines()}
+    recorded = {json.loads(line)["path"] for segment in manifest.rglob("*.jsonl")
+                for line in segment.read_text().splitlines()}
     assert 0 < len(recorded) < len(names)  # killed after its first batch of records, before the last
     written = set(data_files(copy))  # whole (renamed into place), recorded or not yet
     before = stamps(copy)
