@@ -274,6 +274,19 @@ def test_an_export_killed_in_the_middle_resumes_and_copies_nothing_twice(
     assert export(capsys, source, copy)[1].startswith("obsml export: copied 0 objects")
 
 
+def test_the_segments_of_many_runs_are_merged_and_every_object_stays_known(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    day = tmp_path / "copy/_obsml/export/manifest/payloads/2026/11/30"
+    for n in range(34):  # a cron job: one new body between runs, one segment each
+        layout(tmp_path / "source", [f"payloads/2026/11/30/{n:032x}-{n:016x}-request.bin"])
+        assert export(capsys, tmp_path / "source", tmp_path / "copy")[1].startswith("obsml export: copied 1 objects")
+        assert len(list(day.iterdir())) == (n + 1 if n < 33 else 2)  # the 34th merged 33 into one, then added one
+
+    assert export(capsys, tmp_path / "source", tmp_path / "copy")[1].startswith("obsml export: copied 0 objects")
+    assert sum(len(segment.read_text().splitlines()) for segment in day.iterdir()) == 34
+
+
 def test_a_second_export_to_the_same_destination_waits_for_none_and_says_so(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
