@@ -12,9 +12,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from hashlib import sha256
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+import fsspec
 import httpx
 import pytest
 from adlfs import AzureBlobFileSystem
@@ -22,6 +24,7 @@ from apps import make_app
 from azure.storage.blob import ContainerClient
 from azurite import Azurite, new_container
 from conftest import running_gunicorn, running_server
+from fsspec.implementations.memory import MemoryFileSystem
 
 import obsml
 from obsml.cli import main
@@ -238,6 +241,43 @@ def test_an_object_that_cannot_be_written_is_named_not_recorded_and_copied_once_
     code, out, _ = export(capsys, tmp_path / "source", tmp_path / "copy")
     assert (code, out.split(" (")[0]) == (0, "obsml export: copied 2 objects")
     assert data_files(tmp_path / "copy") == data_files(tmp_path / "source")
+
+
+class CorruptingFileSystem(MemoryFileSystem):
+    """A destination that flips a byte of every body it is given: what a faulty store or link would do."""
+
+    protocol = ("corrupting",)
+    store: ClassVar[dict[str, Any]] = {}
+    pseudo_dirs: ClassVar[list[str]] = [""]
+
+    @classmethod
+    def _strip_protocol(cls, path: str) -> str:
+        return str(super()._strip_protocol(path.removeprefix("corrupting://")))
+
+    def pipe_file(self, path: str, value: bytes, mode: str = "overwrite", **kwargs: Any) -> None:
+        if "/payloads/" in path:
+            value = bytes([value[0] ^ 1]) + value[1:]
+        super().pipe_file(path, value, mode, **kwargs)
+
+
+def test_a_body_that_differs_once_written_is_an_error_naming_it_and_is_not_recorded(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fsspec.register_implementation("corrupting", CorruptingFileSystem, clobber=True)
+    body, part = "payloads/2026/11/30/ab-cd-request.bin", "traces/2026/11/30/12/1-a-1.jsonl"
+    layout(tmp_path / "source", [body, part])
+    fs = CorruptingFileSystem()
+
+    code, out, err = export(capsys, tmp_path / "source", "corrupting://copy")
+
+    copied = sha256(body.encode()).hexdigest()
+    assert (code, err.split(" at the destination, ")[1]) == (1, f"{copied} copied\n")
+    assert err.startswith(f"obsml export: {body}: sha256 ") and err.count("\n") == 1
+    assert out == f"obsml export: copied 1 objects ({len(part)} bytes) to corrupting:///copy, 0 up to date, 1 failed\n"
+    assert not fs.exists(f"copy/{body}") and fs.cat_file(f"copy/{part}") == part.encode()
+    recorded = [json.loads(line)["path"] for segment in fs.find("copy/_obsml/export/manifest")
+                for line in fs.cat_file(segment).splitlines()]
+    assert recorded == [part]
 
 
 def test_an_export_killed_in_the_middle_resumes_and_copies_nothing_twice(
