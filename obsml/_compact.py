@@ -90,7 +90,7 @@ def run_compact(
         return 2
     shown = scrub(reader.shown())  # a URL may carry a SAS token
     try:
-        if not reader.fs.exists(reader.root):
+        if not reader.exists():
             print(f"obsml compact: cannot read {shown}: no store there", file=err)
             return 2
         found = list(partitions(reader, now - older_than))

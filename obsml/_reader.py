@@ -45,6 +45,10 @@ class StoreReader:
             raise ConfigError(f"OBSML_STORE: cannot open the store: {store_hint(scheme, exc)}") from None
         return cls(fs, root)
 
+    def exists(self) -> bool:
+        """Whether anything is at the root: a mistyped ``--store`` must not read as an empty store."""
+        return bool(self.fs.exists(self.root))
+
     def files(self, folder: str) -> list[str]:
         """Every object under ``folder`` (``traces``, ``payloads``…), relative to the root, sorted."""
         try:

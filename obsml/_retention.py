@@ -75,15 +75,6 @@ class Plan:
     kept: list[tuple[Partition, str]] = field(default_factory=list)
 
 
-def parse_includes(text: str) -> tuple[str, ...]:
-    """``traces,payloads`` as a tuple of :data:`INCLUDES` names; ConfigError naming an unknown one."""
-    names = tuple(name.strip() for name in text.split(",") if name.strip())
-    unknown = [name for name in names if name not in INCLUDES]
-    if unknown or not names:
-        raise ConfigError(f"expected some of {', '.join(INCLUDES)}, got {text!r}")
-    return names
-
-
 def run_retention(
     store: str, *, cutoff: datetime, includes: Sequence[str] = tuple(INCLUDES), delete: bool = False,
     out: IO[str] | None = None, err: IO[str] | None = None,
@@ -105,6 +96,9 @@ def run_retention(
         return 2
     shown = scrub(reader.shown())  # a URL may carry a SAS token
     try:
+        if not reader.exists():
+            print(f"{COMMAND}: cannot read {shown}: no store there", file=err)
+            return 2
         plan = make_plan(reader, includes, cutoff, now)
     except Exception as exc:  # whatever the filesystem raises (adlfs: the Azure SDK's errors), in one line
         print(f"{COMMAND}: cannot read {shown}: {' '.join(describe_error(exc).split())}", file=err)

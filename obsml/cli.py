@@ -12,6 +12,7 @@ A command that reads the store adds ``--store``, ``--since`` and ``--until`` wit
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_drift(commands)
     _add_retention(commands)
     _add_compact(commands)
+    _add_export(commands)
     return parser
 
 
@@ -400,6 +402,50 @@ def _run_drift(args: argparse.Namespace) -> int:
                      format=args.format)
 
 
+def _add_export(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    export = commands.add_parser(
+        "export",
+        help="copy the store's new data objects to another URL (incremental, resumable, verified): for cron",
+        description=(
+            "Copy the store's data objects (part files of spans and log records, bodies, model data and its media) "
+            "that DEST_URL does not hold yet, each written whole and checked (size; sha256 read back for bodies), "
+            "recording each in a manifest under DEST_URL/_obsml/export/. A second run copies nothing; an "
+            "interrupted one resumes. Exit status 0 when the destination is up to date, 1 when an object failed "
+            "(each named on stderr) or another export to DEST_URL is running, 2 when a store cannot be used."
+        ),
+        epilog="example (cron): obsml export abfs://archive/obsml --store /var/obsml --since 2d",
+    )
+    export.add_argument("destination", metavar="DEST_URL",
+                        help="where the copy goes: a local path, file://, abfs://container/prefix, another fsspec URL")
+    add_store_options(export, window=False)
+    export.add_argument("--since", type=_moment("--since"), default=None, metavar="WHEN",
+                        help="only the date partitions (hours of spans and logs, days of the rest) that end after "
+                             "this: a duration before now (2d, 12h) or an ISO time (default: every partition)")
+    export.add_argument("--include", type=_includes("export"), default=None, metavar="KINDS",
+                        help="comma-separated: traces (spans and log records), payloads (bodies), modeldata "
+                             "(rows and media) (default: all three)")
+    export.set_defaults(handler=_run_export)
+
+
+def _includes(command: str) -> Callable[[str], tuple[str, ...]]:
+    """``--include a,b``: names of the ``INCLUDES`` of the command's module (``obsml._<command>``)."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        allowed = importlib.import_module(f"obsml._{command}").INCLUDES
+        names = tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+        if not names or any(name not in allowed for name in names):
+            raise argparse.ArgumentTypeError(f"expected some of {', '.join(allowed)}, got {text!r}")
+        return names
+
+    return parse
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from ._export import INCLUDES, run_export
+
+    return run_export(args.store, args.destination, since=args.since, include=args.include or tuple(INCLUDES))
+
+
 def _add_status(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     status = commands.add_parser(
         "status",
@@ -451,21 +497,11 @@ def _add_retention(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     add_store_options(retention, window=False)
     retention.add_argument("--older-than", required=True, type=_moment("--older-than"), metavar="AGE",
                            help="partitions that ended at least AGE ago (30d, 12h, 0s) or by an ISO time")
-    retention.add_argument("--include", type=_includes, default="traces,payloads,modeldata,status", metavar="LIST",
-                           help="which folders, comma-separated: traces (with logs/), payloads, modeldata (with "
-                                "modeldata-media/), status (writers' statuses) (default: all four)")
+    retention.add_argument("--include", type=_includes("retention"), default="traces,payloads,modeldata,status",
+                           metavar="LIST", help="which folders, comma-separated: traces (with logs/), payloads, "
+                                "modeldata (with modeldata-media/), status (writers' statuses) (default: all four)")
     retention.add_argument("--yes", action="store_true", help="delete them (default: only list them)")
     retention.set_defaults(handler=_run_retention)
-
-
-def _includes(text: str) -> tuple[str, ...]:
-    from ._exceptions import ConfigError
-    from ._retention import parse_includes
-
-    try:
-        return parse_includes(text)
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _run_retention(args: argparse.Namespace) -> int:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import contextlib
+import io
 import itertools
 import json
 import os
@@ -10,6 +12,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from conftest import body_bytes, read_spans
 
 from obsml import modeldata
@@ -133,3 +136,18 @@ def test_the_command_line_starts_without_duckdb_pandas_fsspec_or_opentelemetry()
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("command", [
+    ["retention", "--older-than", "30d"], ["compact"], ["export", "{tmp}/copy"],
+])
+def test_a_mistyped_store_is_one_line_and_exit_2_not_an_empty_store(tmp_path: Path, command: list[str]) -> None:
+    from obsml.cli import main
+
+    argv = [part.format(tmp=tmp_path) for part in command] + ["--store", str(tmp_path / "obsml-dta")]
+    with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()) as err:
+        code = main(argv)
+    assert (code, out.getvalue()) == (2, "")
+    assert err.getvalue().endswith(f"cannot read {tmp_path / 'obsml-dta'}: no store there\n")
+    assert err.getvalue().count("\n") == 1
+    assert sorted(os.listdir(tmp_path)) == []  # nothing made: neither the store nor the copy
