@@ -4,7 +4,8 @@
 switches of every scope (all services, a service, a model, a version). Each pipeline's
 :class:`ControlTicker` re-reads it on the writer thread: for a local store at each tick, by a
 stat (the file is read only when the stat changed); for a remote fsspec store at most every
-``OBSML_CONTROL_INTERVAL`` seconds, with one GET. It then hands each subscriber (a middleware's
+``OBSML_CONTROL_INTERVAL`` seconds, with one GET (made on a short-lived thread of its own, so that
+an outage never stalls the writer). It then hands each subscriber (a middleware's
 ``Capturer``, a Collector's destination) the values of its scope, which the subscriber swaps
 into the plain attributes its request path already reads: the request path does no more work.
 
@@ -24,6 +25,7 @@ from collections.abc import Mapping
 from hashlib import sha256
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ._objects import describe_error
 from ._stats import logger
 
 if TYPE_CHECKING:
@@ -42,6 +44,7 @@ _NOT_READ = object()
 _MAX_BYTES = 1 << 20  # a control object is a few hundred bytes; a bigger file is malformed, not read whole
 
 Values = dict[str, Any]
+Outcome = tuple[bool, bytes | None] | Exception  # a read: (changed, bytes or None: no object), or its failure
 Scopes = dict[str, Values]
 
 
@@ -132,6 +135,8 @@ class ControlTicker:
         self._pid = os.getpid()
         self._fs: Any = store.fs
         self._next_read = 0.0
+        self._getting: threading.Thread | None = None  # a remote store's GET under way
+        self._got: Outcome = (False, None)
 
     def subscribe(self, subscriber: Subscriber) -> None:
         """Apply the control in force to ``subscriber`` now (no I/O), and every change from now on."""
@@ -147,29 +152,61 @@ class ControlTicker:
             self._read()
 
     def tick(self, force: bool) -> None:
-        # ``force`` (a flush) is ignored: obsml.flush() may come per request, and a remote store is
-        # read at most once per OBSML_CONTROL_INTERVAL.
+        # ``force`` (a flush, the close) is ignored: obsml.flush() may come per request, and a remote
+        # store is read at most once per OBSML_CONTROL_INTERVAL.
+        if force:
+            return
         if self._pid != os.getpid():  # a forked worker re-reads on its own writer
-            self._pid, self._seen, self._next_read = os.getpid(), _NOT_READ, 0.0
+            self._pid, self._seen, self._next_read, self._getting = os.getpid(), _NOT_READ, 0.0, None
             if not self._local:  # the parent's client belongs to the parent's event loop
                 self._fs = type(self._fs)(*self._fs.storage_args, **self._fs.storage_options)
-        now = time.monotonic()
-        if now < self._next_read:
+        if self._local:
+            self._read()
             return
-        self._next_read = now if self._local else now + self._interval
-        self._read()
+        # A remote GET may hang for as long as the SDK retries (an Azure outage: minutes): it runs on a
+        # thread of its own, so that the writer never waits on the network; its outcome is taken up here.
+        getting = self._getting
+        if getting is not None:
+            if getting.is_alive():
+                return
+            self._getting = None
+            self._take(self._got)
+        now = time.monotonic()
+        if now >= self._next_read:
+            self._next_read = now + self._interval
+            self._getting = threading.Thread(target=self._get, name="obsml-control", daemon=True)
+            try:
+                self._getting.start()
+            except RuntimeError:  # the interpreter is shutting down: no new thread, no need
+                self._getting = None
 
     def _read(self) -> None:
         try:
-            changed, data = self._fetch()
-        except Exception as exc:  # whatever the filesystem raises: the control in force stays
-            problem = type(exc).__name__
+            outcome: Outcome = self._fetch_local()
+        except OSError as exc:
+            outcome = exc
+        self._take(outcome)
+
+    def _get(self) -> None:
+        """On the ``obsml-control`` thread: one GET of a remote store's control object."""
+        try:
+            self._got = (True, bytes(self._fs.cat_file(self._path)))
+        except FileNotFoundError:
+            self._got = (True, None)
+        except Exception as exc:  # whatever the filesystem raises (adlfs: the Azure SDK's errors)
+            self._got = exc
+
+    def _take(self, outcome: Outcome) -> None:
+        """Writer side: install what was read, or warn once per distinct failure or malformed content."""
+        if isinstance(outcome, Exception):
+            problem = describe_error(outcome)
             if problem != self._problem:
                 self._problem = problem
                 logger.warning("obsml: cannot read the control object %s (%s); the control in force stays",
                                CONTROL_OBJECT, problem)
             return
         self._problem = None
+        changed, data = outcome
         if not changed:
             return
         if data is None:
@@ -188,28 +225,21 @@ class ControlTicker:
         changed_at = json.loads(data).get("changed_at")
         self._install(scopes, changed_at if isinstance(changed_at, str) else None)
 
-    def _fetch(self) -> tuple[bool, bytes | None]:
-        """(whether the object may have changed, its bytes or None when there is none).
-
-        A local store is read only when the file's stat changed; a remote one is read whole (one GET).
-        """
-        if self._local:
-            try:
-                stat = os.stat(self._path)
-            except FileNotFoundError:
-                changed, self._seen = self._seen is not None, None
-                return changed, None
-            seen = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
-            if seen == self._seen:
-                return False, None
-            with open(self._path, "rb") as file:
-                data = file.read(_MAX_BYTES)
-            self._seen = seen
-            return True, data
+    def _fetch_local(self) -> tuple[bool, bytes | None]:
+        """(whether the file may have changed, its bytes or None when there is none): a stat, and a
+        read only when the stat changed."""
         try:
-            return True, bytes(self._fs.cat_file(self._path))
+            stat = os.stat(self._path)
         except FileNotFoundError:
-            return True, None
+            changed, self._seen = self._seen is not None, None
+            return changed, None
+        seen = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        if seen == self._seen:
+            return False, None
+        with open(self._path, "rb") as file:
+            data = file.read(_MAX_BYTES)
+        self._seen = seen
+        return True, data
 
     def _install(self, scopes: Scopes, changed_at: str | None) -> None:
         if scopes == self.scopes:
