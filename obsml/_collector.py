@@ -95,8 +95,10 @@ _PARTS: dict[tuple[int, str], PartFiles] = {}
 _PARTS_LOCK = threading.Lock()
 
 
-def _destination(settings: Settings, format: str, model: str, enabled: bool) -> _Destination:
+def _destination(settings: Settings, format: str, model: str, enabled: bool, first_read: bool) -> _Destination:
     pipeline = pipeline_for(settings)
+    if first_read and pipeline.control is not None:
+        pipeline.control.read_now()  # a batch job's first rows follow the switches too (a middleware read them)
     with _PARTS_LOCK:
         parts = _PARTS.get((id(pipeline), format))
         if parts is None:
@@ -220,7 +222,8 @@ class Collector:
         if destination is None:
             # Inside a request: the serving middleware's destination, with what this collector was given.
             settings = self._outside if capturer is None else dataclasses.replace(capturer.settings, **self._given)
-            destination = self._destinations[key] = _destination(settings, self.format, self.model, self.enabled)
+            destination = _destination(settings, self.format, self.model, self.enabled, first_read=capturer is None)
+            self._destinations[key] = destination
         return destination
 
     def collect(self, data: Any, correlation_id: str | None = None) -> Collected:

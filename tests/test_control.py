@@ -20,6 +20,10 @@ from azurite import Azurite
 from conftest import read_spans, running_gunicorn
 from servers import RunningCommand, free_port, running_command
 
+import obsml
+from obsml import Collector
+from obsml.cli import main
+
 ROOT = Path(__file__).resolve().parent.parent
 SCOPE = {"OBSML_SERVICE": "credit", "OBSML_MODEL": "best", "OBSML_VERSION": "1", "OBSML_STATUS": "true"}
 CONTROL = Path("_obsml/control/settings.json")
@@ -266,3 +270,14 @@ def test_an_unreachable_store_is_one_line_and_exit_2_without_the_key() -> None:
     result = run_without_azure_settings(["set", "enabled=false"], AZURE_STORAGE_CONNECTION_STRING=connection)
     assert_one_line_exit_2(result)
     assert "cannot read abfs://nowhere/obsml: ServiceRequestError" in result.stderr and key not in result.stderr
+
+
+@pytest.mark.usefixtures("forget_new_pipelines")
+def test_a_batch_job_collector_follows_the_switches_from_its_first_rows(store: Path) -> None:
+    switch = ["config", "set", "collect_enabled=false", "--service", "jobs", "--model", "m", "--store", str(store)]
+    assert main(switch) == 0
+    switched_off = Collector("m", "labels", store=str(store), service="jobs")
+    other_model = Collector("other", "labels", store=str(store), service="jobs")
+    assert (switched_off.collect([[1]]).rows, other_model.collect([[1]]).rows) == (0, 1)
+    assert obsml.flush(10)
+    assert {path.relative_to(store).parts[2] for path in (store / "modeldata").rglob("*.jsonl")} == {"other"}
