@@ -15,6 +15,7 @@ import os
 import secrets
 import socket
 import sys
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any, TextIO
 
@@ -26,6 +27,7 @@ from ._control import (
     HISTORY_FOLDER,
     SWITCHES,
     ControlError,
+    Values,
     parse_document,
     parse_value,
     resolve,
@@ -133,7 +135,7 @@ def run_config_show(store: str, scope: Scope, output: str = "text", out: TextIO 
     return 0
 
 
-def _change(store: str, command: str, key: str, change: Any, out: TextIO) -> int:
+def _change(store: str, command: str, key: str, change: Callable[[Values], Values], out: TextIO) -> int:
     reader = _open(store)
     data = _fetch(reader)
     replaced = None

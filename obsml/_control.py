@@ -121,11 +121,11 @@ class ControlTicker:
     """A writer's ticker re-reading the control object and handing each subscriber its values."""
 
     def __init__(self, settings: Settings, store: Store) -> None:
-        self._store = store
         self._local = not store.remote
         self._interval = settings.control_interval
         self._path = store.path(CONTROL_OBJECT)
         self._lock = threading.Lock()
+        self._reading = threading.Lock()
         self._subscribers: weakref.WeakSet[Any] = weakref.WeakSet()
         self.scopes: Scopes = {}  # the control in force (the last good one)
         self.changed_at: str | None = None  # its ``changed_at``, for the writer's status
@@ -140,10 +140,9 @@ class ControlTicker:
 
     def subscribe(self, subscriber: Subscriber) -> None:
         """Apply the control in force to ``subscriber`` now (no I/O), and every change from now on."""
-        with self._lock:
+        with self._lock:  # applied under the lock: a change installed meanwhile is never undone by an older one
             self._subscribers.add(subscriber)
-            scopes = self.scopes
-        subscriber.apply_control(_values(scopes, subscriber))
+            subscriber.apply_control(_values(self.scopes, subscriber))
 
     def read_now(self) -> None:
         """Read the control object at once: a middleware starting on a local store (a stat and a small
@@ -181,11 +180,12 @@ class ControlTicker:
                 self._getting = None
 
     def _read(self) -> None:
-        try:
-            outcome: Outcome = self._fetch_local()
-        except OSError as exc:
-            outcome = exc
-        self._take(outcome)
+        with self._reading:  # the writer's tick and a middleware starting beside it: one read after the other
+            try:
+                outcome: Outcome = self._fetch_local()
+            except OSError as exc:
+                outcome = exc
+            self._take(outcome)
 
     def _get(self) -> None:
         """On the ``obsml-control`` thread: one GET of a remote store's control object."""
@@ -242,14 +242,13 @@ class ControlTicker:
         return True, data
 
     def _install(self, scopes: Scopes, changed_at: str | None) -> None:
-        if scopes == self.scopes:
-            self.changed_at = changed_at
-            return
         with self._lock:
-            self.scopes, self.changed_at = scopes, changed_at
-            subscribers = list(self._subscribers)
-        for subscriber in subscribers:
-            subscriber.apply_control(_values(scopes, subscriber))
+            self.changed_at = changed_at
+            if scopes == self.scopes:
+                return
+            self.scopes = scopes
+            for subscriber in list(self._subscribers):  # a few attribute swaps each: cheap under the lock
+                subscriber.apply_control(_values(scopes, subscriber))
 
     def applied(self) -> list[dict[str, Any]]:
         """What each subscriber runs with, for the writer's status (``obsml config show``)."""
