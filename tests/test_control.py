@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -92,12 +93,14 @@ def test_set_reaches_a_running_uvicorn_server_and_unset_restores_its_settings(tm
         sampled = [score(server.url, f"sampled-{n}") for n in range(5)]
         assert all(a.captured and a.rows == 0 for a in sampled)  # the id is still echoed; nothing is kept
 
-        def reported() -> bool:  # the writer's status says what it runs with, and config show prints it
-            shown = json.loads(config(str(store), "show", "--service", "credit", "--format", "json"))
-            parts = [part for writer in shown["writers"] for part in writer["applied"]]
-            return {(p["part"], p["sample_rate"]) for p in parts} == {("middleware", 0.0), ("collector", 0.0)}
+        def reported(name: str, values: dict[str, Any]) -> Callable[[], bool]:
+            def check() -> bool:  # the writer's status says what it runs with, and config show prints it
+                shown = json.loads(config(str(store), "show", "--service", "credit", "--format", "json"))
+                return {p["part"]: p.get(name) for w in shown["writers"] for p in w["applied"]} == values
 
-        until(reported, "the live writer reporting sample_rate=0")
+            return check
+
+        until(reported("sample_rate", {"middleware": 0.0, "collector": 0.0}), "the writer reporting sample_rate=0")
 
         config(str(store), "set", "enabled=false")  # all services
         until(lambda: not score(server.url, "switching").captured, "enabled=false applied")
@@ -107,6 +110,12 @@ def test_set_reaches_a_running_uvicorn_server_and_unset_restores_its_settings(tm
         config(str(store), "unset", "sample_rate", "--service", "credit")
         until(lambda: (a := score(server.url, "switching")).captured and a.rows == 1, "the settings restored")
         assert all(score(server.url, f"back-{n}").rows == 1 for n in range(5))
+
+        config(str(store), "set", "capture_bodies=none", "--service", "credit", "--model", "best", "--version", "1")
+        until(reported("capture_bodies", {"middleware": "none", "collector": None}), "reporting capture_bodies=none")
+        assert all(score(server.url, f"bodyless-{n}").captured for n in range(3))
+    spans = {span["attributes"]["obsml.correlation_id"]: span["attributes"] for span in read_spans(store)}
+    assert "obsml.response.body" in spans["back-0"] and "obsml.response.body" not in spans["bodyless-0"]
     kept = correlation_ids(store)
     assert {"before", "back-0", "back-4"} <= kept
     assert not kept & {f"{phase}-{n}" for phase in ("sampled", "off") for n in range(5)}
