@@ -13,6 +13,7 @@ import dataclasses
 import io
 import threading
 import time
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from hashlib import sha256
 from secrets import token_hex
@@ -45,19 +46,41 @@ class Collected(NamedTuple):
 
 
 class _Destination:
-    """A pipeline's part files for one format, and the sampling of the settings it came from."""
+    """A pipeline's part files for one format, and the sampling of the settings it came from.
 
-    __slots__ = ("fields", "hidden", "parts", "pipeline", "sample_all", "service", "threshold", "version")
+    Its ``enabled`` and sampling are the runtime switches' (``_control``) when set for its scope.
+    """
 
-    def __init__(self, settings: Settings, parts: PartFiles, pipeline: Pipeline) -> None:
+    __slots__ = (
+        "__weakref__", "base_enabled", "base_rate", "control_scope", "control_values", "enabled", "fields", "hidden",
+        "parts", "pipeline", "sample_all", "service", "threshold", "version",
+    )
+
+    def __init__(self, settings: Settings, parts: PartFiles, pipeline: Pipeline, model: str, enabled: bool) -> None:
         self.pipeline, self.parts = pipeline, parts
         self.service, self.version = settings.service, settings.version
-        self.sample_all = settings.sample_rate >= 1.0
-        self.threshold = sampling_threshold(settings.sample_rate)
+        self.control_scope = (settings.service, model, settings.version)
+        self.base_enabled, self.base_rate = enabled, settings.sample_rate
+        self.control_values: dict[str, Any] = {}
+        self.apply_control({})
         # The body field rules apply to feature names (issue 15): such a column keeps its name,
         # its values are replaced by the marker.
         self.fields = FieldRules(settings.redact_fields)
         self.hidden: dict[tuple[str, ...], frozenset[str]] = {}  # columns -> those redacted (writer only)
+
+    def apply_control(self, values: Mapping[str, Any]) -> None:
+        """Swap in the switches set for this scope (on the writer; ``collect()`` reads the attributes)."""
+        rate = values.get("sample_rate", self.base_rate)
+        self.threshold = sampling_threshold(rate)
+        self.sample_all = rate >= 1.0
+        self.enabled = values.get("collect_enabled", self.base_enabled)
+        self.control_values = dict(values)
+
+    def control_report(self) -> dict[str, Any]:
+        """What this destination runs with, for its writer's status (``obsml config show``)."""
+        rate = self.control_values.get("sample_rate", self.base_rate)
+        return {"scope": "/".join(self.control_scope), "part": "collector", "collect_enabled": self.enabled,
+                "sample_rate": rate, "from_control": sorted(self.control_values)}
 
     def hidden_columns(self, columns: tuple[str, ...]) -> frozenset[str]:
         hidden = self.hidden.get(columns)
@@ -72,8 +95,10 @@ _PARTS: dict[tuple[int, str], PartFiles] = {}
 _PARTS_LOCK = threading.Lock()
 
 
-def _destination(settings: Settings, format: str) -> _Destination:
+def _destination(settings: Settings, format: str, model: str, enabled: bool, first_read: bool) -> _Destination:
     pipeline = pipeline_for(settings)
+    if first_read and pipeline.control is not None:
+        pipeline.control.read_now()  # a batch job's first rows follow the switches too (a middleware read them)
     with _PARTS_LOCK:
         parts = _PARTS.get((id(pipeline), format))
         if parts is None:
@@ -82,7 +107,10 @@ def _destination(settings: Settings, format: str) -> _Destination:
             )
             _PARTS[(id(pipeline), format)] = parts
             pipeline.writer.add_ticker(parts)
-    return _Destination(settings, parts, pipeline)
+    destination = _Destination(settings, parts, pipeline, model, enabled)
+    if pipeline.control is not None:
+        pipeline.control.subscribe(destination)
+    return destination
 
 
 class _RowsJob:
@@ -194,7 +222,8 @@ class Collector:
         if destination is None:
             # Inside a request: the serving middleware's destination, with what this collector was given.
             settings = self._outside if capturer is None else dataclasses.replace(capturer.settings, **self._given)
-            destination = self._destinations[key] = _destination(settings, self.format)
+            destination = _destination(settings, self.format, self.model, self.enabled, first_read=capturer is None)
+            self._destinations[key] = destination
         return destination
 
     def collect(self, data: Any, correlation_id: str | None = None) -> Collected:
@@ -218,7 +247,9 @@ class Collector:
             return Collected(correlation_id, trace_id, span_id, 0)
         ids = Collected(correlation_id, trace_id, span_id, rows.count)
         destination = self._destination_for(None if capture is None else capture.capturer)
-        if not self.enabled or not rows.count:
+        if not destination.enabled:
+            return ids._replace(rows=0)
+        if not rows.count:
             return ids
         if not destination.sample_all and not correlation_keep(correlation_id, destination.threshold):
             return ids._replace(rows=0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from ._attributes import span_attributes
 from ._body_redaction import BodyRedactor
 from ._capture import Capture
+from ._control import ControlTicker
 from ._dependencies import dependency_attributes, instrument_dependencies
 from ._headers import HeaderSlots
 from ._ids import sampling_threshold
@@ -58,11 +59,17 @@ class Pipeline:
         )
         self.writer.add_ticker(self.logs)
         self.writer.exit_hooks.append(self.logs.shutdown)
+        # The runtime switches (README "Runtime switches"): not for a sink plugin's store, which has
+        # no read side.
+        self.control: ControlTicker | None = None
+        if self.store.fs is not None:
+            self.control = ControlTicker(settings, self.store)
+            self.writer.add_ticker(self.control)
         self.status: StatusReport | None = None
         # Not for a sink plugin's store: obsml cannot read it back, and a sink may keep the first put
         # of a path (the Sink contract: a path is put again only with the same bytes).
         if settings.status and self.store.fs is not None:
-            self.status = StatusReport(settings, self.store, lambda: self.writer.closed)
+            self.status = StatusReport(settings, self.store, lambda: self.writer.closed, self.control)
             self.writer.add_ticker(self.status, last=True)
         if self.store.delivery is not None:
             self.writer.exit_hooks.append(self.store.delivery.close)
@@ -189,6 +196,42 @@ class Capturer:
             install_print_capture()
         # The HTTP clients whose calls during a request become its CLIENT child spans (issue 18).
         self.dependency_clients = instrument_dependencies(settings.dependencies) if self.enabled else frozenset()
+        # The runtime switches (README "Runtime switches"): swapped in by the writer's ControlTicker.
+        self.control_scope = (settings.service, settings.model, settings.version)
+        self.control_values: Mapping[str, Any] = {}
+        control = self.pipeline.control
+        if control is not None:
+            control.read_now()
+            control.subscribe(self)
+
+    def apply_control(self, values: Mapping[str, Any]) -> None:
+        """Swap in the switches set for this scope (``values``; empty: none), over the settings.
+
+        On the writer thread (and once at creation). Each is a plain attribute that the request
+        path reads already, so it costs a request nothing; a request sees the old or the new value.
+        """
+        settings = self.settings
+        bodies = values.get("capture_bodies", settings.capture_bodies)
+        if bodies != self.policy.bodies:  # capture_routes means nothing with none (CapturePolicy refuses it)
+            routes = () if bodies == "none" else settings.capture_routes
+            self.policy = CapturePolicy(bodies, routes, settings.skip_routes)
+            self.max_capture = 0 if bodies == "none" else settings.max_capture
+        rate = values.get("sample_rate", settings.sample_rate)
+        self.sample_threshold = sampling_threshold(rate)
+        self.sample_all = rate >= 1.0
+        self.enabled = values.get("enabled", settings.enabled)
+        self.control_values = dict(values)
+
+    def control_report(self) -> dict[str, Any]:
+        """What this middleware runs with, for its writer's status (``obsml config show``)."""
+        return {
+            "scope": "/".join(self.control_scope),
+            "part": "middleware",
+            "enabled": self.enabled,
+            "sample_rate": self.control_values.get("sample_rate", self.settings.sample_rate),
+            "capture_bodies": self.policy.bodies,
+            "from_control": sorted(self.control_values),
+        }
 
     def otel_configured(self) -> bool:
         """Whether the application set a global TracerProvider (then obsml makes its context current).

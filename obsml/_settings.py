@@ -50,6 +50,8 @@ class Settings:
     collect_format: str = "jsonl"
     collect_enabled: bool = True
     status: bool = True
+    # How often a remote store's control object is read (README "Runtime switches"; _control.py).
+    control_interval: float = 10.0
     # What the application's global TracerProvider gets of obsml's spans (issue 17 item 4; _tracing.py).
     global_provider: str = "bodyless"
     # Capture policy (README "Capture policies"): which requests get a span, which keep their bodies.
@@ -270,6 +272,7 @@ _PARSERS: dict[str, tuple[Callable[[Any], Any], str]] = {
     ),
     "redact": (_hook, "a callable (keyword argument only; packages use OBSML_REDACTORS)"),
     "status": (_boolean, "true or false (also 1/0, yes/no, on/off)"),
+    "control_interval": (_number(0.1, 3600.0), "a number of seconds from 0.1 to 3600"),
     "global_provider": (_choice("use", "bodyless", "ignore"), "one of use, bodyless, ignore"),
     "log_level": (
         _choice("debug", "info", "warning", "error", "critical", "off"),

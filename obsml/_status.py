@@ -31,6 +31,7 @@ from ._secrets import scrub
 from ._stats import STATS, record_drop
 
 if TYPE_CHECKING:
+    from ._control import ControlTicker
     from ._settings import Settings
     from ._store import Store
 
@@ -53,8 +54,11 @@ def iso(wall: float) -> str:
 class StatusReport:
     """A writer's ticker (ticked last) writing its status; ``closed`` says the writer is exiting."""
 
-    def __init__(self, settings: Settings, store: Store, closed: Callable[[], bool]) -> None:
+    def __init__(
+        self, settings: Settings, store: Store, closed: Callable[[], bool], control: ControlTicker | None = None
+    ) -> None:
         self._store = store
+        self._control = control
         self._closed = closed
         self._every, self._heartbeat = intervals(settings.flush_interval)
         self._identity = {
@@ -126,6 +130,10 @@ class StatusReport:
             "stats": counters,
             "sink": sink,
             "last_errors": errors,
+            # What the runtime switches made of each middleware and collector here (README "Runtime switches").
+            "control": None if self._control is None else {
+                "changed_at": self._control.changed_at, "applied": self._control.applied()
+            },
         }
 
     def _write(self, document: dict[str, Any]) -> None:

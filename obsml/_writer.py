@@ -196,6 +196,12 @@ class Writer:
             if lost > 0:
                 STATS.record_drop("item", "flush_timeout", lost, detail=f"after {timeout:g}s")
 
+    def start(self) -> None:
+        """Start the thread unless it runs (``submit`` does too): a middleware switched off by the
+        control object submits nothing, yet its writer must go on reading the control."""
+        if not self._running:
+            self._start()
+
     def _start(self) -> None:
         with self._lock:
             if self._running or self._closed:

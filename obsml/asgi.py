@@ -66,6 +66,8 @@ class ObsmlMiddleware:
             if scope_type == "lifespan":
                 await _Lifespan(self, receive, send).run(self.app, scope)
             else:
+                if scope_type == "http":  # switched off: the writer still re-reads the control object
+                    self.capturer.writer.start()
                 await self.app(scope, receive, send)
             return
         if self._hook_first_scope:

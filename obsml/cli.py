@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_retention(commands)
     _add_compact(commands)
     _add_export(commands)
+    _add_config(commands)
     return parser
 
 
@@ -550,6 +551,46 @@ def _run_compact(args: argparse.Namespace) -> int:
     from ._compact import run_compact
 
     return run_compact(args.store, older_than=args.older_than, grace=args.grace)
+
+
+def _add_config(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    config = commands.add_parser(
+        "config",
+        help="runtime switches: turn capture, sampling and collection on and off in running servers",
+        description=(
+            "Write or show the control object in the store (_obsml/control/settings.json), which every running "
+            "middleware and Collector re-reads on its writer: at each flush interval for a local store, every "
+            "OBSML_CONTROL_INTERVAL (10 s) for a remote one. A scope is all services, a service, a model of it or "
+            "one version; the most specific wins, and a switch overrides keywords, environment and defaults. Each "
+            "change is recorded under _obsml/control-history/."
+        ),
+    )
+    actions = config.add_subparsers(title="actions", dest="action", metavar="<action>", required=True)
+    set_ = actions.add_parser("set", help="set switches: enabled, sample_rate, collect_enabled, capture_bodies",
+                              epilog="example: obsml config set enabled=false sample_rate=0.1 --service credit")
+    set_.add_argument("assignments", nargs="+", metavar="NAME=VALUE", help="a switch and its value")
+    unset = actions.add_parser("unset", help="remove switches from a scope (what is below them applies again)")
+    unset.add_argument("names", nargs="+", metavar="NAME", help="a switch")
+    show = actions.add_parser("show", help="each switch's effective value for a scope, and where it comes from")
+    show.add_argument("--format", choices=("text", "json"), default="text", dest="output_format",
+                      help="text (default) or json")
+    for action in (set_, unset, show):
+        add_store_options(action, window=False)
+        action.add_argument("--service", help="this service only (default: all services; show: OBSML_SERVICE)")
+        action.add_argument("--model", help="this model of the service only (needs --service)")
+        action.add_argument("--version", help="this version of the model only (needs --model)")
+    config.set_defaults(handler=_run_config)
+
+
+def _run_config(args: argparse.Namespace) -> int:
+    from ._config_command import run_config_set, run_config_show, run_config_unset
+
+    scope = (args.service, args.model, args.version)
+    if args.action == "set":
+        return run_config_set(args.store, args.assignments, scope)
+    if args.action == "unset":
+        return run_config_unset(args.store, args.names, scope)
+    return run_config_show(args.store, scope, args.output_format)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -44,6 +44,7 @@ class ObsmlWSGIMiddleware:
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         capturer = self.capturer
         if not capturer.enabled:
+            capturer.writer.start()  # switched off: the writer still re-reads the control object
             return self.app(environ, start_response)
         skip_path = capturer.skip_path
         if skip_path is not None and skip_path(_request_path(environ)) is not None:  # OBSML_SKIP_ROUTES: no span
