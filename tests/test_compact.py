@@ -110,7 +110,8 @@ def printed_by_logs(store: Path, capsys: pytest.CaptureFixture[str]) -> list[str
     """``obsml logs`` of every request, and of one with its log records and outbound calls."""
     with StoreViews.open(str(store)) as views:
         views.define(["dependencies"])
-        [(called,)] = views.connection.execute("select correlation_id from dependencies limit 1").fetchall()
+        first_call = "select correlation_id from dependencies order by start_time, span_id limit 1"
+        [(called,)] = views.connection.execute(first_call).fetchall()
     capsys.readouterr()  # what came before (compact's summary)
     printed = []
     for options in ([], ["--correlation-id", called]):
