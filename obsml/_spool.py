@@ -125,12 +125,13 @@ class Spool:
 
     def remove(self, path: Path) -> None:
         """Delete a record (delivered, corrupt or set aside) and give back its bytes."""
+        # The file first: a flush that sees no record left must find none on disk either.
+        with contextlib.suppress(OSError):
+            path.unlink()
         with self._lock:
             with contextlib.suppress(ValueError):
                 self.records.remove(path)
             self.bytes -= self._sizes.pop(path, 0)
-        with contextlib.suppress(OSError):
-            path.unlink()
 
     def adoptable(self) -> bool:
         """Whether a dead process left records here (looked at, not taken)."""
