@@ -43,6 +43,16 @@ CHUNK_BYTES = 64 * 1024
 # What a forked child inherited of its parent's open part files: kept, never closed, written or
 # aborted (a file object let go would write out what its buffer holds into the parent's file).
 _INHERITED: list[object] = []
+# This process's id, renewed in a forked child: os.getpid() is a system call (glibc caches it no more).
+_process = [os.getpid()]
+
+
+def _forked() -> None:
+    _process[0] = os.getpid()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
 
 
 class _Part:
@@ -138,10 +148,10 @@ class PartFiles:
             return all([self._commit(part) for part in self._take_all()])
 
     def _check_pid(self) -> None:
-        if self._pid != os.getpid():  # a forked child names its own files and keeps none of the parent's
+        if self._pid != _process[0]:  # a forked child names its own files and keeps none of the parent's
             if self._parts:
                 _INHERITED.append(self._parts)
-            self._pid, self._writer_id, self._seq = os.getpid(), f"{os.getpid()}-{secrets.token_hex(4)}", 0
+            self._pid, self._writer_id, self._seq = _process[0], f"{_process[0]}-{secrets.token_hex(4)}", 0
             self._parts, self._held, self._held_bytes = {}, 0, 0
 
     def _take_all(self) -> list[_Part]:
