@@ -42,6 +42,12 @@ _POLL_S = 0.05  # the longest a captured item waits for the writer when nothing 
 # for the GIL cannot submit, but its neighbours do.
 _STRETCH_NS = 500_000
 _BUSY_NS = 20_000_000
+# A stretch while requests come in ends in a rest of this long instead: the writer, asleep, does not
+# wait for the GIL, so the serving thread takes it back at each of its system calls without a
+# handoff (a writer always waiting for it took it at each one: a thread switch each time, and the
+# request waiting out the writer's stretch). The writer then has at most about half the GIL
+# while the queue is under half its bounds; past that it yields only (and drops stay as rare).
+_REST_S = 0.0005
 # Before multiprocessing's own finalizers (a Pool's is 15, a Queue's 10), so that a logging
 # queue still carries what obsml logs at exit.
 _FINALIZE_PRIORITY = 100
@@ -231,7 +237,8 @@ class Writer:
                     if self._submitted != submitted:
                         submitted, busy_until = self._submitted, now + _BUSY_NS
                     if now < busy_until:
-                        time.sleep(0)
+                        behind = self._items * 2 >= self._max_items or self._bytes * 2 >= self._max_bytes
+                        time.sleep(0 if behind else _REST_S)
                     stretch_end = time.perf_counter_ns() + _STRETCH_NS
                 job = jobs.popleft()
                 try:
