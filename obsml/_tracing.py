@@ -240,7 +240,7 @@ class Tracing:
         self._app_provider: Any = None
         self._app_tracer: Any = None
         self._app_ids: _PresetIds | None = None
-        self._no_provider_until = 0.0  # no global provider was set, as of shortly before this
+        self._no_provider_until = 0.0  # until then (monotonic), "no global provider" stands; 0: ask
 
     def _sdk_provider(self) -> TracerProvider | None:
         """The application's global SDK provider, if it set one and obsml's spans are to go there.

@@ -42,11 +42,12 @@ _POLL_S = 0.05  # the longest a captured item waits for the writer when nothing 
 # the GIL at every rest, submits within a stretch or two.
 _STRETCH_NS = 500_000
 _BUSY_NS = 5_000_000
-# The rest: asleep, the writer does not wait for the GIL, so the serving thread takes it back at
-# each of its own system calls without a handoff (a writer that only yielded, with time.sleep(0),
-# was back waiting at once and took the GIL at each of them: a thread switch each time, and the
-# request waiting out the writer's next stretch). The writer then has about half the GIL while
-# its queue is under half its bounds; past that it only yields, so no more is dropped than before.
+# The rest: asleep, the writer does not wait for the GIL, so for that long the serving thread gets
+# it back after each of its system calls without a handoff (a writer that only yielded, with
+# time.sleep(0), was back waiting at once). The writer then has about half the GIL while its queue
+# is under half its bounds; past that it only yields, so no more is dropped than before. In
+# process, a serving thread got 1.5-2x the turns behind a backlog; under uvicorn and wrk, the
+# throughput moved within the noise (benchmarks/README.md, "Writer cost").
 _REST_S = 0.0005
 # Before multiprocessing's own finalizers (a Pool's is 15, a Queue's 10), so that a logging
 # queue still carries what obsml logs at exit.
