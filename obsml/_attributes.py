@@ -12,7 +12,6 @@ from hashlib import sha256
 from typing import TYPE_CHECKING
 
 from ._body_redaction import redact_or_drop
-from ._headers import header_value
 from ._payloads import BodyTee
 from ._redact import MAX_HEADER_VALUE_LENGTH, header_text
 from ._stats import record_drop
@@ -44,11 +43,11 @@ def span_attributes(
         attributes["obsml.correlation_id.rejected_header"] = capture.correlation_rejected
     if capture.status:
         attributes["http.response.status_code"] = capture.status
-    attributes.update(redaction.header_attributes("request", capture.request_headers))
-    attributes.update(redaction.header_attributes("response", capture.response_headers))
-    user_agent = header_value(capture.request_headers, b"user-agent")
-    if user_agent is not None:
-        attributes["user_agent.original"] = header_text(user_agent)
+    own_id = capture.correlation_bytes
+    user_agent = redaction.header_attributes("request", capture.request_headers, attributes, own_id)
+    redaction.header_attributes("response", capture.response_headers, attributes, own_id)
+    if user_agent is not None:  # as its header is recorded: cut the same way, redacted if it is
+        attributes["user_agent.original"] = user_agent
     cut_off = _request_body(attributes, capture, keep_bodies)
     if capture.responded:
         _body(attributes, capture.response_body, kept=keep_bodies)
@@ -110,62 +109,85 @@ def server_from_host(attributes: Attributes, host: str, scheme: str) -> None:
     set_port(attributes, "server.port", port or (443 if scheme == "https" else 80))
 
 
+class _BodyKeys:
+    """A body's attribute keys, made once per direction rather than per span."""
+
+    __slots__ = (
+        "captured_size", "content_type", "encoding", "lost", "not_captured", "redacted", "redacted_paths", "sha256",
+        "size", "text", "truncated", "unread_size", "uri",
+    )
+
+    def __init__(self, direction: str) -> None:
+        prefix = self.text = f"obsml.{direction}.body"
+        self.content_type, self.not_captured = f"{prefix}.content_type", f"{prefix}.not_captured"
+        self.size, self.truncated = f"{prefix}.size", f"{prefix}.truncated"
+        self.captured_size, self.unread_size = f"{prefix}.captured_size", f"{prefix}.unread_size"
+        self.uri, self.sha256, self.lost = f"{prefix}.uri", f"{prefix}.sha256", f"{prefix}.lost"
+        self.encoding = f"{prefix}.encoding"
+        self.redacted, self.redacted_paths = f"{prefix}.redacted", f"{prefix}.redacted_paths"
+
+
+_BODY_KEYS = {direction: _BodyKeys(direction) for direction in ("request", "response")}
+
+
 def _body(attributes: Attributes, tee: BodyTee, unread: int = 0, kept: bool = True) -> None:
-    prefix = f"obsml.{tee.direction}.body"
+    keys = _BODY_KEYS[tee.direction]
     media = tee.media_type()
     if media is not None:
-        attributes[f"{prefix}.content_type"] = header_text(media)  # cut and marked like the header
+        attributes[keys.content_type] = header_text(media)  # cut and marked like the header
     if tee.unseen is not None:
         # A server extension sent the body past obsml: its size and bytes are unknown, never "empty".
-        attributes[f"{prefix}.not_captured"] = tee.unseen
+        attributes[keys.not_captured] = tee.unseen
         return
     if not kept:  # the capture policy: its size only, no hash (a short secret's hash can be reversed)
-        attributes[f"{prefix}.size"] = tee.size + unread
-        attributes[f"{prefix}.not_captured"] = "policy"
+        attributes[keys.size] = tee.size + unread
+        attributes[keys.not_captured] = "policy"
         return
-    attributes[f"{prefix}.size"] = tee.size + unread
-    attributes[f"{prefix}.truncated"] = tee.truncated or unread > 0
-    if tee.truncated or unread:
-        attributes[f"{prefix}.captured_size"] = tee.held
+    attributes[keys.size] = tee.size + unread
+    truncated = tee.held < tee.size
+    attributes[keys.truncated] = truncated or unread > 0
+    if truncated or unread:
+        attributes[keys.captured_size] = tee.held
     if unread:
-        attributes[f"{prefix}.unread_size"] = unread
+        attributes[keys.unread_size] = unread
     stream = tee.stream
     if stream is None:
-        _inline_body(attributes, tee, prefix)
+        _inline_body(attributes, tee, keys, media)
         return
     if stream.uri is not None:
-        attributes[f"{prefix}.uri"] = stream.uri
-        attributes[f"{prefix}.sha256"] = stream.hasher.hexdigest()
+        attributes[keys.uri] = stream.uri
+        attributes[keys.sha256] = stream.hasher.hexdigest()
         if stream.redacted is not None:
-            _redacted(attributes, prefix, stream.redacted)
+            _redacted(attributes, keys, stream.redacted)
     else:
-        attributes[f"{prefix}.lost"] = stream.failure or "queue_full"
+        attributes[keys.lost] = stream.failure or "queue_full"
 
 
-def _inline_body(attributes: Attributes, tee: BodyTee, prefix: str) -> None:
-    data = b"".join(tee.chunks)
+def _inline_body(attributes: Attributes, tee: BodyTee, keys: _BodyKeys, media: bytes | None) -> None:
+    chunks = tee.chunks
+    data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     redactor = tee.capture.capturer.body_redaction
     if redactor.active:
-        result = redact_or_drop(redactor, data, tee.media_type(), tee.direction, tee.whole)
+        result = redact_or_drop(redactor, data, media, tee.direction, tee.whole)
         if isinstance(result, str):  # never stored unredacted
-            attributes[f"{prefix}.lost"] = result
+            attributes[keys.lost] = result
             record_drop("payload", result)
             return
         data = result.data
-        _redacted(attributes, prefix, result)
-    attributes[f"{prefix}.sha256"] = sha256(data).hexdigest()
+        _redacted(attributes, keys, result)
+    attributes[keys.sha256] = sha256(data).hexdigest()
     try:
-        attributes[prefix] = data.decode("utf-8")
-        attributes[f"{prefix}.encoding"] = "utf-8"
+        attributes[keys.text] = data.decode("utf-8")
+        attributes[keys.encoding] = "utf-8"
     except UnicodeDecodeError:
-        attributes[prefix] = base64.b64encode(data).decode("ascii")
-        attributes[f"{prefix}.encoding"] = "base64"
+        attributes[keys.text] = base64.b64encode(data).decode("ascii")
+        attributes[keys.encoding] = "base64"
 
 
-def _redacted(attributes: Attributes, prefix: str, result: Redacted) -> None:
+def _redacted(attributes: Attributes, keys: _BodyKeys, result: Redacted) -> None:
     """What redaction replaced: ``.size`` and ``.sha256`` then describe the stored bytes (issue 15)."""
     if result.rebuilt:
-        attributes[f"{prefix}.size"] = len(result.data)
-        attributes[f"{prefix}.redacted"] = result.replaced
+        attributes[keys.size] = len(result.data)
+        attributes[keys.redacted] = result.replaced
         if result.paths:
-            attributes[f"{prefix}.redacted_paths"] = list(result.paths)
+            attributes[keys.redacted_paths] = list(result.paths)

@@ -84,74 +84,80 @@ class RedactionPolicy:
         # The body field rules (OBSML_REDACT_FIELDS) apply to query keys too (issue 15); normalized
         # and by suffix, they have no cheap test, so a query is then always parsed (on the writer).
         self.fields = fields if fields else None
-        # Caches of the writer's per-request work on headers (issue 16): a server sees few names.
-        self._header_names: dict[bytes, tuple[str, int]] = {}
-        self._attribute_keys: dict[str, dict[str, str]] = {"request": {}, "response": {}}
+        # The writer's per-request work on headers, cached (issue 16): a server sees few names.
+        # Per prefix, a raw name: its attribute key and what is done with its values.
+        self._rules: dict[str, dict[bytes, tuple[str, int]]] = {"request": {}, "response": {}}
 
-    def header_attributes(self, prefix: str, pairs: Iterable[tuple[bytes, bytes]]) -> Attributes:
-        """``http.{request,response}.header.<name>`` attributes, credentials replaced, sizes capped."""
-        values: dict[str, list[str]] = {}
-        redacted: set[str] = set()
-        truncated: set[str] = set()
-        beyond: dict[str, list[int]] = {}  # name: [values over MAX_HEADER_VALUES, their bytes]
+    def header_attributes(
+        self, prefix: str, pairs: Iterable[tuple[bytes, bytes]], attributes: Attributes, own_id: bytes = b""
+    ) -> str | None:
+        """``http.{request,response}.header.<name>`` attributes added to ``attributes``, credentials
+        replaced, sizes capped; returns the first User-Agent as recorded (None without one).
+
+        ``own_id`` is the request's correlation id, known to be an id: a value equal to it (the
+        response's echo) is not checked again.
+        """
+        rules = self._rules[prefix]
+        recorded: dict[str, list[str]] = {}  # attribute key: values
+        beyond: dict[str, list[int]] = {}  # key: [values over MAX_HEADER_VALUES, their bytes]
+        redacted: list[str] = []
+        truncated: list[str] = []
         long_names = 0
-        known = self._header_names
         for raw_name, raw_value in pairs:
-            rule = known.get(raw_name)
+            rule = rules.get(raw_name)
             if rule is None:
                 if len(raw_name) > MAX_HEADER_NAME_LENGTH:
                     long_names += 1
                     continue
-                rule = self._header_rule(raw_name)
-            name = rule[0]
-            recorded = values.get(name)
-            if recorded is None:
-                recorded = values[name] = []
-            if len(recorded) == MAX_HEADER_VALUES:
-                counts = beyond.setdefault(name, [0, 0])
+                rule = self._header_rule(prefix, raw_name)
+            key, kind = rule
+            values = recorded.get(key)
+            if values is None:
+                values = recorded[key] = []
+            elif len(values) == MAX_HEADER_VALUES:
+                counts = beyond.setdefault(key, [0, 0])
                 counts[0] += 1
                 counts[1] += len(raw_value)
-            elif rule[1] == _REDACTED:
-                redacted.add(name)
-                recorded.append(REDACTED)
-            elif rule[1] == _CORRELATION and not recordable_correlation_value(raw_value):
-                recorded.append(rejected(raw_value))  # may be hostile: never stored (README)
+                continue
+            if kind == _REDACTED:
+                redacted.append(key)
+                values.append(REDACTED)
+            elif kind == _CORRELATION and raw_value != own_id and not recordable_correlation_value(raw_value):
+                values.append(rejected(raw_value))  # may be hostile: never stored (README)
             elif len(raw_value) <= MAX_HEADER_VALUE_LENGTH:
-                recorded.append(raw_value.decode("latin-1"))
+                values.append(raw_value.decode("latin-1"))
             else:
-                truncated.add(name)
-                recorded.append(header_text(raw_value))
-        for name, (count, size) in beyond.items():
-            values[name].append(f"[obsml: {count} more values, {size} bytes]")
-            truncated.add(name)
-        attributes: Attributes = {}
-        keys = self._attribute_keys.setdefault(prefix, {})
-        for index, name in enumerate(sorted(values)):
-            if index == MAX_HEADERS_RECORDED:
-                break
-            key = keys.get(name)
-            if key is None:
-                key = f"http.{prefix}.header.{name}"
-                if len(keys) < _NAME_CACHE_LIMIT:
-                    keys[name] = key
-            attributes[key] = values[name]
-        not_recorded = max(0, len(values) - MAX_HEADERS_RECORDED) + long_names
+                truncated.append(key)
+                values.append(header_text(raw_value))
+        for key, (count, size) in beyond.items():
+            recorded[key].append(f"[obsml: {count} more values, {size} bytes]")
+            truncated.append(key)
+        # In the order of the names (a key is its name behind the same prefix).
+        keys = sorted(recorded)
+        for key in keys[:MAX_HEADERS_RECORDED]:
+            attributes[key] = recorded[key]
+        not_recorded = max(0, len(keys) - MAX_HEADERS_RECORDED) + long_names
         if not_recorded:
             attributes[f"obsml.{prefix}.headers_not_recorded"] = not_recorded
-        if redacted:
-            attributes[f"obsml.{prefix}.headers_redacted"] = sorted(redacted)
-        if truncated:
-            attributes[f"obsml.{prefix}.headers_truncated"] = sorted(truncated)
-        return attributes
+        if redacted or truncated:
+            name_start = len(f"http.{prefix}.header.")
+            if redacted:
+                attributes[f"obsml.{prefix}.headers_redacted"] = sorted({key[name_start:] for key in redacted})
+            if truncated:
+                attributes[f"obsml.{prefix}.headers_truncated"] = sorted({key[name_start:] for key in truncated})
+        user_agent = recorded.get(f"http.{prefix}.header.user-agent")
+        return user_agent[0] if user_agent else None
 
-    def _header_rule(self, raw_name: bytes) -> tuple[str, int]:
-        """A header name as recorded (lower case) and what is done with its values; remembered for
-        the first names seen (on the writer only; a client inventing names just finds it full)."""
+    def _header_rule(self, prefix: str, raw_name: bytes) -> tuple[str, int]:
+        """A header's attribute key and what is done with its values; remembered for the first names
+        seen (on the writer only; a client inventing names just finds it full)."""
         name = raw_name.decode("latin-1").lower()
-        rule = _REDACTED if name in self.headers else _CORRELATION if name in self.correlation_headers else _KEPT
-        if len(self._header_names) < _NAME_CACHE_LIMIT:
-            self._header_names[raw_name] = (name, rule)
-        return name, rule
+        kind = _REDACTED if name in self.headers else _CORRELATION if name in self.correlation_headers else _KEPT
+        rule = (f"http.{prefix}.header.{name}", kind)
+        rules = self._rules[prefix]
+        if len(rules) < _NAME_CACHE_LIMIT:
+            rules[raw_name] = rule
+        return rule
 
     def queries_in_text(self, text: str) -> str:
         """``text`` (a log message, an exception's) with :meth:`query` applied to every URL query in

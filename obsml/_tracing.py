@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -239,6 +240,26 @@ class Tracing:
         self._app_provider: Any = None
         self._app_tracer: Any = None
         self._app_ids: _PresetIds | None = None
+        self._no_provider_until = 0.0  # until then (monotonic), "no global provider" stands; 0: ask
+
+    def _sdk_provider(self) -> TracerProvider | None:
+        """The application's global SDK provider, if it set one and obsml's spans are to go there.
+
+        Asking OpenTelemetry costs a lookup in the environment while none is set, so a "no" is
+        asked again once a second, as on the request path (``Capturer.otel_configured``).
+        """
+        if self._global_provider == "ignore":
+            return None
+        if self._no_provider_until:
+            if time.monotonic() < self._no_provider_until:
+                return None
+            self._no_provider_until = 0.0
+        provider = trace.get_tracer_provider()
+        if isinstance(provider, TracerProvider):
+            return provider
+        if isinstance(provider, trace.ProxyTracerProvider):
+            self._no_provider_until = time.monotonic() + 1.0
+        return None
 
     def _app_tracer_for(self, provider: Any) -> tuple[Any, _PresetIds] | None:
         """The application's tracer, hooked up once per provider; None when it cannot take our ids."""
@@ -259,9 +280,9 @@ class Tracing:
     def emit(self, capture: Capture, name: str, attributes: Attributes) -> None:
         start = capture.start_ns
         end = start + (capture.end_perf - capture.start_perf)
-        provider = trace.get_tracer_provider()
+        provider = self._sdk_provider()
         choice = None
-        if self._global_provider != "ignore" and isinstance(provider, TracerProvider):
+        if provider is not None:
             choice = self._app_tracer_for(provider)
         if choice is not None:
             if self._global_provider == "use":

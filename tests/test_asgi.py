@@ -278,6 +278,18 @@ def test_credentials_in_headers_never_reach_the_store(store: Path, caplog: pytes
     assert [r for r in caplog.records if "CANARY" in r.getMessage() and not r.name.startswith(client_side)] == []
 
 
+def test_a_user_agent_named_in_redact_headers_is_redacted_in_user_agent_original_too(store: Path) -> None:
+    # Some clients put a tenant's key in their User-Agent: redacting the header must cover the
+    # attribute made from it (it was read from the raw header before issue 16).
+    app = make_app(store=str(store), redact_headers="user-agent", **OPTIONS)
+    with running_server(app) as url:
+        httpx.get(f"{url}/whoami", headers={"user-agent": "tool/1.0 key=CANARY-ua-4d5e", "x-correlation-id": "ua"})
+    attributes = span_by_correlation_id(store, "ua")["attributes"]
+    assert attributes["http.request.header.user-agent"] == ["[REDACTED]"]
+    assert attributes["user_agent.original"] == "[REDACTED]"
+    assert b"CANARY" not in b"".join(path.read_bytes() for path in store.rglob("*") if path.is_file())
+
+
 def test_query_keys_named_in_redact_query_lose_their_values_as_the_built_in_ones_do(store: Path) -> None:
     app = make_app(store=str(store), redact_query="Team_Secret, x-sas", **OPTIONS)
     query = "team_secret=CANARY-1&%74EAM_secret=CANARY-2&x-sas=CANARY-3&sig=CANARY-4&team=a&limit=3"

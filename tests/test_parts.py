@@ -2,11 +2,14 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import obsml
-from obsml._parts import PartFiles
+from obsml._parts import CHUNK_BYTES, PartFiles
 from obsml._store import Store
 from obsml._writer import Writer
 
@@ -44,6 +47,66 @@ def test_a_batch_is_written_as_soon_as_it_reaches_its_record_count(store: Path) 
     assert part_files(store) == []
     parts.add("modeldata/a", b"2\n")
     assert [path.read_bytes() for path in part_files(store)] == [b"1\n2\n"]
+
+
+def test_lines_past_a_chunk_wait_in_a_hidden_file_and_appear_whole_once_the_part_is_written(store: Path) -> None:
+    parts = PartFiles(Store(obsml.Settings.load(store=str(store))), kind="span", written="spans_exported")
+    lines = [b'{"n":%d,"pad":"%s"}\n' % (n, b"x" * 1000) for n in range(3 * CHUNK_BYTES // 1000)]
+    before = exported()
+    for line in lines:
+        parts.add("traces/2026/12/01/04", line)
+    folder = store / "traces/2026/12/01/04"
+    assert part_files(store) == []  # nothing a reader would take for a part file yet
+    assert [path.name.endswith(".tmp") and path.name.startswith(".") for path in folder.iterdir()] == [True]
+    assert exported() == before
+    assert parts.flush()
+    [written] = part_files(store)
+    assert written.read_bytes() == b"".join(lines)
+    assert list(folder.iterdir()) == [written]  # no temporary left
+    assert exported() == before + len(lines)
+
+
+def test_a_part_whose_folder_vanished_before_it_was_written_is_counted_as_dropped_whole(store: Path) -> None:
+    parts = PartFiles(Store(obsml.Settings.load(store=str(store))), kind="span", written="spans_exported")
+    lines = [b"%d %s\n" % (n, b"y" * 2000) for n in range(2 * CHUNK_BYTES // 2000)]
+    for line in lines:
+        parts.add("traces/2026/12/01/05", line)
+    shutil.rmtree(store / "traces")  # a cleaner took the folder with the part's temporary file in it
+    assert not parts.flush()
+    assert obsml.stats()["dropped"] == {"store_error": {"span": len(lines)}}
+    parts.add("traces/2026/12/01/05", b"next\n")  # the next part starts afresh
+    assert parts.flush()
+    assert [path.read_bytes() for path in part_files(store)] == [b"next\n"]
+
+
+# Run in a process of its own: forking pytest's process, with threads in it, warns on Python 3.12.
+_FORK_SCRIPT = """
+import os, sys
+import obsml
+from obsml._parts import CHUNK_BYTES, PartFiles
+from obsml._store import Store
+
+parts = PartFiles(Store(obsml.Settings.load(store=sys.argv[1])), kind="span", written="spans_exported")
+for n in range(2 * CHUNK_BYTES // 1000):
+    parts.add("traces/2026/12/01/06", b"parent %d %s\\n" % (n, b"p" * 1000))  # its temporary is open now
+pid = os.fork()
+if pid == 0:  # the child adds to the same folder and writes its own part, then leaves at once
+    parts.add("traces/2026/12/01/06", b"child\\n")
+    os._exit(0 if parts.flush() else 1)
+_, status = os.waitpid(pid, 0)
+parts.add("traces/2026/12/01/06", b"parent last\\n")
+print(os.getpid(), pid, os.waitstatus_to_exitcode(status), parts.flush())
+"""
+
+
+def test_a_forked_child_leaves_its_parents_part_file_alone_and_writes_its_own(store: Path) -> None:
+    run = subprocess.run([sys.executable, "-c", _FORK_SCRIPT, str(store)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    parent, child, child_exit, flushed = run.stdout.split()
+    assert (child_exit, flushed) == ("0", "True")
+    by_pid = {path.name.split("-")[0]: path.read_bytes() for path in part_files(store)}
+    parent_lines = b"".join(b"parent %d %s\n" % (n, b"p" * 1000) for n in range(2 * CHUNK_BYTES // 1000))
+    assert by_pid == {parent: parent_lines + b"parent last\n", child: b"child\n"}
 
 
 class Nothing:
