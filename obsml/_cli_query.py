@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from typing import IO, Any
 
 from ._exceptions import ObsmlError
-from ._objects import describe_error
+from ._objects import one_line_error
 from ._secrets import scrub
 
 FORMATS = ("table", "csv", "json", "jsonl", "parquet")
@@ -59,7 +59,7 @@ def run_query(
             print(f"obsml query: {scrub(str(exc))}", file=err)
             return 2
         except Exception as exc:  # listing the store: whatever the filesystem raises (adlfs: the Azure SDK's errors)
-            reason = " ".join(describe_error(exc).split())  # one line: the Azure SDK's messages have several
+            reason = one_line_error(exc)
             print(f"obsml query: cannot read {scrub(views.reader.shown())}: {reason}", file=err)
             return 2
         try:

@@ -25,7 +25,7 @@ from typing import IO, Any, Literal
 
 from ._compacted import FORMAT, MANIFEST, PARQUET, PREFIX, Manifest, accepted, compacted_id, is_compacted, manifests
 from ._exceptions import ObsmlError
-from ._objects import describe_error
+from ._objects import one_line_error
 from ._progress import Progress
 from ._query import (
     LOGS,
@@ -84,18 +84,15 @@ def run_compact(
     now = now or datetime.now(timezone.utc)
     try:
         duckdb = load_duckdb()
-        reader = StoreReader.open(store)
+        reader = StoreReader.open_existing(store)
     except (ImportError, ObsmlError) as exc:
         print(f"obsml compact: {exc}", file=err)
         return 2
     shown = scrub(reader.shown())  # a URL may carry a SAS token
     try:
-        if not reader.exists():
-            print(f"obsml compact: cannot read {shown}: no store there", file=err)
-            return 2
         found = list(partitions(reader, now - older_than))
     except Exception as exc:  # whatever the filesystem raises (adlfs: the Azure SDK's errors), in one line
-        print(f"obsml compact: cannot read {shown}: {' '.join(describe_error(exc).split())}", file=err)
+        print(f"obsml compact: cannot read {shown}: {one_line_error(exc)}", file=err)
         return 2
     totals = Totals()
     progress = Progress("obsml compact", max(len(found), 1), err)
@@ -106,7 +103,7 @@ def run_compact(
             try:
                 _compact(reader, connection, partition, now, grace, totals)
             except Exception as exc:  # a part DuckDB cannot read, the store failing: said, the others go on
-                totals.failed.append(f"{partition.folder}: {' '.join(describe_error(exc).split())}")
+                totals.failed.append(f"{partition.folder}: {one_line_error(exc)}")
     finally:
         progress.close()
         connection.close()

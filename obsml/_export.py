@@ -19,7 +19,7 @@ from typing import IO, Any, TypeVar
 
 from ._exceptions import ConfigError
 from ._export_target import _WHOLE, Destination, ExportError, Listed, Manifest, _day_folders, _hash
-from ._objects import describe_error
+from ._objects import one_line_error
 from ._progress import Progress
 from ._reader import StoreReader
 from ._secrets import scrub
@@ -52,7 +52,7 @@ def run_export(
     failed (or another export holds the destination), 2 when a store cannot be opened or read."""
     out, err = out or sys.stdout, err or sys.stderr
     try:
-        reader = StoreReader.open(source)
+        reader = StoreReader.open_existing(source)  # before the destination is made: a mistyped --store copies nothing
         target = Destination.open(destination)
     except ConfigError as exc:
         print(f"obsml export: {exc}", file=err)
@@ -61,13 +61,6 @@ def run_export(
     # Listings of an earlier run in this process must not hide new objects (fsspec caches them).
     reader.fs.invalidate_cache()
     target.fs.invalidate_cache()
-    try:
-        if not reader.exists():  # before the destination is made: a mistyped --store copies nothing, loudly
-            print(f"obsml export: cannot read {scrub(reader.shown())}: no store there", file=err)
-            return 2
-    except Exception as exc:  # whatever the filesystem raises (adlfs: the Azure SDK's errors)
-        print(f"obsml export: cannot read {scrub(reader.shown())}: {_one_line(exc)}", file=err)
-        return 2
     try:
         with target.locked() as held:
             if not held:
@@ -225,8 +218,7 @@ def _report(progress: Progress, err: IO[str], line: str) -> None:
 
 
 def _one_line(exc: BaseException) -> str:
-    said = str(exc) if isinstance(exc, ExportError) else describe_error(exc)
-    return " ".join(scrub(said).split())  # the Azure SDK's messages have several lines
+    return " ".join(scrub(str(exc)).split()) if isinstance(exc, ExportError) else one_line_error(exc)
 
 
 def _bytes(size: int) -> str:

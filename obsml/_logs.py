@@ -32,7 +32,7 @@ import fsspec
 from ._compacted import MANIFEST, PARQUET, readable
 from ._exceptions import ObsmlError
 from ._logs_format import Printer, Row, Timeline
-from ._objects import describe_error
+from ._objects import one_line_error
 from ._query import subfolders
 from ._reader import StoreReader
 from ._secrets import scrub
@@ -280,7 +280,7 @@ def _interrupts(*, at_once: bool) -> Iterator[threading.Event]:
 
 def _cannot_read(views: StoreViews, exc: Exception) -> str:
     # One line (the Azure SDK's messages have several), scrubbed: a filesystem's message may hold a URL's secrets.
-    return f"cannot read {scrub(views.reader.shown())}: {' '.join(describe_error(exc).split())}"
+    return f"cannot read {scrub(views.reader.shown())}: {one_line_error(exc)}"
 
 
 def _open(store: str, command: str, since: datetime | None, until: datetime | None) -> StoreViews | None:

@@ -64,6 +64,11 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {scrub(str(exc))[:300]}"
 
 
+def one_line_error(exc: BaseException) -> str:
+    """:func:`describe_error` on one line, for a command's message (the Azure SDK's span several)."""
+    return " ".join(describe_error(exc).split())
+
+
 def utc_folders(ns: int, hourly: bool = False) -> str:
     """The date partition of a time in the store layout: ``yyyy/mm/dd`` (``/hh`` when hourly), UTC."""
     return datetime.fromtimestamp(ns / 1e9, timezone.utc).strftime("%Y/%m/%d/%H" if hourly else "%Y/%m/%d")

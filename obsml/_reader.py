@@ -17,6 +17,8 @@ import fsspec
 
 from ._compacted import MANIFEST, PARQUET, compacted_lines, readable
 from ._exceptions import ConfigError
+from ._objects import one_line_error
+from ._secrets import scrub
 from ._sinks import scheme_of_protocol, sink_plugin
 from ._store import _store_hint as store_hint
 
@@ -45,9 +47,20 @@ class StoreReader:
             raise ConfigError(f"OBSML_STORE: cannot open the store: {store_hint(scheme, exc)}") from None
         return cls(fs, root)
 
-    def exists(self) -> bool:
-        """Whether anything is at the root: a mistyped ``--store`` must not read as an empty store."""
-        return bool(self.fs.exists(self.root))
+    @classmethod
+    def open_existing(cls, url: str) -> StoreReader:
+        """:meth:`open`, and ConfigError (one line, no credential) when nothing is at the root or it
+        cannot be looked at: for the commands that change a store, a mistyped ``--store`` must not
+        read as an empty store."""
+        reader = cls.open(url)
+        shown = scrub(reader.shown())  # a URL may carry a SAS token
+        try:
+            there = reader.fs.exists(reader.root)
+        except Exception as exc:  # whatever the filesystem raises (adlfs: the Azure SDK's errors)
+            raise ConfigError(f"cannot read {shown}: {one_line_error(exc)}") from None
+        if not there:
+            raise ConfigError(f"cannot read {shown}: no store there")
+        return reader
 
     def files(self, folder: str) -> list[str]:
         """Every object under ``folder`` (``traces``, ``payloads``…), relative to the root, sorted."""

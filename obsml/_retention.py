@@ -24,7 +24,7 @@ from datetime import date, datetime, timedelta, timezone
 from typing import IO
 
 from ._exceptions import ConfigError
-from ._objects import STATUS_FOLDER, describe_error
+from ._objects import STATUS_FOLDER, describe_error, one_line_error
 from ._progress import Progress
 from ._query import subfolders
 from ._reader import StoreReader
@@ -90,18 +90,15 @@ def run_retention(
         print(f"{COMMAND}: --older-than: {_shown(cutoff)} is in the future", file=err)
         return 2
     try:
-        reader = StoreReader.open(store)
+        reader = StoreReader.open_existing(store)
     except ConfigError as exc:
         print(f"{COMMAND}: {exc}", file=err)
         return 2
     shown = scrub(reader.shown())  # a URL may carry a SAS token
     try:
-        if not reader.exists():
-            print(f"{COMMAND}: cannot read {shown}: no store there", file=err)
-            return 2
         plan = make_plan(reader, includes, cutoff, now)
     except Exception as exc:  # whatever the filesystem raises (adlfs: the Azure SDK's errors), in one line
-        print(f"{COMMAND}: cannot read {shown}: {' '.join(describe_error(exc).split())}", file=err)
+        print(f"{COMMAND}: cannot read {shown}: {one_line_error(exc)}", file=err)
         return 2
     print(f"{COMMAND} of {shown}: partitions of {', '.join(includes)} that ended by {_shown(cutoff)}", file=out)
     _print_plan(plan, out)
