@@ -258,6 +258,7 @@ class Capture:
         self.end_perf = time.perf_counter_ns()
         if not (self.sampled or self.failed or self.exceptions):
             count("requests_sampled_out")
+            self._release()
             return
         self.request_body.end()  # a streamed body's last slab goes ahead of its span
         self.response_body.end()
@@ -267,10 +268,12 @@ class Capture:
         if self._follows_a_body_let_in_alone() and writer.submit(self, force=True):
             return
         record_drop("span", writer.refusal)
+        streamed = False
         for tee in (self.request_body, self.response_body):
             if tee.stream is not None and tee.stream.queued:  # else the writer never opened a file
                 tee.stream.abort_later()
-        self._release()
+                streamed = True
+        self._release(bodies_done=not streamed)
 
     def _follows_a_body_let_in_alone(self) -> bool:
         # A body chunk over the queue's bound went in alone (the writer admits one into an empty
@@ -292,12 +295,19 @@ class Capture:
         finally:
             self._release()
 
-    def _release(self) -> None:
-        # A capture and its body tees refer to each other, so only the cyclic garbage collector
-        # frees them, maybe much later: let go at once of what is heavy (the scope or environ with
-        # its headers, the inline bodies, the exception with its frames). ``nbytes`` is unchanged.
+    def _release(self, bodies_done: bool = True) -> None:
+        # Let go at once of what is heavy (the scope or environ with its headers, the inline bodies,
+        # the exception with its frames). ``nbytes`` is unchanged. A capture, its body tees and a
+        # streamed body's stream refer to each other: unless a slab job of theirs is still queued (a
+        # dropped span's), they let go of each other, so that reference counting frees them all. Left
+        # to the cyclic garbage collector, a capture per request made it run a full collection (30+ ms
+        # on a server's heap) every second or so under load: the p99 latency (issue 16).
         self.info = None
         self.request_headers = self.response_headers = ()
         self.exception = self.exceptions = None
-        self.request_body.chunks = []
-        self.response_body.chunks = []
+        for tee in (self.request_body, self.response_body):
+            tee.chunks = []
+            if bodies_done:
+                del tee.capture
+                if tee.stream is not None:  # a streamed body's stream and tee refer to each other too
+                    del tee.stream.tee
