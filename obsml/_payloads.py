@@ -154,7 +154,7 @@ class PayloadStream:
 
     __slots__ = (
         "alone", "bound", "error", "failure", "filled", "hasher", "lost", "plan", "queued", "raw", "raw_size",
-        "redacted", "relative", "slab", "store", "target", "tee", "uri", "writer",
+        "redacted", "relative", "slab", "store", "stored_size", "target", "tee", "uri", "writer",
     )
 
     def __init__(self, tee: BodyTee, writer: Writer, store: Store, bound: int) -> None:
@@ -177,7 +177,8 @@ class PayloadStream:
         self.plan: Plan = "direct"
         self.raw: IO[bytes] | None = None
         self.raw_size = 0
-        self.redacted: Redacted | None = None  # what redaction stored, for the span
+        self.redacted: Redacted | None = None  # what redaction replaced, for the span (without the bytes)
+        self.stored_size = 0
         # Once finished: where the whole payload is, or why it was lost.
         self.uri: str | None = None
         self.failure: DropReason | None = None
@@ -320,12 +321,15 @@ class PayloadStream:
         except Exception as exc:
             logger.debug("obsml could not write a payload to the store", exc_info=True)
             return failure_reason(exc)
-        self.redacted = result
+        # The span needs only the counts: a stream kept until its span is built (or longer, when a
+        # dropped span's stream waits for its abort) must not keep a whole body with it.
+        self.redacted = None if result is None else result._replace(data=b"")
         return None
 
     def _store_bytes(self, data: bytes) -> None:
         self.target.write(data)
         self.hasher.update(data)
+        self.stored_size += len(data)
 
 
 def release_slab(slab: bytes | bytearray) -> None:
