@@ -158,7 +158,7 @@ def _body(attributes: Attributes, tee: BodyTee, unread: int = 0, kept: bool = Tr
         attributes[keys.uri] = stream.uri
         attributes[keys.sha256] = stream.hasher.hexdigest()
         if stream.redacted is not None:
-            _redacted(attributes, keys, stream.redacted)
+            _redacted(attributes, keys, stream.redacted, stream.stored_size)
     else:
         attributes[keys.lost] = stream.failure or "queue_full"
 
@@ -174,7 +174,7 @@ def _inline_body(attributes: Attributes, tee: BodyTee, keys: _BodyKeys, media: b
             record_drop("payload", result)
             return
         data = result.data
-        _redacted(attributes, keys, result)
+        _redacted(attributes, keys, result, len(data))
     attributes[keys.sha256] = sha256(data).hexdigest()
     try:
         attributes[keys.text] = data.decode("utf-8")
@@ -184,10 +184,10 @@ def _inline_body(attributes: Attributes, tee: BodyTee, keys: _BodyKeys, media: b
         attributes[keys.encoding] = "base64"
 
 
-def _redacted(attributes: Attributes, keys: _BodyKeys, result: Redacted) -> None:
+def _redacted(attributes: Attributes, keys: _BodyKeys, result: Redacted, stored_size: int) -> None:
     """What redaction replaced: ``.size`` and ``.sha256`` then describe the stored bytes (issue 15)."""
     if result.rebuilt:
-        attributes[keys.size] = len(result.data)
+        attributes[keys.size] = stored_size
         attributes[keys.redacted] = result.replaced
         if result.paths:
             attributes[keys.redacted_paths] = list(result.paths)

@@ -101,6 +101,7 @@ class BodyRedactor:
         self._key_ends = tuple(n.encode("utf-8") for n in sorted(_key_needles(self.fields) or ()))
         self._raw_dir = raw_dir
         self._raw_dir_made = False
+        self.raw_in_memory = 0  # bytes of offloaded bodies waiting in memory (``_raw_body``), on the writer
 
     def plan(self, media: bytes | None) -> Plan:
         """For a body over the inline limit (at its first chunk, on the writer): stream it to the store

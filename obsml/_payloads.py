@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import time
 from hashlib import sha256
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._body_redaction import redact_or_drop
 from ._headers import header_value
 from ._objects import failure_reason, utc_folders
+from ._raw_body import RawBody
 from ._stats import logger, record_drop
 
 if TYPE_CHECKING:
@@ -153,8 +154,8 @@ class PayloadStream:
     """A body on its way to ``payloads/``. Slabs travel through the writer queue in order."""
 
     __slots__ = (
-        "alone", "bound", "error", "failure", "filled", "hasher", "lost", "plan", "queued", "raw", "raw_size",
-        "redacted", "relative", "slab", "store", "target", "tee", "uri", "writer",
+        "alone", "bound", "error", "failure", "filled", "hasher", "lost", "plan", "queued", "raw",
+        "redacted", "relative", "slab", "store", "stored_size", "target", "tee", "uri", "writer",
     )
 
     def __init__(self, tee: BodyTee, writer: Writer, store: Store, bound: int) -> None:
@@ -172,12 +173,12 @@ class PayloadStream:
         self.error: DropReason | None = None  # the store refused a write
         self.target: Any = None  # the store's AtomicTarget
         self.hasher: Any = None
-        # With body redaction (issue 15), the raw bytes wait in a private file off the store until
-        # the body is whole; only the redacted document is written to the store, at the finish.
+        # With body redaction (issue 15), the raw bytes wait off the store (in memory or a private
+        # file) until the body is whole; only the redacted document is written to the store, at the finish.
         self.plan: Plan = "direct"
-        self.raw: IO[bytes] | None = None
-        self.raw_size = 0
-        self.redacted: Redacted | None = None  # what redaction stored, for the span
+        self.raw: RawBody | None = None
+        self.redacted: Redacted | None = None  # what redaction replaced, for the span (without the bytes)
+        self.stored_size = 0
         # Once finished: where the whole payload is, or why it was lost.
         self.uri: str | None = None
         self.failure: DropReason | None = None
@@ -241,7 +242,7 @@ class PayloadStream:
                 self.relative = payload_path(self.tee)
                 self.plan = self.tee.capture.capturer.body_redaction.plan(self.tee.media_type())
                 if self.plan == "redact":
-                    self.raw = self.tee.capture.capturer.body_redaction.raw_file()
+                    self.raw = RawBody(self.tee.capture.capturer.body_redaction)
                 elif self.plan == "direct":
                     self.hasher = sha256()
                     self.target = self.store.open_atomic(self.relative)
@@ -259,15 +260,15 @@ class PayloadStream:
         self.hasher.update(data)
 
     def _keep_raw(self, data: memoryview) -> None:
-        assert self.raw is not None
-        self.raw_size += len(data)
-        redactor = self.tee.capture.capturer.body_redaction
-        if self.raw_size > redactor.max_bytes and redactor.drop_unparseable:
-            self.raw.close()  # over the budget and to be dropped: keep no more of it
+        raw = self.raw
+        assert raw is not None
+        redactor = raw.redactor
+        if raw.size + len(data) > redactor.max_bytes and redactor.drop_unparseable:
+            raw.close()  # over the budget and to be dropped: keep no more of it
             self.raw = None
             self.plan = "drop"
             return
-        self.raw.write(data)
+        raw.write(data)
 
     def finish(self, commit: bool) -> None:
         """Commit the payload (setting :attr:`uri`), or abort it; :attr:`failure` says why it was lost."""
@@ -276,7 +277,7 @@ class PayloadStream:
             reason = self._redact_and_write()
         raw, self.raw = self.raw, None
         if raw is not None:
-            raw.close()  # its bytes go with it (a file without a name)
+            raw.close()
         target, self.target = self.target, None
         try:
             if target is not None:
@@ -299,12 +300,11 @@ class PayloadStream:
         raw = self.raw
         if raw is None:  # "drop": unparseable, or over the budget, and OBSML_REDACT_UNPARSEABLE=drop
             return "unredactable"
-        raw.seek(0)
         whole = self.tee.whole
-        if self.raw_size > redactor.max_bytes and whole:
+        if raw.size > redactor.max_bytes and whole:
             result: Redacted | None = None  # over the budget, kept as received (copied in pieces below)
         else:
-            redacted = redact_or_drop(redactor, raw.read(), self.tee.media_type(), self.tee.direction, whole)
+            redacted = redact_or_drop(redactor, raw.take(), self.tee.media_type(), self.tee.direction, whole)
             if isinstance(redacted, str):
                 return redacted
             result = redacted
@@ -314,18 +314,20 @@ class PayloadStream:
             if result is not None:
                 self._store_bytes(result.data)
             else:
-                raw.seek(0)
-                while piece := raw.read(1 << 20):
+                for piece in raw.pieces():
                     self._store_bytes(piece)
         except Exception as exc:
             logger.debug("obsml could not write a payload to the store", exc_info=True)
             return failure_reason(exc)
-        self.redacted = result
+        # The span needs only the counts: a stream kept until its span is built (or longer, when a
+        # dropped span's stream waits for its abort) must not keep a whole body with it.
+        self.redacted = None if result is None else result._replace(data=b"")
         return None
 
     def _store_bytes(self, data: bytes) -> None:
         self.target.write(data)
         self.hasher.update(data)
+        self.stored_size += len(data)
 
 
 def release_slab(slab: bytes | bytearray) -> None:
