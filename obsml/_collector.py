@@ -13,6 +13,7 @@ import dataclasses
 import io
 import threading
 import time
+import weakref
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from hashlib import sha256
@@ -211,19 +212,26 @@ class Collector:
         self.media = media == "offload"
         self._outside = outside
         self._encode_checked = encoder(self.format)  # a missing pyarrow fails here, not later
-        self._destinations: dict[int, _Destination] = {}
+        # Per serving middleware (its Capturer), held weakly: keyed by id(), a middleware made after
+        # another was freed could find the freed one's destination (its sample rate, its store).
+        self._destinations: weakref.WeakKeyDictionary[Any, _Destination] = weakref.WeakKeyDictionary()
+        self._outside_destination: _Destination | None = None
 
     def __repr__(self) -> str:
         return f"Collector({self.model!r}, {self.identifier!r}, format={self.format!r})"
 
     def _destination_for(self, capturer: Any) -> _Destination:
-        key = id(capturer)
-        destination = self._destinations.get(key)
+        if capturer is None:
+            if self._outside_destination is None:
+                self._outside_destination = _destination(self._outside, self.format, self.model, self.enabled, True)
+            return self._outside_destination
+        destination = self._destinations.get(capturer)
         if destination is None:
             # Inside a request: the serving middleware's destination, with what this collector was given.
-            settings = self._outside if capturer is None else dataclasses.replace(capturer.settings, **self._given)
-            destination = _destination(settings, self.format, self.model, self.enabled, first_read=capturer is None)
-            self._destinations[key] = destination
+            settings = dataclasses.replace(capturer.settings, **self._given)
+            destination = self._destinations[capturer] = _destination(
+                settings, self.format, self.model, self.enabled, first_read=False
+            )
         return destination
 
     def collect(self, data: Any, correlation_id: str | None = None) -> Collected:

@@ -193,7 +193,9 @@ def test_a_served_request_leaves_no_reference_cycle_for_the_garbage_collector(
                        "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http",
                        "wsgi.input": io.BytesIO(body), "CONTENT_TYPE": "application/json",
                        "CONTENT_LENGTH": str(len(body))}
-            b"".join(wsgi(environ, lambda status, headers, exc_info=None: None))
+            response = wsgi(environ, lambda status, headers, exc_info=None: None)
+            b"".join(response)
+            response.close()  # as a server does: the request ends there
 
     loop = asyncio.new_event_loop()
     try:
