@@ -91,6 +91,16 @@ def server_table(server: dict[str, Any]) -> list[str]:
             f"| {kind} | {bare['ttfb_median_ms']:.2f} / {bare['ttfb_p99_ms']:.2f} | "
             f"{ours['ttfb_median_ms']:.2f} / {ours['ttfb_p99_ms']:.2f} | {ours['ttfb_added_ms'] * 1e3:+.0f} µs |"
         )
+    for kind, soak in server.get("soak", {}).items():
+        lines += [
+            "", f"### Memory under sustained load ({kind}, obsml, wrk at full load for {soak['seconds']} s, 1 KB)", "",
+            f"{_f(soak['rps'], 0)} requests/s, p99 {soak['p99_ms']:.1f} ms. "
+            f"Server RSS: {soak['rss_start_mib']:.1f} MiB before the load, {soak['rss_warm_mib']:.1f} after its "
+            f"first fifth, {soak['rss_end_mib']:.1f} at the end "
+            f"(max {soak['rss_max_mib']:.1f}): {soak['growth_after_warmup_mib']:+.1f} MiB after the warm-up, "
+            f"{'flat' if soak['flat'] else '**growing**'} (at most {soak['allowed_growth_mib']:.0f} MiB allowed).",
+            "", "RSS MiB every 5 s: " + ", ".join(f"{rss:g}" for _, rss in soak["samples"]),
+        ]
     return [*lines, ""]
 
 
@@ -117,6 +127,9 @@ def target_lines(result: dict[str, Any]) -> list[str]:
     for kind, cell in steps["server"].get("results", {}).get("ttfb", {}).items():
         added = cell["variants"]["obsml"]["ttfb_added_ms"]
         checks.append((f"{kind}: time to first byte within 1 ms of bare", f"{added * 1e3:+.0f} µs", added <= 1.0))
+    for kind, soak in steps["server"].get("results", {}).get("soak", {}).items():
+        checks.append((f"{kind}: RSS flat over {soak['seconds']} s at full load",
+                       f"{soak['growth_after_warmup_mib']:+.1f} MiB", soak["flat"]))
     if not checks:
         return []
     lines = ["### Targets of issue 16 measured here", "", "| target | this run | met |", "| --- | ---: | --- |"]

@@ -16,7 +16,12 @@ under ``uvicorn-httptools`` only, sentry and logfire (see ``asgi_overhead.py``).
 Streaming: time to the first body byte of a chunked response (first chunk at once, the rest
 20 ms later), bare vs obsml, under uvicorn-httptools and gunicorn-sync, one connection at a time.
 
-    python benchmarks/server_load.py [--duration 6] [--rounds 3] [--quick] [--json out.json]
+Memory under sustained load (``--soak``, 300 s by default): obsml under uvicorn-httptools and wrk
+at full load, 1 KB bodies, its RSS sampled every 5 s (the store's committed files deleted as they
+come, so the disk does not fill). Flat: from the end of the run's first fifth to its end, RSS grows
+by at most 8 MiB or 5%, whichever is larger.
+
+    python benchmarks/server_load.py [--duration 6] [--rounds 3] [--soak 300] [--quick] [--json out.json]
 """
 
 from __future__ import annotations
@@ -107,6 +112,18 @@ class Server:
                 for task in Path(f"/proc/{pid}/task").iterdir():
                     pending.extend(int(child) for child in (task / "children").read_text().split())
         return ticks / os.sysconf("SC_CLK_TCK")
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the server process and all its descendants, now."""
+        total, pending = 0, [self.process.pid]
+        while pending:
+            pid = pending.pop()
+            with contextlib.suppress(OSError, KeyError):
+                fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+                total += int(fields["VmRSS"].split()[0]) * 1024
+                for task in Path(f"/proc/{pid}/task").iterdir():
+                    pending.extend(int(child) for child in (task / "children").read_text().split())
+        return total
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -281,12 +298,64 @@ def measure_ttfb(kind: str, requests: int, folder: Path, rng: random.Random) -> 
     return {"requests_per_variant": requests, "variants": rows}
 
 
+# --------------------------------------------------------------------------- memory under sustained load
+
+SOAK_SAMPLE_S = 5
+# Flat: from the end of the first fifth of the run (allocator and caches warmed up) to the end, the
+# server's resident memory grows by at most this much (the larger of the two).
+SOAK_FLAT_BYTES, SOAK_FLAT_SHARE = 8 * 1024 * 1024, 0.05
+
+
+def prune_store(root: Path) -> None:
+    """Delete the part and payload files obsml committed, so that a long run does not fill the disk:
+    never a hidden temporary file a writer still fills, nor a folder, nor ``_obsml/``."""
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [name for name in dirs if name != "_obsml"]
+        for name in files:
+            if not name.startswith("."):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(folder, name))
+
+
+def measure_soak(kind: str, seconds: int, folder: Path) -> dict[str, Any]:
+    """obsml's server under wrk at full load for ``seconds`` (1 KB bodies): its RSS every few seconds.
+
+    The store's committed files are deleted every sample (the disk would fill); the verdict is on
+    the growth from the end of the run's first fifth to its end."""
+    path = "/echo" if SERVERS[kind][0] == "wsgi" else "/score"
+    with running(kind, ("obsml",), "wsgi_app" if SERVERS[kind][0] == "wsgi" else "asgi_app", folder) as servers:
+        server = servers["obsml"]
+        command = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", "--timeout", "10s",
+                   "-s", str(wrk_script(folder, 1024)), f"http://127.0.0.1:{server.port}{path}"]
+        samples: list[tuple[float, int]] = [(0.0, server.rss_bytes())]
+        start = time.monotonic()
+        with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as wrk:
+            while wrk.poll() is None:
+                time.sleep(min(SOAK_SAMPLE_S, max(0.1, seconds - (time.monotonic() - start))))
+                samples.append((time.monotonic() - start, server.rss_bytes()))
+                prune_store(server.store)
+            output = wrk.stdout.read() if wrk.stdout else ""
+        prune_store(server.store)
+    result = parse_wrk(output)
+    warm = next((rss for at, rss in samples if at >= seconds / 5), samples[-1][1])
+    growth = samples[-1][1] - warm
+    allowed = max(SOAK_FLAT_BYTES, int(warm * SOAK_FLAT_SHARE))
+    return {
+        "seconds": seconds, "rps": result["rps"], "p99_ms": result["p99_ms"],
+        "errors": result["socket_errors"] + result["non_2xx"],
+        "rss_start_mib": samples[0][1] / 2**20, "rss_warm_mib": warm / 2**20, "rss_end_mib": samples[-1][1] / 2**20,
+        "rss_max_mib": max(rss for _, rss in samples) / 2**20, "growth_after_warmup_mib": growth / 2**20,
+        "allowed_growth_mib": allowed / 2**20, "flat": growth <= allowed,
+        "samples": [(round(at, 1), round(rss / 2**20, 1)) for at, rss in samples],
+    }
+
+
 # --------------------------------------------------------------------------- running
 
 
 def run(
     duration: int, warmup: int, rounds: int, sizes: Sequence[int], sweep_sizes: Sequence[int],
-    servers: Sequence[str], ttfb_requests: int, seed: int,
+    servers: Sequence[str], ttfb_requests: int, seed: int, soak: int = 0,
 ) -> dict[str, Any]:
     rng = random.Random(seed)
     result: dict[str, Any] = {
@@ -307,6 +376,8 @@ def run(
                 )
         for kind in (kind for kind in SWEEP_SERVERS if kind in servers):
             result["ttfb"][kind] = measure_ttfb(kind, ttfb_requests, folder, rng)
+        if soak and PEER_SERVER in servers:
+            result["soak"] = {PEER_SERVER: measure_soak(PEER_SERVER, soak, folder)}
     return result
 
 
@@ -317,17 +388,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 s runs, 1 KB only, one round")
     parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated server kinds (default: all)")
     parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument(
+        "--soak", type=int, default=300,
+        help=f"seconds of full load on obsml under {PEER_SERVER}, its RSS sampled (default 300; 0: none)",
+    )
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
     args = parser.parse_args(argv)
     servers = args.servers.split(",")
     if unknown := set(servers) - set(SERVERS):
         parser.error(f"unknown servers: {', '.join(sorted(unknown))}; known: {', '.join(SERVERS)}")
     if args.quick:
-        settings = {"duration": 1, "warmup": 0, "rounds": 1, "sweep_sizes": (), "ttfb_requests": 10}
+        settings = {"duration": 1, "warmup": 0, "rounds": 1, "sweep_sizes": (), "ttfb_requests": 10, "soak": 5}
     else:
         settings = {
             "duration": args.duration, "warmup": 1, "rounds": args.rounds,
-            "sweep_sizes": (200, 100 * 1024, 1024 * 1024), "ttfb_requests": 100,
+            "sweep_sizes": (200, 100 * 1024, 1024 * 1024), "ttfb_requests": 100, "soak": args.soak,
         }
     result = run(
         sizes=(1024,), servers=servers, seed=args.seed, **settings

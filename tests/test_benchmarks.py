@@ -174,10 +174,14 @@ def test_make_bench_quick_writes_the_json_the_table_and_the_plot_with_every_numb
         assert all(numbers(row, "rps_ratio", "p99_ratio", "cpu_us_per_request") for row in variants.values())
     for cell in server["ttfb"].values():
         assert all(numbers(row, "ttfb_median_ms", "ttfb_p99_ms") for row in cell["variants"].values())
+    soak = server["soak"]["uvicorn-httptools"]  # RSS under sustained load, sampled while wrk runs
+    assert len(soak["samples"]) >= 2 and numbers(soak, "rps", "rss_end_mib", "growth_after_warmup_mib")
+    assert soak["errors"] == 0
     assert len(steps["sink_outage"]["verdicts"]) == 2 and len(steps["collector"]["rows"]) == 6
 
     table = written.with_suffix(".md").read_text()
     for needle in ("| 1 MB |", "| gunicorn-gthread | 1 KB | obsml |", "Time to first byte", "Versions: ", "VERDICT",
+                   "Memory under sustained load", "RSS flat over",
                    "per log line", "one requests call, obsml's instrumentation"):
         assert needle.lower() in table.lower()
     assert f"]({written.with_suffix('.png').name})" in table
