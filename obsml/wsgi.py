@@ -105,11 +105,12 @@ class _CaptureResponse:
     def start_response_with_capture(
         self, status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
     ) -> Write:
+        capture = self.capture
         try:
-            headers, held_bytes, _ = echo_correlation_id(headers, CORRELATION_HEADER, self.capture.correlation_id)
-            self.capture.response_started(int(status[:3]), Latin1Pairs(headers), held_bytes)
-            if self.capture.route is None:
-                self.capture.route = wsgi_route(self.capture.info)
+            headers, held_bytes, _ = echo_correlation_id(headers, CORRELATION_HEADER, capture.correlation_id)
+            capture.response_started(int(status[:3]), Latin1Pairs(headers), held_bytes)
+            if capture.route is None:
+                capture.route = wsgi_route(capture.info)
         except Exception:
             report_internal_error("capturing a response")
         # Pass exc_info only when given: some servers' start_response takes two arguments.
