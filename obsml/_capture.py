@@ -291,7 +291,12 @@ class Capture:
     @property
     def nbytes(self) -> int:
         """Bytes this job holds in memory: headers, inline bodies (streamed bytes were counted as they left)."""
-        return self.held_bytes + self.request_body.in_memory + self.response_body.in_memory
+        request, response = self.request_body, self.response_body  # read twice per request by the writer
+        return (
+            self.held_bytes
+            + (request.held if request.stream is None else 0)
+            + (response.held if response.stream is None else 0)
+        )
 
     def run(self) -> None:
         try:

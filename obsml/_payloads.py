@@ -84,10 +84,6 @@ class BodyTee:
         self.unseen: str | None = None  # the message type that sent body bytes past obsml, if any
 
     @property
-    def in_memory(self) -> int:
-        return 0 if self.stream is not None else self.held
-
-    @property
     def truncated(self) -> bool:
         return self.held < self.size
 
@@ -130,9 +126,10 @@ class BodyTee:
         """Past the inline limit: stream what is kept, then ``chunk`` (a memoryview straight into slabs)."""
         capturer = self.capture.capturer
         stream = self.stream = PayloadStream(self, capturer.writer, capturer.store, capturer.queue_body_bytes)
-        for kept in self.chunks:
-            stream.send(kept)
-        self.chunks = []
+        if self.chunks:
+            for kept in self.chunks:
+                stream.send(kept)
+            self.chunks = []
         stream.send(chunk)
 
     def media_type(self) -> bytes | None:
