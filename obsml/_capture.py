@@ -196,9 +196,10 @@ class Capture:
             self.correlation_bytes = self.correlation_id.encode("ascii")
 
         self.sampled = capturer.sample_all or correlation_keep(self.correlation_id, capturer.sample_threshold)
-        limit = capturer.max_capture if self.sampled else min(capturer.max_capture, capturer.inline_limit)
-        self.request_body = BodyTee(self, "request", found[capturer.content_type_slot], limit)
-        self.response_body = BodyTee(self, "response", None, limit)
+        inline_limit = capturer.inline_limit
+        limit = capturer.max_capture if self.sampled else min(capturer.max_capture, inline_limit)
+        self.request_body = BodyTee(self, "request", found[capturer.content_type_slot], limit, inline_limit)
+        self.response_body = BodyTee(self, "response", None, limit, inline_limit)
 
     def activate(self) -> tuple[Token[Capture | None], object]:
         """Make this request current, so logs, model data and child spans in the app join it.
@@ -260,8 +261,11 @@ class Capture:
             count("requests_sampled_out")
             self._release()
             return
-        self.request_body.end()  # a streamed body's last slab goes ahead of its span
-        self.response_body.end()
+        # A streamed body's last slab goes ahead of its span (BodyTee.end, inlined: most bodies are inline).
+        if self.request_body.stream is not None:
+            self.request_body.stream.send_slab()
+        if self.response_body.stream is not None:
+            self.response_body.stream.send_slab()
         writer = self.capturer.writer
         if writer.submit(self):
             return
@@ -287,7 +291,12 @@ class Capture:
     @property
     def nbytes(self) -> int:
         """Bytes this job holds in memory: headers, inline bodies (streamed bytes were counted as they left)."""
-        return self.held_bytes + self.request_body.in_memory + self.response_body.in_memory
+        request, response = self.request_body, self.response_body  # read twice per request by the writer
+        return (
+            self.held_bytes
+            + (request.held if request.stream is None else 0)
+            + (response.held if response.stream is None else 0)
+        )
 
     def run(self) -> None:
         try:

@@ -68,8 +68,13 @@ def wsgi_route(environ: dict[str, Any]) -> str | None:
     """Flask's URL rule: werkzeug keeps the request, with its matched rule, in the environ until
     the request context ends (still there when the app calls ``start_response``)."""
     request = environ.get("werkzeug.request")
+    if request is None:  # not werkzeug: nothing to ask
+        return None
     rule = getattr(getattr(request, "url_rule", None), "rule", None)
-    return getattr(request, "root_path", "") + rule if isinstance(rule, str) else None
+    if not isinstance(rule, str):
+        return None
+    root = getattr(request, "root_path", "")
+    return root + rule if root else rule
 
 
 def asgi_route(scope: Scope) -> str | None:

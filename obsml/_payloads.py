@@ -65,24 +65,24 @@ class BodyTee:
     """The copy of one body: chunks in memory up to the inline limit, then streamed to the writer."""
 
     __slots__ = (
-        "capture", "chunks", "content_type", "direction", "first_perf", "held", "limit", "size", "stream", "unseen"
+        "capture", "chunks", "content_type", "direction", "first_perf", "held", "inline_limit", "limit", "size",
+        "stream", "unseen",
     )
 
-    def __init__(self, capture: BodyOwner, direction: str, content_type: bytes | None, limit: int) -> None:
+    def __init__(
+        self, capture: BodyOwner, direction: str, content_type: bytes | None, limit: int, inline_limit: int
+    ) -> None:
         self.capture = capture
         self.direction = direction
         self.content_type = content_type
         self.limit = limit
+        self.inline_limit = inline_limit
         self.chunks: list[bytes] = []
         self.size = 0  # the true size, also past the capture limit
         self.held = 0  # bytes kept (in memory or streamed)
         self.first_perf = 0
         self.stream: PayloadStream | None = None
         self.unseen: str | None = None  # the message type that sent body bytes past obsml, if any
-
-    @property
-    def in_memory(self) -> int:
-        return 0 if self.stream is not None else self.held
 
     @property
     def truncated(self) -> bool:
@@ -115,24 +115,23 @@ class BodyTee:
         if size > room:
             chunk, size = chunk[:room], room
         self.held += size
-        if self.stream is not None:
-            self.stream.send(chunk)
-        else:
+        stream = self.stream
+        if stream is not None:
+            stream.send(chunk)
+        elif self.held <= self.inline_limit:
             self.chunks.append(chunk if isinstance(chunk, bytes) else bytes(chunk))
-            if self.held > self.capture.capturer.inline_limit:
-                self._offload()
+        else:
+            self._offload(chunk)
 
-    def _offload(self) -> None:
+    def _offload(self, chunk: bytes | memoryview) -> None:
+        """Past the inline limit: stream what is kept, then ``chunk`` (a memoryview straight into slabs)."""
         capturer = self.capture.capturer
-        self.stream = PayloadStream(self, capturer.writer, capturer.store, capturer.queue_body_bytes)
-        for chunk in self.chunks:
-            self.stream.send(chunk)
-        self.chunks = []
-
-    def end(self) -> None:
-        """Queue what a streamed body still holds (its last slab): called once the request is over."""
-        if self.stream is not None:
-            self.stream.send_slab()
+        stream = self.stream = PayloadStream(self, capturer.writer, capturer.store, capturer.queue_body_bytes)
+        if self.chunks:
+            for kept in self.chunks:
+                stream.send(kept)
+            self.chunks = []
+        stream.send(chunk)
 
     def media_type(self) -> bytes | None:
         if self.direction == "request":
@@ -191,7 +190,8 @@ class PayloadStream:
             # A slab's worth or more of immutable bytes goes as it is, one job, kept by reference
             # (copying 1 MB responses into slabs was slower in the benchmarks). Over the queue's whole bound for bodies,
             # it goes in alone, when the queue is empty (slabs of it could never all be queued).
-            self.send_slab()
+            if self.slab is not None:
+                self.send_slab()
             self._queue(data if isinstance(data, bytes) else bytes(data), len(data))
             return
         view = memoryview(data)

@@ -29,10 +29,13 @@ class InputTee:
 
     def read(self, *args: Any) -> bytes:
         data: bytes = self.stream.read(*args)
-        self._feed(data)
+        if data:  # _feed inlined: the app's reads are the hot path of a request body
+            try:
+                self.capture.request_body.feed(data)
+            except Exception:
+                report_internal_error("capturing a request body")
         # As a file's read() (PEP 3333): everything, or less than asked for, means the end.
-        asked = -1 if not args or args[0] is None else args[0]
-        if asked < 0 or len(data) < asked:
+        if not args or args[0] is None or args[0] < 0 or len(data) < args[0]:
             self.capture.request_ended = True
         return data
 
@@ -51,7 +54,10 @@ class InputTee:
             return len(data)
         size: int = self.stream_readinto(buffer) or 0
         if size:
-            self._feed(memoryview(buffer)[:size])
+            try:  # the view is copied into the body's slabs (or kept as bytes) before this returns
+                self.capture.request_body.feed(memoryview(buffer)[:size])
+            except Exception:
+                report_internal_error("capturing a request body")
         elif len(buffer):
             self.capture.request_ended = True
         return size

@@ -169,46 +169,48 @@ class _CaptureResponder:
 
     async def receive_with_capture(self) -> Message:
         message = await self.receive()
+        capture = self.capture
         try:
             kind = message["type"]
             if kind == "http.request":
-                self.capture.request_body.feed(message.get("body", b""))
+                capture.request_body.feed(message.get("body", b""))
                 if not message.get("more_body", False):
-                    self.capture.request_ended = True
+                    capture.request_ended = True
             elif kind == "http.disconnect":
-                self.capture.request_ended = True
+                capture.request_ended = True
                 # After a complete response the server reports a disconnect too (ASGI spec); that
                 # one is the normal end of the exchange, not a client going away.
-                if not self.capture.completed:
-                    self.capture.disconnected = True
+                if not capture.completed:
+                    capture.disconnected = True
         except Exception:
             report_internal_error("capturing a request body")
         return message
 
     async def send_with_capture(self, message: Message) -> None:
+        capture = self.capture
         try:
             kind = message["type"]
             if kind == "http.response.body":
-                self.capture.response_body.feed(message.get("body", b""))
+                capture.response_body.feed(message.get("body", b""))
                 if not message.get("more_body", False):
-                    self.capture.completed = True
+                    capture.completed = True
             elif kind == "http.response.start":
                 headers, held_bytes, echoed = echo_correlation_id(
-                    message.get("headers", ()), _CORRELATION_HEADER, self.capture.correlation_bytes
+                    message.get("headers", ()), _CORRELATION_HEADER, capture.correlation_bytes
                 )
                 if echoed:  # a copy: the app's message may be a constant it sends again for the next request
                     message = {**message, "headers": headers}
-                self.capture.response_started(message["status"], headers, held_bytes)
+                capture.response_started(message["status"], headers, held_bytes)
             elif kind in _UNSEEN_BODY_EXTENSIONS:  # sent anyway, though not offered
-                self.capture.response_body.unseen = kind
+                capture.response_body.unseen = kind
                 if not message.get("more_body", False):
-                    self.capture.completed = True
+                    capture.completed = True
         except Exception:
             report_internal_error("capturing a response")
         try:
             await self.send(message)
         except OSError:
-            self.capture.disconnected = True
+            capture.disconnected = True
             raise
 
 
