@@ -309,8 +309,8 @@ class Capture:
         # the exception with its frames). ``nbytes`` is unchanged. A capture, its body tees and a
         # streamed body's stream refer to each other: unless a slab job of theirs is still queued (a
         # dropped span's), they let go of each other, so that reference counting frees them all. Left
-        # to the cyclic garbage collector, a capture per request made it run a full collection (30+ ms
-        # on a server's heap) every second or so under load: the p99 latency (issue 16).
+        # to the cyclic garbage collector, they made it run every few hundred requests and kept what
+        # they held (a redacted body's stored copy) until it did: the sink-outage burst's excess (issue 16).
         self.info = None
         self.request_headers = self.response_headers = ()
         self.exception = self.exceptions = None

@@ -153,9 +153,9 @@ def _garbage_of(serve: Callable[[], None]) -> list[str]:
 def test_a_served_request_leaves_no_reference_cycle_for_the_garbage_collector(
     tmp_path: Path, sample_rate: float, size: int
 ) -> None:
-    # Freed by reference counting, a request's capture never makes the cyclic collector run: left to
-    # it, a capture per request made it run full collections of the server's heap (30+ ms each,
-    # about every second) under load, the p99 latency users see (issue 16).
+    # Freed by reference counting, a request's objects never make the cyclic collector run: left to
+    # it, they made it run every few hundred requests, and what they held (a redacted body's stored
+    # copy) stayed in memory until it did (issue 16: the sink-outage burst's excess).
     body = json.dumps({"x": "y" * size}).encode()
 
     async def asgi_app(scope: dict[str, Any], receive: Callable[[], Any], send: Callable[[Any], Any]) -> None:
