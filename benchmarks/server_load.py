@@ -191,9 +191,13 @@ def parse_wrk(output: str) -> dict[str, float]:
     }
 
 
+def wrk_command(server: Server, script: Path, duration: int, path: str) -> list[str]:
+    return ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{duration}s", "--latency", "--timeout", "10s",
+            "-s", str(script), f"http://127.0.0.1:{server.port}{path}"]
+
+
 def load(server: Server, script: Path, duration: int, path: str) -> dict[str, float]:
-    command = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{duration}s", "--latency", "--timeout", "10s",
-               "-s", str(script), f"http://127.0.0.1:{server.port}{path}"]
+    command = wrk_command(server, script, duration, path)
     load_average = os.getloadavg()[0]  # the machine may be shared: say how busy it was
     cpu_before = server.cpu_seconds()
     output = subprocess.run(command, capture_output=True, text=True, timeout=duration + 60, check=True).stdout
@@ -325,8 +329,7 @@ def measure_soak(kind: str, seconds: int, folder: Path) -> dict[str, Any]:
     path = "/echo" if SERVERS[kind][0] == "wsgi" else "/score"
     with running(kind, ("obsml",), "wsgi_app" if SERVERS[kind][0] == "wsgi" else "asgi_app", folder) as servers:
         server = servers["obsml"]
-        command = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", "--timeout", "10s",
-                   "-s", str(wrk_script(folder, 1024)), f"http://127.0.0.1:{server.port}{path}"]
+        command = wrk_command(server, wrk_script(folder, 1024), seconds, path)
         samples: list[tuple[float, int]] = [(0.0, server.rss_bytes())]
         start = time.monotonic()
         with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as wrk:
