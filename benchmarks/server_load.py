@@ -100,29 +100,33 @@ class Server:
             time.sleep(0.1)
         raise RuntimeError(f"{self.kind} ({self.variant}) did not listen within {timeout:.0f} s")
 
-    def cpu_seconds(self) -> float:
-        """User + system CPU time of the server process and all its descendants, now."""
-        ticks, pending = 0, [self.process.pid]
+    def _tree(self) -> Iterator[int]:
+        """The server process and all its descendants (those alive now)."""
+        pending = [self.process.pid]
         while pending:
             pid = pending.pop()
+            yield pid
+            with contextlib.suppress(OSError):
+                for task in Path(f"/proc/{pid}/task").iterdir():
+                    pending.extend(int(child) for child in (task / "children").read_text().split())
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server process and all its descendants, now."""
+        ticks = 0
+        for pid in self._tree():
             with contextlib.suppress(OSError):
                 stat = Path(f"/proc/{pid}/stat").read_text()
                 fields = stat[stat.rindex(")") + 2:].split()
                 ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
-                for task in Path(f"/proc/{pid}/task").iterdir():
-                    pending.extend(int(child) for child in (task / "children").read_text().split())
         return ticks / os.sysconf("SC_CLK_TCK")
 
     def rss_bytes(self) -> int:
         """Resident memory of the server process and all its descendants, now."""
-        total, pending = 0, [self.process.pid]
-        while pending:
-            pid = pending.pop()
+        total = 0
+        for pid in self._tree():
             with contextlib.suppress(OSError, KeyError):
                 fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
                 total += int(fields["VmRSS"].split()[0]) * 1024
-                for task in Path(f"/proc/{pid}/task").iterdir():
-                    pending.extend(int(child) for child in (task / "children").read_text().split())
         return total
 
     def stop(self) -> None:
