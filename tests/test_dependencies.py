@@ -356,6 +356,92 @@ def test_a_calls_url_is_stored_without_its_user_and_password_nor_the_query_value
     assert "CANARY" not in json.dumps(call)
 
 
+# A fresh interpreter: the middleware starts before any HTTP client library is imported, and the
+# view calls the stub with a client it imports itself, in the request (``STUB`` and the store given).
+_FIRST_IMPORT_SCRIPT = """
+import asyncio, json, logging, os, sys
+logging.basicConfig(level=logging.INFO, format="LOG %(levelname)s %(message)s")
+import obsml
+
+CLIENTS = ("aiohttp", "httpx", "requests", "urllib3")
+
+async def view(scope, receive, send):
+    await receive()
+    {client_import}
+    status = {client_call}
+    await send({{"type": "http.response.start", "status": 200, "headers": []}})
+    await send({{"type": "http.response.body", "body": str(status).encode()}})
+
+app = obsml.ObsmlMiddleware(view)
+loaded_at_start = [name for name in CLIENTS if name in sys.modules]
+{app_setup}
+async def request():
+    sent = []
+    async def receive():
+        return {{"type": "http.request", "body": b"", "more_body": False}}
+    async def send(message):
+        sent.append(message)
+    scope = {{"type": "http", "asgi": {{"version": "3.0"}}, "http_version": "1.1", "method": "GET", "scheme": "http",
+             "path": "/score", "raw_path": b"/score", "root_path": "", "query_string": b"", "headers": [],
+             "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000)}}
+    await app(scope, receive, send)
+    return sent[-1]["body"].decode()
+
+answer = asyncio.run(request())
+obsml.flush()
+print(json.dumps({{"loaded_at_start": loaded_at_start, "answer": answer}}))
+"""
+
+
+def run_first_import(store: Path, stub: Stub, client_import: str, client_call: str, app_setup: str = "") -> Any:
+    script = _FIRST_IMPORT_SCRIPT.format(client_import=client_import, client_call=client_call, app_setup=app_setup)
+    result = subprocess.run(
+        [sys.executable, "-c", script], env={**os.environ, **store_env(store, STUB=stub.url)},
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.splitlines()[-1]), result.stderr
+
+
+def test_a_client_first_imported_after_start_up_is_instrumented_then_and_none_is_loaded_before(
+    stub: Stub, store: Path
+) -> None:
+    outcome, _ = run_first_import(
+        store, stub, "import httpx", 'httpx.get(os.environ["STUB"] + "/ok").status_code'
+    )
+    # Start-up loaded no client library (aiohttp alone took ~0.6 s and ~19 MiB): an app that
+    # never imports one never pays for it.
+    assert outcome == {"loaded_at_start": [], "answer": "200"}
+    request = next(span for span in read_spans(store) if span["kind"] == "SERVER")
+    (call,) = [span for span in read_spans(store) if span["kind"] == "CLIENT"]
+    assert call["parent_span_id"] == request["span_id"] and call["trace_id"] == request["trace_id"]
+    assert call["attributes"]["url.full"] == f"{stub.url}/ok"
+    assert stub.traceparents[0] is not None and request["trace_id"] in stub.traceparents[0]
+
+
+def test_an_app_instrumenting_a_client_after_start_up_keeps_it_when_obsml_had_not_loaded_it(
+    stub: Stub, store: Path
+) -> None:
+    # The app's own set-up after obsml's middleware, importing the instrumentation (and so the client).
+    app_setup = (
+        "from opentelemetry.sdk.trace import TracerProvider\n"
+        "from opentelemetry.sdk.trace.export import SimpleSpanProcessor, ConsoleSpanExporter\n"
+        "from opentelemetry.instrumentation.requests import RequestsInstrumentor\n"
+        "provider = TracerProvider()\n"
+        "provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter(out=sys.stderr, "
+        "formatter=lambda span: 'APP SPAN ' + span.kind.name + chr(10))))\n"
+        "RequestsInstrumentor().instrument(tracer_provider=provider)\n"
+    )
+    outcome, stderr = run_first_import(
+        store, stub, "import requests", 'requests.get(os.environ["STUB"] + "/ok").status_code', app_setup
+    )
+    assert outcome == {"loaded_at_start": [], "answer": "200"}
+    assert "APP SPAN CLIENT" in stderr  # the app's provider got its call
+    assert "already instrumented" not in stderr
+    assert "obsml leaves requests to the application's own OpenTelemetry instrumentation" in stderr
+    assert [span["kind"] for span in read_spans(store)] == ["SERVER"]
+
+
 def test_an_unknown_client_is_a_config_error_naming_those_accepted() -> None:
     with pytest.raises(ConfigError, match="httpx, requests, urllib3, aiohttp"):
         ObsmlMiddleware(Starlette(), dependencies="httpx,grpc")
