@@ -11,7 +11,7 @@ import asyncio
 from typing import Any
 
 from ._attributes import server_from_host, set_port
-from ._capture import Capture
+from ._capture import CURRENT_CAPTURE, Capture
 from ._exceptions import ObsmlError
 from ._frameworks import asgi_route, hook_asgi_app, hook_scope
 from ._headers import CORRELATION_HEADER, echo_correlation_id, header_value
@@ -188,12 +188,13 @@ class _CaptureResponder:
 
     async def send_with_capture(self, message: Message) -> None:
         capture = self.capture
+        last = False
         try:
             kind = message["type"]
             if kind == "http.response.body":
                 capture.response_body.feed(message.get("body", b""))
                 if not message.get("more_body", False):
-                    capture.completed = True
+                    capture.completed = last = True
             elif kind == "http.response.start":
                 headers, held_bytes, echoed = echo_correlation_id(
                     message.get("headers", ()), _CORRELATION_HEADER, capture.correlation_bytes
@@ -204,14 +205,23 @@ class _CaptureResponder:
             elif kind in _UNSEEN_BODY_EXTENSIONS:  # sent anyway, though not offered
                 capture.response_body.unseen = kind
                 if not message.get("more_body", False):
-                    capture.completed = True
+                    capture.completed = last = True
         except Exception:
             report_internal_error("capturing a response")
+        # The last message goes to the server outside the request's capture: what the server does
+        # with it is not the request's, and uvicorn's keep-alive timer copies the current context
+        # and lives on, cancelled, in the loop's heap for seconds; with it, a finished capture, its
+        # body tees and their lists. Some hundred of those alive at once made the young garbage
+        # collections run every ~110 requests under load and promoted them (issue 16).
+        outside = CURRENT_CAPTURE.set(None) if last else None
         try:
             await self.send(message)
         except OSError:
             capture.disconnected = True
             raise
+        finally:
+            if outside is not None:
+                CURRENT_CAPTURE.reset(outside)
 
 
 class _Lifespan:

@@ -207,3 +207,41 @@ def test_a_served_request_leaves_no_reference_cycle_for_the_garbage_collector(
     assert _garbage_of(wsgi_requests) == []
     stored = list(tmp_path.glob("traces/**/*.jsonl"))
     assert bool(stored) == (sample_rate == 1.0)  # the requests were served through obsml, and kept or not
+
+
+@pytest.mark.parametrize("sample_rate", [0.0, 1.0])
+def test_a_servers_keep_alive_timers_hold_no_finished_request(tmp_path: Path, sample_rate: float) -> None:
+    # uvicorn arms a keep-alive timer inside the response's last send, copying the current context;
+    # cancelled by the next request, it stays in the loop's heap for its 5 s. Had that context held
+    # the request's capture, every request of the last seconds would stay alive with its body tees
+    # (some hundred under load), and the garbage collector would run every ~110 requests (issue 16).
+    from conftest import running_server
+
+    from obsml._capture import Capture
+
+    async def asgi_app(scope: dict[str, Any], receive: Callable[[], Any], send: Callable[[Any], Any]) -> None:
+        if scope["type"] != "http":
+            return
+        message = await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": message["body"]})
+
+    def request(connection: http.client.HTTPConnection) -> None:
+        connection.request("POST", "/score", body=b'{"x": 1}', headers={"content-type": "application/json"})
+        response = connection.getresponse()
+        assert response.status == 200 and response.read() == b'{"x": 1}'
+
+    app = obsml.ObsmlMiddleware(asgi_app, service="s", store=str(tmp_path), sample_rate=sample_rate)
+    with running_server(app, lifespan="off") as url:
+        # An idle keep-alive connection (a health check's) keeps its timer at the head of the heap;
+        # the busy connection's cancelled timers wait behind it.
+        idle, busy = (http.client.HTTPConnection(url.removeprefix("http://"), timeout=30) for _ in range(2))
+        request(idle)
+        for _ in range(40):
+            request(busy)
+        obsml.flush()
+        alive = sum(isinstance(thing, Capture) for thing in gc.get_objects())
+        idle.close()
+        busy.close()
+    assert alive <= 1  # the last request's, at most, while the server thread finishes it
+    assert bool(list(tmp_path.glob("traces/**/*.jsonl"))) == (sample_rate == 1.0)
