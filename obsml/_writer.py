@@ -3,7 +3,7 @@
 ``submit`` never blocks and never raises into a request: it returns False when the queue
 is over its item or byte bound, and the caller records the drop. Submitting does not wake
 the thread (a wake-up per request would make it fight the requests for the GIL); the thread
-polls every few milliseconds, and is woken early only when the queue fills up or a flush
+polls every few milliseconds, and is woken early only when a few dozen items wait or a flush
 is asked for. It starts lazily, and a forked child starts its own. Each job runs inside a
 guard: one bad item never stops the writer.
 
@@ -33,12 +33,13 @@ from typing import Protocol
 from ._stats import STATS, DropReason, guarded, report_internal_error
 
 _POLL_S = 0.05  # the longest a captured item waits for the writer when nothing wakes it
-# ... while requests are coming in. A finished capture waiting in the queue holds a dozen objects the
-# garbage collector tracks (capture, body tees, the scope's copy): at 50 ms, some hundreds were
-# waiting at once under load, each young collection found them alive and promoted them, and the
-# full collections those promotions bring came every few seconds (issue 16). Waking 200 times a
-# second while busy costs the writer well under 1% of a core; an idle server wakes as before.
-_BUSY_POLL_S = 0.005
+# The writer is woken when this many items wait. A finished capture in the queue holds a dozen
+# objects the garbage collector tracks (capture, body tees, the scope's copy): waiting for the
+# poll under load, some hundreds were alive at once, each young collection promoted them, and
+# the full collections those promotions bring came every few seconds (issue 16). One wake-up
+# per this many requests costs the request path a fraction of a microsecond each; a server
+# taking fewer requests than this per poll is not woken at all.
+_WAKE_ITEMS = 32
 # While requests are coming in, a backlog is worked through in stretches of at most this much
 # time, each ending in a rest (``_REST_S``) that lets a waiting request thread (or event loop) take
 # the GIL: otherwise it waits up to the interpreter's switch interval (5 ms) every time, behind a
@@ -103,7 +104,7 @@ class Writer:
         self._last_tickers: tuple[Ticker, ...] = ()
         self._max_items = max_items
         self._max_bytes = max_bytes
-        self._wake_items = max(1, min(1000, max_items // 4))
+        self._wake_items = max(1, min(_WAKE_ITEMS, max_items // 4))
         self._wake_bytes = max(1, max_bytes // 4)
         self._interval = interval
         self.exit_timeout = exit_timeout
@@ -159,10 +160,14 @@ class Writer:
                 )
             ):
                 return False
+            # Woken as the queue crosses a bound, not at every item past it: the writer, once
+            # woken, works until the queue is empty.
+            urgent = (
+                force or self._items + 1 == self._wake_items or self._bytes < self._wake_bytes <= self._bytes + nbytes
+            )
             self._items += 1
             self._bytes += nbytes
             self._submitted += 1
-            urgent = force or self._items >= self._wake_items or self._bytes >= self._wake_bytes
             self._jobs.append(job)  # under the lock: never behind the close's stop marker
         if urgent:
             self._wake.set()
@@ -239,12 +244,9 @@ class Writer:
     def _run(self) -> None:
         jobs, wake = self._jobs, self._wake
         next_tick = time.monotonic() + self._interval
-        poll, seen = _POLL_S, self._submitted
         while True:
-            wake.wait(min(poll, max(0.0, next_tick - time.monotonic())))
+            wake.wait(min(_POLL_S, max(0.0, next_tick - time.monotonic())))
             wake.clear()
-            poll = _BUSY_POLL_S if self._submitted != seen else _POLL_S
-            seen = self._submitted
             now = time.perf_counter_ns()
             stretch_end, submitted, busy_until = now + _STRETCH_NS, self._submitted, now + _BUSY_NS
             while jobs:
