@@ -300,3 +300,35 @@ def test_the_span_of_a_body_let_in_alone_follows_it_even_while_the_body_fills_th
         response = httpx.get(f"{url}/bytes/2000000", headers={"x-correlation-id": "alone"})
     assert_captured_whole(span_by_correlation_id(store, "alone"), response.content)
     assert obsml.stats()["dropped"] == {}
+
+
+class Ran:
+    nbytes = 1
+
+    def __init__(self, done: list[int]) -> None:
+        self.done = done
+
+    def run(self) -> None:
+        self.done.append(1)
+
+
+def test_a_backlog_of_32_items_wakes_the_writer_before_its_poll(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A finished capture waiting for the writer holds objects the garbage collector tracks: under
+    # load, captures must not pile up for a whole poll (issue 16). The poll here never comes.
+    from obsml import _writer
+
+    monkeypatch.setattr(_writer, "_POLL_S", 3600.0)
+    writer = _writer.Writer(max_items=1000, max_bytes=1 << 20, interval=3600.0, exit_timeout=1.0)
+    done: list[int] = []
+    try:
+        for _ in range(31):
+            assert writer.submit(Ran(done))
+        time.sleep(0.3)
+        assert done == []  # 31 wait for the poll
+        assert writer.submit(Ran(done))
+        deadline = time.monotonic() + 30
+        while len(done) < 32 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(done) == 32
+    finally:
+        writer.close(1.0)
