@@ -8,6 +8,7 @@ Messages are forwarded as they come; nothing is held back from the app or the cl
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
 from ._attributes import server_from_host, set_port
@@ -48,7 +49,8 @@ class ObsmlMiddleware:
                 enable_strict()
             self.capturer = Capturer(settings, describe_scope)
             self._hook_first_scope = hook_asgi_app(app)
-            self.capturer.pipeline.writer.closing_hooks.append(self._finish_answered)
+            # The set, not the middleware: a middleware the app lets go of is freed with its app.
+            self.capturer.pipeline.writer.closing_hooks.append(functools.partial(_finish_answered, self._in_flight))
         except ObsmlError as exc:
             if not _inside_asgi_call():
                 raise
@@ -92,18 +94,19 @@ class ObsmlMiddleware:
             return
         await _CaptureResponder(self.app, capture, receive, send, scope, self._in_flight)()
 
-    def _finish_answered(self) -> None:
-        """At shutdown: hand the writer every request whose response is complete though its app
-        has not returned (Django still closing the response in a worker thread). granian ends a
-        worker's loop without waiting for those; their spans would be lost, uncounted."""
-        for responder in list(self._in_flight):
-            if responder.capture.completed:
-                responder.finish()
-
     def flush_at_shutdown(self) -> None:
         with guarded("the shutdown flush"):
-            self._finish_answered()
+            _finish_answered(self._in_flight)
             self.capturer.flush(shutdown=True)
+
+
+def _finish_answered(in_flight: set[_CaptureResponder]) -> None:
+    """At shutdown: hand the writer every request whose response is complete though its app
+    has not returned (Django still closing the response in a worker thread). granian ends a
+    worker's loop without waiting for those; their spans would be lost, uncounted."""
+    for responder in list(in_flight):
+        if responder.capture.completed:
+            responder.finish()
 
 
 def _inside_asgi_call() -> bool:

@@ -245,3 +245,33 @@ def test_a_servers_keep_alive_timers_hold_no_finished_request(tmp_path: Path, sa
         busy.close()
     assert alive <= 1  # the last request's, at most, while the server thread finishes it
     assert bool(list(tmp_path.glob("traces/**/*.jsonl"))) == (sample_rate == 1.0)
+
+
+def test_a_middleware_the_app_lets_go_of_is_freed_with_what_it_holds(tmp_path: Path) -> None:
+    # Tests, notebooks and apps that rebuild their app make many: each was kept, with its app, before.
+    import weakref
+
+    async def asgi_app(scope: dict[str, Any], receive: Callable[[], Any], send: Callable[[Any], Any]) -> None:
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def serve_one(app: Any) -> None:
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: Any) -> None:
+            pass
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+                 "scheme": "http", "path": "/", "raw_path": b"/", "query_string": b"", "root_path": "",
+                 "headers": [], "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000)}
+        await app(scope, receive, send)
+
+    middleware = obsml.ObsmlMiddleware(asgi_app, service="s", store=str(tmp_path))
+    asyncio.run(serve_one(middleware))
+    obsml.flush()
+    freed = weakref.ref(middleware)
+    del middleware
+    gc.collect()
+    assert freed() is None
+    assert list(tmp_path.glob("traces/**/*.jsonl"))  # it served, and its writer wrote
