@@ -301,9 +301,10 @@ def run(
                 n = block_size(requests, size)
                 samples: dict[str, list[int]] = {v: [] for v in variants}
                 e2e: dict[str, list[float]] = {v: [] for v in variants}  # ns per request, one per round
-                for variant in variants:  # warm-up, discarded
-                    loop.run_until_complete(run_block(apps[variant], size, body, block_size(warmup, size), []))
-                    settle(variant)
+                for variant in variants:  # warm-up, discarded; in blocks the writer's queue holds, as timed
+                    for _ in range(-(-block_size(warmup, size) // n)):
+                        loop.run_until_complete(run_block(apps[variant], size, body, n, []))
+                        settle(variant)
                 clean_store(store)
                 stats_before = obsml.stats()
                 for _ in range(rounds):

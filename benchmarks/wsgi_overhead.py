@@ -265,9 +265,10 @@ def run(
                 problems = check_case(apps, store, path, body)
                 samples: dict[str, list[int]] = {v: [] for v in VARIANTS}
                 e2e: dict[str, list[float]] = {v: [] for v in VARIANTS}  # ns per request, one per round
-                for variant in VARIANTS:  # warm-up, discarded
-                    run_block(apps[variant], path, body, block_size(warmup, size), [])
-                    settle(variant)
+                for variant in VARIANTS:  # warm-up, discarded; in blocks the writer's queue holds, as timed
+                    for _ in range(-(-block_size(warmup, size) // n)):
+                        run_block(apps[variant], path, body, n, [])
+                        settle(variant)
                 clean_store(store)
                 stats_before = obsml.stats()
                 for _ in range(rounds):
