@@ -34,7 +34,7 @@ from ._control import (
     scope_key,
 )
 from ._exceptions import ConfigError
-from ._objects import describe_error
+from ._objects import one_line_error
 from ._reader import StoreReader
 from ._secrets import scrub
 from ._settings import ENV_PREFIX, Settings
@@ -163,11 +163,11 @@ def _change(store: str, command: str, key: str, change: Callable[[Values], Value
     try:
         _write(reader, CONTROL_OBJECT, json.dumps(document, indent=2).encode())
     except Exception as exc:
-        raise _Refused(f"cannot write to {scrub(reader.shown())}: {describe_error(exc)}") from None
+        raise _Refused(f"cannot write to {scrub(reader.shown())}: {one_line_error(exc)}") from None
     try:
         _write(reader, history, json.dumps(record).encode())
     except Exception as exc:
-        print(f"obsml config: the change is in force but its history was not written: {describe_error(exc)}",
+        print(f"obsml config: the change is in force but its history was not written: {one_line_error(exc)}",
               file=sys.stderr)
         return 1
     for item in changes:
@@ -188,7 +188,7 @@ def _fetch(reader: StoreReader) -> bytes | None:
     except FileNotFoundError:
         return None
     except Exception as exc:  # whatever the filesystem raises (adlfs: the Azure SDK's errors), in one line
-        raise _Refused(f"cannot read {scrub(reader.shown())}: {describe_error(exc)}") from None
+        raise _Refused(f"cannot read {scrub(reader.shown())}: {one_line_error(exc)}") from None
 
 
 def _write(reader: StoreReader, relative: str, data: bytes) -> None:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, BinaryIO
 
-from ._objects import describe_error
+from ._objects import one_line_error
 
 Row = dict[str, Any]
 #: A request's log records and outbound calls, by the request's (trace id, span id), in time order.
@@ -126,7 +126,7 @@ class Printer:
             try:
                 data = self._fetch(uri) if self._fetch else None
             except Exception as exc:  # a body gone or unreadable is said, the other requests still print
-                error = describe_error(exc)
+                error = one_line_error(exc)
         elif row[f"{side}_body_encoding"] == "base64":
             data = base64.b64decode(inline)
         else:

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from typing import IO, Any
 
 from ._exceptions import ConfigError, ObsmlError
-from ._objects import describe_error
+from ._objects import one_line_error
 from ._report_compare import Comparison, Thresholds, drift_table, parse_reference
 from ._secrets import scrub
 
@@ -60,7 +60,7 @@ def run_drift(
         print(f"obsml drift: {scrub(str(exc))}", file=err)
         return 2
     except Exception as exc:  # DuckDB's and the filesystem's errors, in one line
-        print(f"obsml drift: {scrub(describe_error(exc))}", file=err)
+        print(f"obsml drift: {one_line_error(exc)}", file=err)
         return 2
     for line in comparison.notes:
         print(f"obsml drift: {line}", file=err)
@@ -121,7 +121,7 @@ def run_report(
         return 2
     except Exception as exc:  # DuckDB's and the filesystem's errors, in one line
         progress.close()
-        print(f"obsml report: {scrub(describe_error(exc))}", file=err)
+        print(f"obsml report: {one_line_error(exc)}", file=err)
         return 2
     progress.close()
     try:

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from typing import Any, TextIO
 
 from ._exceptions import ConfigError
-from ._objects import STATUS_FOLDER, describe_error
+from ._objects import STATUS_FOLDER, one_line_error
 from ._query import days, moment
 from ._reader import StoreReader
 from ._secrets import scrub
@@ -45,7 +45,7 @@ def run_status(
     try:
         found = _read(reader, start, end)
     except Exception as exc:  # whatever the filesystem raises (adlfs: the Azure SDK's errors), in one line
-        print(f"obsml status: cannot read {shown}: {describe_error(exc)}", file=sys.stderr)
+        print(f"obsml status: cannot read {shown}: {one_line_error(exc)}", file=sys.stderr)
         return 2
     writers = [_with_state(status, now) for status in _latest(found) if _in(status, start, end)]
     writers.sort(key=lambda status: (status["host"], status["started"], status["pid"]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -254,3 +255,14 @@ def test_a_full_spool_on_an_azure_store_makes_status_exit_1_from_the_status_file
     assert report["totals"]["requests_captured"] == 1 and report["totals"]["objects_spooled"] >= 1
     [writer] = report["writers"]
     assert writer["exited"] and writer["sink"]["scheme"] == "abfs"
+
+
+def test_a_refused_credential_is_one_line_without_the_key(azure_store: tuple[str, dict[str, str]]) -> None:
+    # The Azure SDK's refusal spans several lines (request id, time, error code): said on one.
+    store, env = azure_store
+    key = "Zm9yZ2VkIGtleSBvZiBub2JvZHkgYXQgYWxsIQ=="
+    wrong = re.sub(r"AccountKey=[^;]+", f"AccountKey={key}", env["AZURE_STORAGE_CONNECTION_STRING"])
+    result = obsml_status(store, env={"AZURE_STORAGE_CONNECTION_STRING": wrong})
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "obsml status: cannot read abfs://" in result.stderr and key not in result.stderr
