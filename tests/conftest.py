@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import os
+import pty
 import socket
+import subprocess
 import sys
 import tempfile
 import textwrap
@@ -147,3 +149,15 @@ def install_plugin(
     (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}-plugin\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text(f"[{group}]\n{name} = {name}_plugin:{factory}\n")
     monkeypatch.syspath_prepend(str(site))
+
+
+def drawn_on_a_terminal(command: list[str], timeout: float = 120) -> str:
+    """What ``command`` writes to its standard error when that is a terminal: its progress bar."""
+    primary, secondary = pty.openpty()
+    try:
+        subprocess.run(command, stdout=subprocess.DEVNULL, stderr=secondary, timeout=timeout, check=True)
+        os.set_blocking(primary, False)
+        return os.read(primary, 65536).decode()
+    finally:
+        os.close(primary)
+        os.close(secondary)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import subprocess
 import sys
 import threading
@@ -26,6 +25,7 @@ import pytest
 from adlfs import AzureBlobFileSystem
 from azure.storage.blob import ContainerClient
 from azurite import Azurite
+from conftest import drawn_on_a_terminal
 from report_apps import write_store
 from test_dependencies import running_stub, running_uvicorn, targets
 
@@ -362,15 +362,7 @@ def test_a_progress_bar_is_drawn_on_a_terminal_and_nothing_otherwise(tmp_path: P
     write_hours(LOCAL, str(tmp_path / "terminal"), hours=2)
     command = [sys.executable, "-m", "obsml.cli", "compact", "--store"]
     piped = subprocess.run([*command, str(tmp_path / "piped")], capture_output=True, text=True, timeout=120, check=True)
-    primary, secondary = pty.openpty()
-    try:
-        subprocess.run([*command, str(tmp_path / "terminal")], stdout=subprocess.DEVNULL, stderr=secondary,
-                       timeout=120, check=True)
-        os.set_blocking(primary, False)
-        drawn = os.read(primary, 65536).decode()
-    finally:
-        os.close(primary)
-        os.close(secondary)
+    drawn = drawn_on_a_terminal([*command, str(tmp_path / "terminal")])
 
     assert piped.stderr == "" and piped.stdout.startswith("obsml compact: 2 partitions compacted: ")
     assert "obsml compact: [" in drawn and f"2/2 traces/{DAY:%Y/%m/%d}/01" in drawn

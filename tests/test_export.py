@@ -23,7 +23,7 @@ from adlfs import AzureBlobFileSystem
 from apps import make_app
 from azure.storage.blob import ContainerClient
 from azurite import Azurite, new_container
-from conftest import running_gunicorn, running_server
+from conftest import drawn_on_a_terminal, running_gunicorn, running_server
 from fsspec.implementations.memory import MemoryFileSystem
 
 import obsml
@@ -355,20 +355,10 @@ def test_a_destination_that_cannot_be_made_is_one_line_and_exit_status_2(
 
 
 def test_a_progress_bar_is_drawn_on_a_terminal_and_nothing_otherwise(tmp_path: Path) -> None:
-    import pty
-
     layout(tmp_path / "source", DATED)
     command = [sys.executable, "-m", "obsml.cli", "export", "--store", str(tmp_path / "source")]
     piped = subprocess.run([*command, str(tmp_path / "piped")], capture_output=True, text=True, timeout=60, check=True)
-    primary, secondary = pty.openpty()
-    try:
-        subprocess.run([*command, str(tmp_path / "drawn")], stdout=subprocess.DEVNULL, stderr=secondary, timeout=60,
-                       check=True)
-        os.set_blocking(primary, False)
-        drawn = os.read(primary, 65536).decode()
-    finally:
-        os.close(primary)
-        os.close(secondary)
+    drawn = drawn_on_a_terminal([*command, str(tmp_path / "drawn")], timeout=60)
 
     assert piped.stderr == "" and piped.stdout.startswith(f"obsml export: copied {len(DATED)} objects")
     assert "obsml export: [" in drawn and f"{len(DATED)}/{len(DATED)} " in drawn and " bytes of " in drawn

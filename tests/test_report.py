@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import pty
 import re
 import shutil
 import subprocess
@@ -13,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import drawn_on_a_terminal
 from PIL import Image
 from report_apps import reference_rows, write_store
 from sklearn.metrics import accuracy_score, precision_score, recall_score, roc_auc_score
@@ -149,14 +149,7 @@ def test_a_progress_bar_is_drawn_on_a_terminal_and_nothing_otherwise(served: Pat
     command = [sys.executable, "-m", "obsml.cli", "report", "--store", str(served / "store"), "-o",
                str(tmp_path / "r.html")]
     piped = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
-    primary, secondary = pty.openpty()
-    try:
-        subprocess.run(command, stdout=subprocess.DEVNULL, stderr=secondary, timeout=120, check=True)
-        os.set_blocking(primary, False)
-        drawn = os.read(primary, 65536).decode()
-    finally:
-        os.close(primary)
-        os.close(secondary)
+    drawn = drawn_on_a_terminal(command)
 
     assert piped.stderr == "" and piped.stdout == f"obsml report: wrote {tmp_path / 'r.html'}\n"
     assert "obsml report: [" in drawn and "6/6 drift" in drawn

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import pytest
 from adlfs import AzureBlobFileSystem
 from azure.storage.blob import ContainerClient
 from azurite import Azurite
+from conftest import drawn_on_a_terminal
 from servers import RunningCommand, free_port, running_command, store_env
 
 from obsml.cli import main
@@ -233,14 +233,7 @@ def test_a_progress_bar_is_drawn_on_a_terminal_and_nothing_otherwise(tmp_path: P
     piped = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
     (store / "payloads/2020/01/04").mkdir(parents=True)
     (store / "payloads/2020/01/04/a.json").write_bytes(b"{}")
-    primary, secondary = pty.openpty()
-    try:
-        subprocess.run(command, stdout=subprocess.DEVNULL, stderr=secondary, timeout=120, check=True)
-        os.set_blocking(primary, False)
-        drawn = os.read(primary, 65536).decode()
-    finally:
-        os.close(primary)
-        os.close(secondary)
+    drawn = drawn_on_a_terminal(command)
     assert piped.stderr == "" and piped.stdout.splitlines()[-1] == "deleted 2 partitions: 2 objects, 4 bytes"
     assert "obsml retention: [" in drawn and "1/1 payloads/2020/01/04" in drawn
 
