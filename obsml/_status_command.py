@@ -37,7 +37,7 @@ def run_status(
     now = datetime.now(timezone.utc)
     try:
         start, end = moment(since, now, "--since"), moment(until, now, "--until")
-        reader = StoreReader.open(store)
+        reader = StoreReader.open_existing(store)  # a mistyped --store is not an empty store
     except ConfigError as exc:
         print(f"obsml status: {exc}", file=sys.stderr)
         return 2

@@ -206,7 +206,7 @@ class StoreViews:
         Raises ImportError without DuckDB, ``obsml.ConfigError`` for a store that cannot be read.
         """
         duckdb = load_duckdb()
-        reader = StoreReader.open(store)
+        reader = StoreReader.open_existing(store)  # a mistyped --store is not an empty store
         return cls(reader, connect(duckdb, reader), since, until)
 
     def __enter__(self) -> StoreViews:

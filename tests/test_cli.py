@@ -140,6 +140,7 @@ def test_the_command_line_starts_without_duckdb_pandas_fsspec_or_opentelemetry()
 
 @pytest.mark.parametrize("command", [
     ["retention", "--older-than", "30d"], ["compact"], ["export", "{tmp}/copy"],
+    ["query", "select 1"], ["logs"], ["status"], ["report", "-o", "{tmp}/report.html"],
 ])
 def test_a_mistyped_store_is_one_line_and_exit_2_not_an_empty_store(tmp_path: Path, command: list[str]) -> None:
     from obsml.cli import main

@@ -198,6 +198,7 @@ def test_a_window_without_data_says_so_in_one_line_and_succeeds(
     code, out, err = query(capsys, store, "select * from spans", "--since", "2h")
     assert (code, out) == (0, "")
     assert err.count("\n") == 1 and err.startswith("obsml query: no data in this window (since ")
+    (store / "nothing-here").mkdir()  # a store there, empty (a mistyped one: test_cli)
     code, out, err = query(capsys, store / "nothing-here", "select * from spans")
     assert (code, out) == (0, "") and "no data in this window" in err
 

@@ -101,6 +101,7 @@ def test_without_a_reference_argparse_refuses_with_exit_2(tmp_path: Path, capsys
 
 def test_a_window_without_model_data_flags_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pd.DataFrame(reference_rows()).to_parquet(tmp_path / "train.parquet")
+    (tmp_path / "store").mkdir()
 
     status, out, err = drift(tmp_path, capsys, "--reference", str(tmp_path / "train.parquet"))
 

@@ -249,6 +249,7 @@ def test_a_window_with_no_data_says_so_in_one_line(
 
 
 def test_an_empty_store_has_no_data(tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    (tmp_path / "nothing").mkdir()  # there, and empty (a mistyped one: test_cli)
     assert logs(capsysbinary, "--store", str(tmp_path / "nothing")) == (0, b"", b"obsml logs: no data in this window\n")
 
 

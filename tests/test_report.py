@@ -88,6 +88,7 @@ def test_regression_quality_is_mae_and_rmse(served: Path) -> None:
 
 
 def test_an_empty_window_gives_a_clear_section_for_each_part(tmp_path: Path) -> None:
+    (tmp_path / "store").mkdir()
     document = report(tmp_path / "store", tmp_path / "empty.html", "--reference", "14d..7d")
 
     assert "No request in this window" in section(document, "Service health")

@@ -106,6 +106,7 @@ def test_clean_traffic_on_two_gunicorn_workers_exits_0_and_lists_both(tmp_path: 
 
 
 def test_a_store_without_status_files_says_so_in_one_line_and_exits_0(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
     result = obsml_status(str(tmp_path / "empty"))
     assert result.returncode == 0
     [line] = result.stdout.splitlines()
