@@ -261,12 +261,32 @@ class Capture:
             count("requests_sampled_out")
             self._release()
             return
-        # A streamed body's last slab goes ahead of its span (BodyTee.end, inlined: most bodies are inline).
-        if self.request_body.stream is not None:
-            self.request_body.stream.send_slab()
-        if self.response_body.stream is not None:
-            self.response_body.stream.send_slab()
-        writer = self.capturer.writer
+        request, response = self.request_body, self.response_body
+        # Past the inline limit, a body is streamed (its last slab goes ahead of its span) or carried
+        # (BodyTee.carried, inlined: most bodies are inline).
+        carried = False
+        if request.held > request.inline_limit:
+            if request.stream is not None:
+                request.stream.send_slab()
+            else:
+                carried = True
+        if response.held > response.inline_limit:
+            if response.stream is not None:
+                response.stream.send_slab()
+            else:
+                carried = True
+        capturer = self.capturer
+        writer = capturer.writer
+        if carried:
+            # A body past the inline limit that came as one chunk goes with its span, in its job: one
+            # queue entry rather than two or three. Only when, sent ahead of the span on its own, it
+            # would have been let in too (under the queue's bound for bodies); else it is, as before.
+            bound = capturer.queue_body_bytes
+            if self.nbytes <= bound and writer.submit(self, max_bytes=bound):
+                return
+            for tee in (request, response):
+                if tee.carried:
+                    tee.stream_carried()
         if writer.submit(self):
             return
         if self._follows_a_body_let_in_alone() and writer.submit(self, force=True):
@@ -290,16 +310,22 @@ class Capture:
 
     @property
     def nbytes(self) -> int:
-        """Bytes this job holds in memory: headers, inline bodies (streamed bytes were counted as they left)."""
+        """Bytes this job holds in memory: headers, inline and carried bodies (streamed bytes were counted as
+        they left)."""
         request, response = self.request_body, self.response_body  # read twice per request by the writer
         return (
             self.held_bytes
-            + (request.held if request.stream is None else 0)
-            + (response.held if response.stream is None else 0)
+            + (request.held if request.stream is None else request.stream.carried)
+            + (response.held if response.stream is None else response.stream.carried)
         )
 
     def run(self) -> None:
         try:
+            request, response = self.request_body, self.response_body
+            if request.carried:
+                request.write_carried()
+            if response.carried:
+                response.write_carried()
             self.capturer.emit(self)
         finally:
             self._release()

@@ -2,7 +2,9 @@
 
 On the request path a :class:`BodyTee` keeps a body's chunks in memory up to the inline
 limit; past it, a :class:`PayloadStream` copies them into reusable slabs and queues each full
-slab. Everything else (the file name, the hash, the writes, the commit) happens on the
+slab. A body whose last chunk is the one that crosses the limit (a body sent or read as one
+chunk) is not streamed: it is kept by reference and goes to the writer with its span, in the
+span's job. Everything else (the file name, the hash, the writes, the commit) happens on the
 background writer, slab jobs in order. The
 writer finishes (commits or aborts) a stream before its span's attributes are built, so that
 building them touches no file.
@@ -120,10 +122,20 @@ class BodyTee:
             stream.send(chunk)
         elif self.held <= self.inline_limit:
             self.chunks.append(chunk if isinstance(chunk, bytes) else bytes(chunk))
+        elif self.held - size <= self.inline_limit and isinstance(chunk, bytes):
+            # The chunk crossing the inline limit, immutable: kept by reference, as yet unstreamed. If
+            # it is the body's last, the body goes to the writer with its span, one job (``carried``);
+            # if another chunk follows, the body is streamed from the first byte as before.
+            self.chunks.append(chunk)
         else:
             self._offload(chunk)
 
-    def _offload(self, chunk: bytes | memoryview) -> None:
+    @property
+    def carried(self) -> bool:
+        """Past the inline limit but not streamed: the body goes to the writer with its span."""
+        return self.stream is None and self.held > self.inline_limit
+
+    def _offload(self, chunk: bytes | memoryview | None = None) -> None:
         """Past the inline limit: stream what is kept, then ``chunk`` (a memoryview straight into slabs)."""
         capturer = self.capture.capturer
         stream = self.stream = PayloadStream(self, capturer.writer, capturer.store, capturer.queue_body_bytes)
@@ -131,7 +143,29 @@ class BodyTee:
             for kept in self.chunks:
                 stream.send(kept)
             self.chunks = []
-        stream.send(chunk)
+        if chunk is not None:
+            stream.send(chunk)
+
+    def stream_carried(self) -> None:
+        """Request side: send a carried body ahead of its span after all, as separate slab jobs."""
+        self._offload()
+        assert self.stream is not None
+        self.stream.send_slab()
+
+    def write_carried(self) -> None:
+        """Writer side, first thing in its capture's job: write a carried body, kept whole in memory.
+
+        Its stream counts the body's bytes as the capture's own (:attr:`PayloadStream.carried`):
+        the capture's ``nbytes`` stays what it was when the capture was queued.
+        """
+        capturer = self.capture.capturer
+        stream = PayloadStream(self, capturer.writer, capturer.store, capturer.queue_body_bytes)
+        stream.carried = self.held
+        stream.queued = True
+        for kept in self.chunks:
+            stream.write(memoryview(kept))
+        self.chunks = []
+        self.stream = stream
 
     def media_type(self) -> bytes | None:
         if self.direction == "request":
@@ -153,7 +187,7 @@ class PayloadStream:
     """A body on its way to ``payloads/``. Slabs travel through the writer queue in order."""
 
     __slots__ = (
-        "alone", "bound", "error", "failure", "filled", "hasher", "lost", "plan", "queued", "raw",
+        "alone", "bound", "carried", "error", "failure", "filled", "hasher", "lost", "plan", "queued", "raw",
         "redacted", "relative", "slab", "store", "stored_size", "target", "tee", "uri", "writer",
     )
 
@@ -167,6 +201,7 @@ class PayloadStream:
         self.alone = False  # a slab over the queue's bound for bodies went in alone (its span must follow)
         self.slab: bytearray | None = None  # the slab being filled, not yet queued
         self.filled = 0
+        self.carried = 0  # bytes that came with the span, in its job (BodyTee.write_carried)
         # The rest belongs to the writer thread, which fills it in at the first chunk.
         self.relative: str | None = None
         self.error: DropReason | None = None  # the store refused a write

@@ -250,7 +250,7 @@ def test_the_queue_bound_holds_while_spans_are_dropped_for_a_stalled_writer(stor
 
     options = {"store": str(store), "queue_max_items": 20, "inline_limit": 1000, **OPTIONS}
     writer = pipeline_for(obsml.Settings.load(**options)).writer
-    body = b"s" * 3000  # offloaded: each request queues chunks, then its span
+    body = b"s" * 3000  # offloaded, in one chunk: each request queues its span, carrying its bodies
     with running_server(make_app(**options)) as url, stalled_writer(**options), httpx.Client(base_url=url) as client:
         for n in range(60):
             assert client.post("/echo", content=body, headers={"x-correlation-id": f"stall-{n}"}).content == body
@@ -258,7 +258,7 @@ def test_the_queue_bound_holds_while_spans_are_dropped_for_a_stalled_writer(stor
         assert writer.pending() <= 20 + 2 * 20
     assert obsml.flush(10)
     stats = obsml.stats()
-    assert stats["dropped"]["queue_full"]["span"] >= 50
+    assert stats["dropped"]["queue_full"]["span"] >= 60 - 20  # at most one item per request was let in
     assert not list(store.rglob(".*.tmp"))  # every payload file opened for a dropped span was discarded
 
 
