@@ -169,9 +169,7 @@ class Writer:
             self._bytes += nbytes
             self._submitted += 1
             self._jobs.append(job)  # under the lock: never behind the close's stop marker
-        # Set only if not set yet: behind a backlog every submit is urgent, and Event.set takes a
-        # lock and a notify each time (0.5 µs), while the flag stays set until the writer waits again.
-        if urgent and not self._wake.is_set():
+        if urgent:
             self._wake.set()
         return True
 
