@@ -223,3 +223,34 @@ def test_a_multipart_upload_loses_the_values_of_secret_fields_and_keeps_every_ot
         head.replace(b"CANARY", REDACTED.encode()) + text.replace(b"4111 1111 1111 1234", REDACTED.encode()) + file,
         2, ("api_key", "note"), True,
     )
+
+
+ECHO = b"0123456789abcdef0123456789abcdef"
+
+
+@pytest.mark.parametrize(
+    "pairs",
+    [
+        pytest.param([(b"host", b"a:1"), (b"user-agent", b"ua/1"), (b"content-type", b"application/json")], id="plain"),
+        pytest.param([(b"host", b"a"), (b"authorization", b"Bearer SECRET")], id="redacted-after-a-plain-one"),
+        pytest.param([(b"accept", b"a"), (b"Accept", b"b"), (b"accept", b"c")], id="repeated-names"),
+        pytest.param([(b"x-correlation-id", ECHO), (b"server", b"s")], id="the-echoed-id"),
+        pytest.param([(b"x-correlation-id", b"not an id!"), (b"server", b"s")], id="a-rejected-id"),
+        pytest.param([(b"x-correlation-id", ECHO + b"," + ECHO)], id="an-id-list"),
+        pytest.param([(b"host", b"h"), (b"x-long", b"v" * 9000)], id="a-value-cut"),
+        pytest.param([(b"x" * 300, b"v"), (b"host", b"h")], id="a-name-too-long"),
+        pytest.param([(f"x-{i:03d}".encode(), b"v") for i in range(70)], id="more-names-than-recorded"),
+        pytest.param([(b"accept", b"a")] * 20, id="more-values-than-recorded"),
+        pytest.param([], id="none"),
+    ],
+)
+def test_header_attributes_are_the_same_once_their_names_are_known(pairs: list[tuple[bytes, bytes]]) -> None:
+    # The first call learns the names (full path), the second takes the common case's path where it can.
+    policy = RedactionPolicy((), ("x-correlation-id",))
+    first: dict[str, Any] = {}
+    agent = policy.header_attributes("response", pairs, first, ECHO)
+    again: dict[str, Any] = {}
+    assert policy.header_attributes("response", pairs, again, ECHO) == agent
+    reference: dict[str, Any] = {}
+    assert policy._all_header_attributes("response", pairs, reference, ECHO) == agent
+    assert list(again.items()) == list(first.items()) == list(reference.items())
