@@ -61,7 +61,24 @@ class _Unparseable(Exception):
     pass
 
 
+_KINDS: dict[bytes | None, Kind] = {}  # body_kind's answers for the first media types seen
+_KINDS_LIMIT = 256
+
+
 def body_kind(media: bytes | None) -> Kind:
+    """What kind of body a Content-Type announces (cached: a server sees few of them, issue 16)."""
+    try:
+        kind = _KINDS.get(media)
+    except TypeError:  # not hashable (a bytearray an app sent): not cached
+        return _body_kind(media)
+    if kind is None:
+        kind = _body_kind(media)
+        if len(_KINDS) < _KINDS_LIMIT:
+            _KINDS[media] = kind
+    return kind
+
+
+def _body_kind(media: bytes | None) -> Kind:
     if not media:
         return "unknown"
     essence = media.split(b";", 1)[0].strip().lower()
