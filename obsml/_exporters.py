@@ -40,7 +40,8 @@ def _iso(ns: int) -> str:
     if cached != second:
         text = datetime.fromtimestamp(second, timezone.utc).replace(tzinfo=None).isoformat()
         _iso_second = (second, text)
-    return f"{text}.{rest // 1000:06d}+00:00"
+    # %-formatting: a third quicker here than the f-string with its format spec (twice per span, issue 16)
+    return "%s.%06d+00:00" % (text, rest // 1000)  # noqa: UP031
 
 
 def span_record(
