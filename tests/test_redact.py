@@ -254,3 +254,38 @@ def test_header_attributes_are_the_same_once_their_names_are_known(pairs: list[t
     reference: dict[str, Any] = {}
     assert policy._all_header_attributes("response", pairs, reference, ECHO) == agent
     assert list(again.items()) == list(first.items()) == list(reference.items())
+
+
+@pytest.mark.parametrize(
+    ("body", "media"),
+    [
+        pytest.param(b'{"id":7,"note":"' + b"x" * 1000 + b'"}', b"application/json", id="long-value"),
+        pytest.param(json.dumps([{"age": i, "city": "Paris"} for i in range(40)]).encode(), None, id="records-no-type"),
+        pytest.param(b'{"a":1}\n{"b":2}\n', b"application/x-ndjson", id="json-lines"),
+        pytest.param(b'{"max_tokens": 2, "author": "password"}', b"application/json", id="near-misses"),
+        pytest.param(b'{"User_PASS-word":"CANARY"}', b"application/json", id="separators-and-case"),
+        pytest.param(b'{"db . Token" :"CANARY"}', b"application/json", id="suffix-after-spaces"),
+        pytest.param(b'{"password"\n:"CANARY"}', b"application/json", id="newline-before-the-colon"),
+        pytest.param(b'{"\\u0070assword":"CANARY"}', b"application/json", id="escaped-name"),
+        pytest.param('{"secret":"CANARY"}'.encode("utf-16-le"), b"application/json", id="utf-16"),
+        pytest.param(b'{"note":"' + b"x" * 4000 + b'","db-Pass_word" :"CANARY"}', None, id="after-a-long-value"),
+        pytest.param(b'{"a":1,"a":2}', b"application/json", id="repeated-key"),
+        pytest.param(b'{"a":', b"application/json", id="broken"),
+        pytest.param(b'password=CANARY', b"application/x-www-form-urlencoded", id="form"),
+        pytest.param(b"", b"application/json", id="empty"),
+    ],
+)
+def test_a_body_is_stored_as_is_only_when_redaction_would_return_it_unchanged(body: bytes, media: bytes | None) -> None:
+    redactor = BodyRedactor([], [])
+    if redactor.stored_as_is(body, media):  # the shortcut the writer takes for inline bodies
+        assert redactor.redact(body, media, "request") == (body, 0, (), False)
+    if b"CANARY" in body and not body.endswith(b"{"):
+        assert not redactor.stored_as_is(body, media)
+
+
+def test_an_escaped_field_name_is_never_stored_as_is_and_is_redacted() -> None:
+    redactor = BodyRedactor([], [])
+    body = b'{"x":1,"p\\u0061ss_word":"CANARY"}'
+    assert not redactor.stored_as_is(body, b"application/json")
+    result = redactor.redact(body, b"application/json", "request")
+    assert result is not None and b"CANARY" not in result.data and result.paths == ("pass_word",)
