@@ -167,7 +167,8 @@ def _inline_body(attributes: Attributes, tee: BodyTee, keys: _BodyKeys, media: b
     chunks = tee.chunks
     data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     redactor = tee.capture.capturer.body_redaction
-    if redactor.active:
+    # Most bodies have nothing to redact: told first, and then what redact_or_drop returns is known.
+    if redactor.active and not (redactor.stored_as_is(data, media) and tee.whole):
         result = redact_or_drop(redactor, data, media, tee.direction, tee.whole)
         if isinstance(result, str):  # never stored unredacted
             attributes[keys.lost] = result

@@ -61,7 +61,35 @@ class _Unparseable(Exception):
     pass
 
 
+_KINDS: dict[bytes | None, Kind] = {}  # body_kind's answers for the first media types seen
+_KINDS_LIMIT = 256
+
+
 def body_kind(media: bytes | None) -> Kind:
+    """What kind of body a Content-Type announces (cached: a server sees few of them, issue 16)."""
+    try:
+        kind = _KINDS.get(media)
+    except TypeError:  # not hashable (a bytearray an app sent): not cached
+        return _body_kind(media)
+    if kind is None:
+        kind = _body_kind(media)
+        if len(_KINDS) < _KINDS_LIMIT:
+            _KINDS[media] = kind
+    return kind
+
+
+_JSON_KINDS = ("json", "jsonl")
+
+
+def _kind_of(data: bytes, media: bytes | None) -> Kind:
+    """A body's kind, by its media type, or by its first byte when none says (``unknown``)."""
+    kind = body_kind(media)
+    if kind == "unknown":
+        kind = "json" if data.lstrip()[:1] in (b"{", b"[") else "text"
+    return kind
+
+
+def _body_kind(media: bytes | None) -> Kind:
     if not media:
         return "unknown"
     essence = media.split(b";", 1)[0].strip().lower()
@@ -137,9 +165,7 @@ class BodyRedactor:
         """
         if not self.active or not data:  # an unread body (the app failed first) has no field to redact
             return Redacted(data, 0, ())
-        kind = body_kind(media)
-        if kind == "unknown":
-            kind = "json" if data.lstrip()[:1] in (b"{", b"[") else "text"
+        kind = _kind_of(data, media)
         try:
             if kind == "binary" or (kind == "text" and self.pattern is None and not self.hooks):
                 raise _Unparseable
@@ -147,11 +173,24 @@ class BodyRedactor:
                 return None
             if len(data) > self.max_bytes:
                 raise _Unparseable
-            if kind in ("json", "jsonl") and self._nothing_to_find(data):
+            if kind in _JSON_KINDS and self._nothing_to_find(data):
                 return Redacted(data, 0, ())  # what the parse would find: nothing, so the body as it came
             return self._redact(data, kind, media, direction)
         except (_Unparseable, ValueError, RecursionError):
             return None if self.drop_unparseable else Redacted(data, 0, ())
+
+    def stored_as_is(self, data: bytes, media: bytes | None) -> bool:
+        """Whether :meth:`redact` of this body, whole, returns it as it came because the key screen
+        finds nothing in it (a JSON body), told without its bookkeeping (issue 16: a body's redaction
+        cost as much again around the screen as the screen). False: ask :meth:`redact`, which also
+        answers any error of this one."""
+        try:
+            return (
+                bool(data) and len(data) <= self.max_bytes and _kind_of(data, media) in _JSON_KINDS
+                and self._nothing_to_find(data)
+            )
+        except Exception:
+            return False
 
     def _redact(self, data: bytes, kind: Kind, media: bytes | None, direction: str) -> Redacted:
         found = _Found()

@@ -40,7 +40,8 @@ def _iso(ns: int) -> str:
     if cached != second:
         text = datetime.fromtimestamp(second, timezone.utc).replace(tzinfo=None).isoformat()
         _iso_second = (second, text)
-    return f"{text}.{rest // 1000:06d}+00:00"
+    # %-formatting: a third quicker here than the f-string with its format spec (twice per span, issue 16)
+    return "%s.%06d+00:00" % (text, rest // 1000)  # noqa: UP031
 
 
 def span_record(
@@ -131,6 +132,7 @@ class JsonlExporter(SpanExporter):
 
     def __init__(self, store: Store) -> None:
         self._parts = PartFiles(store, kind="span", written="spans_exported")
+        self._hour = ("", "")  # the last start hour seen (ISO 8601, to the hour) and its folder
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         for span in spans:
@@ -140,8 +142,12 @@ class JsonlExporter(SpanExporter):
     def add(self, record: Mapping[str, Any]) -> None:
         """Batch one :func:`span_record`: obsml's own spans come here straight, never built as
         OpenTelemetry objects when no other exporter needs them (issue 16)."""
-        start = record["start_time"]
-        self._parts.add(f"traces/{start[0:4]}/{start[5:7]}/{start[8:10]}/{start[11:13]}", json_line(record))
+        hour = record["start_time"][:13]
+        cached, folder = self._hour
+        if hour != cached:  # spans come in runs of the same hour
+            folder = f"traces/{hour[0:4]}/{hour[5:7]}/{hour[8:10]}/{hour[11:13]}"
+            self._hour = (hour, folder)
+        self._parts.add(folder, json_line(record))
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return self._parts.flush()

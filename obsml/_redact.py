@@ -87,6 +87,7 @@ class RedactionPolicy:
         # The writer's per-request work on headers, cached (issue 16): a server sees few names.
         # Per prefix, a raw name: its attribute key and what is done with its values.
         self._rules: dict[str, dict[bytes, tuple[str, int]]] = {"request": {}, "response": {}}
+        self._user_agent_keys = {prefix: f"http.{prefix}.header.user-agent" for prefix in self._rules}
 
     def header_attributes(
         self, prefix: str, pairs: Iterable[tuple[bytes, bytes]], attributes: Attributes, own_id: bytes = b""
@@ -97,6 +98,30 @@ class RedactionPolicy:
         ``own_id`` is the request's correlation id, known to be an id: a value equal to it (the
         response's echo) is not checked again.
         """
+        rules = self._rules[prefix]
+        # The common case first (issue 16: a tenth of the writer's time): every name known, once
+        # each, no value to replace, check or cut. Anything else starts over on the full path.
+        recorded: dict[str, list[str]] = {}  # attribute key: values
+        for raw_name, raw_value in pairs:
+            rule = rules.get(raw_name)
+            if rule is None or len(raw_value) > MAX_HEADER_VALUE_LENGTH:
+                break
+            key, kind = rule
+            if key in recorded or (kind and (kind == _REDACTED or raw_value != own_id)):
+                break
+            recorded[key] = [raw_value.decode("latin-1")]
+        else:
+            if len(recorded) <= MAX_HEADERS_RECORDED:
+                for key in sorted(recorded):
+                    attributes[key] = recorded[key]
+                user_agent = recorded.get(self._user_agent_keys[prefix])
+                return user_agent[0] if user_agent else None
+        return self._all_header_attributes(prefix, pairs, attributes, own_id)
+
+    def _all_header_attributes(
+        self, prefix: str, pairs: Iterable[tuple[bytes, bytes]], attributes: Attributes, own_id: bytes
+    ) -> str | None:
+        """:meth:`header_attributes`, whatever the headers hold."""
         rules = self._rules[prefix]
         recorded: dict[str, list[str]] = {}  # attribute key: values
         beyond: dict[str, list[int]] = {}  # key: [values over MAX_HEADER_VALUES, their bytes]
@@ -145,7 +170,7 @@ class RedactionPolicy:
                 attributes[f"obsml.{prefix}.headers_redacted"] = sorted({key[name_start:] for key in redacted})
             if truncated:
                 attributes[f"obsml.{prefix}.headers_truncated"] = sorted({key[name_start:] for key in truncated})
-        user_agent = recorded.get(f"http.{prefix}.header.user-agent")
+        user_agent = recorded.get(self._user_agent_keys[prefix])
         return user_agent[0] if user_agent else None
 
     def _header_rule(self, prefix: str, raw_name: bytes) -> tuple[str, int]:

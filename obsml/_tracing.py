@@ -92,16 +92,30 @@ def exception_attributes(exc: BaseException, escaped: bool = True) -> dict[str, 
     }
 
 
-def _status(capture: Capture) -> Status:
+_UNSET: tuple[str, str | None] = ("UNSET", None)
+_ERROR: tuple[str, str | None] = ("ERROR", None)
+
+
+def _status(capture: Capture) -> tuple[str, str | None]:
     """ERROR when an exception escaped through obsml or the status is 5xx, described by the first
     exception that escaped the app's code; otherwise (an exception the app recorded and handled,
-    or one the framework answered with a 4xx) the response says how the request went."""
+    or one the framework answered with a 4xx) the response says how the request went.
+
+    The status code's name and the description, not an OpenTelemetry ``Status``: the jsonl record
+    needs none (issue 16: one object, and an enum's name, fewer per span); :func:`_otel_status`
+    makes one for a span that does."""
     exc = capture.exception
-    if exc is None and capture.status >= 500:
+    if exc is None:
+        if capture.status < 500:
+            return _UNSET
         exc = next((event.exception for event in capture.exceptions or () if event.escaped), None)
-    if exc is not None:
-        return Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}")
-    return Status(StatusCode.ERROR) if capture.status >= 500 else Status(StatusCode.UNSET)
+        if exc is None:
+            return _ERROR
+    return "ERROR", f"{type(exc).__name__}: {exc}"
+
+
+def _otel_status(status: tuple[str, str | None]) -> Status:
+    return Status(StatusCode[status[0]], status[1])
 
 
 class _PresetIds(IdGenerator):
@@ -311,7 +325,7 @@ class Tracing:
             attributes,
             events,
             kind=SpanKind.SERVER,
-            status=status,
+            status=_otel_status(status),
             start_time=start,
             end_time=end,
             instrumentation_scope=self._scope,
@@ -320,7 +334,7 @@ class Tracing:
             processor.on_end(span)
 
     def _emit_record(
-        self, capture: Capture, name: str, attributes: Attributes, status: Status, start: int, end: int
+        self, capture: Capture, name: str, attributes: Attributes, status: tuple[str, str | None], start: int, end: int
     ) -> None:
         """The span as the jsonl line's record, straight from the capture: no OpenTelemetry object
         is made for it (issue 16: building and converting a ReadableSpan was half the writer's time)."""
@@ -332,12 +346,12 @@ class Tracing:
             kind="SERVER",
             start=start,
             end=end,
-            status=(status.status_code.name, status.description),
+            status=status,
             attributes=attributes,
             events=[
                 event_record("exception", event.time_ns, exception_attributes(event.exception, event.escaped))
-                for event in capture.exceptions or ()
-            ],
+                for event in capture.exceptions
+            ] if capture.exceptions else [],  # a comprehension costs a function call, even over nothing
             resource=self._resource_record,
         )
         for exporter in self._records:
@@ -419,8 +433,8 @@ class Tracing:
         for event in capture.exceptions or ():
             span.record_exception(event.exception, timestamp=event.time_ns, escaped=event.escaped)
         status = _status(capture)
-        if status.status_code is not StatusCode.UNSET:
-            span.set_status(status)
+        if status is not _UNSET:
+            span.set_status(_otel_status(status))
         span.end(end_time=end)
         return True
 

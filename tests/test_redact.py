@@ -223,3 +223,69 @@ def test_a_multipart_upload_loses_the_values_of_secret_fields_and_keeps_every_ot
         head.replace(b"CANARY", REDACTED.encode()) + text.replace(b"4111 1111 1111 1234", REDACTED.encode()) + file,
         2, ("api_key", "note"), True,
     )
+
+
+ECHO = b"0123456789abcdef0123456789abcdef"
+
+
+@pytest.mark.parametrize(
+    "pairs",
+    [
+        pytest.param([(b"host", b"a:1"), (b"user-agent", b"ua/1"), (b"content-type", b"application/json")], id="plain"),
+        pytest.param([(b"host", b"a"), (b"authorization", b"Bearer SECRET")], id="redacted-after-a-plain-one"),
+        pytest.param([(b"accept", b"a"), (b"Accept", b"b"), (b"accept", b"c")], id="repeated-names"),
+        pytest.param([(b"x-correlation-id", ECHO), (b"server", b"s")], id="the-echoed-id"),
+        pytest.param([(b"x-correlation-id", b"not an id!"), (b"server", b"s")], id="a-rejected-id"),
+        pytest.param([(b"x-correlation-id", ECHO + b"," + ECHO)], id="an-id-list"),
+        pytest.param([(b"host", b"h"), (b"x-long", b"v" * 9000)], id="a-value-cut"),
+        pytest.param([(b"x" * 300, b"v"), (b"host", b"h")], id="a-name-too-long"),
+        pytest.param([(f"x-{i:03d}".encode(), b"v") for i in range(70)], id="more-names-than-recorded"),
+        pytest.param([(b"accept", b"a")] * 20, id="more-values-than-recorded"),
+        pytest.param([], id="none"),
+    ],
+)
+def test_header_attributes_are_the_same_once_their_names_are_known(pairs: list[tuple[bytes, bytes]]) -> None:
+    # The first call learns the names (full path), the second takes the common case's path where it can.
+    policy = RedactionPolicy((), ("x-correlation-id",))
+    first: dict[str, Any] = {}
+    agent = policy.header_attributes("response", pairs, first, ECHO)
+    again: dict[str, Any] = {}
+    assert policy.header_attributes("response", pairs, again, ECHO) == agent
+    reference: dict[str, Any] = {}
+    assert policy._all_header_attributes("response", pairs, reference, ECHO) == agent
+    assert list(again.items()) == list(first.items()) == list(reference.items())
+
+
+@pytest.mark.parametrize(
+    ("body", "media"),
+    [
+        pytest.param(b'{"id":7,"note":"' + b"x" * 1000 + b'"}', b"application/json", id="long-value"),
+        pytest.param(json.dumps([{"age": i, "city": "Paris"} for i in range(40)]).encode(), None, id="records-no-type"),
+        pytest.param(b'{"a":1}\n{"b":2}\n', b"application/x-ndjson", id="json-lines"),
+        pytest.param(b'{"max_tokens": 2, "author": "password"}', b"application/json", id="near-misses"),
+        pytest.param(b'{"User_PASS-word":"CANARY"}', b"application/json", id="separators-and-case"),
+        pytest.param(b'{"db . Token" :"CANARY"}', b"application/json", id="suffix-after-spaces"),
+        pytest.param(b'{"password"\n:"CANARY"}', b"application/json", id="newline-before-the-colon"),
+        pytest.param(b'{"\\u0070assword":"CANARY"}', b"application/json", id="escaped-name"),
+        pytest.param('{"secret":"CANARY"}'.encode("utf-16-le"), b"application/json", id="utf-16"),
+        pytest.param(b'{"note":"' + b"x" * 4000 + b'","db-Pass_word" :"CANARY"}', None, id="after-a-long-value"),
+        pytest.param(b'{"a":1,"a":2}', b"application/json", id="repeated-key"),
+        pytest.param(b'{"a":', b"application/json", id="broken"),
+        pytest.param(b'password=CANARY', b"application/x-www-form-urlencoded", id="form"),
+        pytest.param(b"", b"application/json", id="empty"),
+    ],
+)
+def test_a_body_is_stored_as_is_only_when_redaction_would_return_it_unchanged(body: bytes, media: bytes | None) -> None:
+    redactor = BodyRedactor([], [])
+    if redactor.stored_as_is(body, media):  # the shortcut the writer takes for inline bodies
+        assert redactor.redact(body, media, "request") == (body, 0, (), False)
+    if b"CANARY" in body and not body.endswith(b"{"):
+        assert not redactor.stored_as_is(body, media)
+
+
+def test_an_escaped_field_name_is_never_stored_as_is_and_is_redacted() -> None:
+    redactor = BodyRedactor([], [])
+    body = b'{"x":1,"p\\u0061ss_word":"CANARY"}'
+    assert not redactor.stored_as_is(body, b"application/json")
+    result = redactor.redact(body, b"application/json", "request")
+    assert result is not None and b"CANARY" not in result.data and result.paths == ("pass_word",)

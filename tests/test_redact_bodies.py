@@ -364,3 +364,23 @@ def test_a_json_body_the_app_never_read_is_not_counted_as_a_dropped_payload(stor
     attributes = span_by_correlation_id(store, "unread")["attributes"]
     assert "obsml.request.body.lost" not in attributes
     assert "unredactable" not in obsml.stats()["dropped"]  # type: ignore[operator]
+
+
+def test_a_json_body_cut_at_the_capture_limit_is_dropped_even_with_nothing_to_redact(store: Path) -> None:
+    # Half a document is never parsed, so never screened as clean either: dropped as unredactable.
+    app = make_app(store=str(store), service="redact-cut", max_capture=16)
+
+    async def post() -> int:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://scoring") as client:
+            response = await client.post(
+                "/echo", content=b'{"note":"' + b"x" * 100 + b'"}',
+                headers={"content-type": "application/json", "x-correlation-id": "cut"},
+            )
+            return response.status_code
+
+    assert asyncio.run(post()) == 200
+    assert obsml.flush(10)
+    attributes = span_by_correlation_id(store, "cut")["attributes"]
+    assert attributes["obsml.request.body.lost"] == "unredactable"
+    assert attributes["obsml.request.body.truncated"] is True
