@@ -227,7 +227,7 @@ def run_tail(
     A poll that fails (the store unreachable for a while, a part file DuckDB cannot read) is said on
     stderr, once until another failure or a success, and the polls go on.
     """
-    if (views := _open(store, "tail", None, None)) is None:
+    if (views := _open(store, "tail", None, None, must_exist=False)) is None:  # it may start before the server
         return 2
     printer = _printer(views.reader, "tail", format, bodies)
     sql, params = select_sql(filters, bodies=bodies)
@@ -283,12 +283,14 @@ def _cannot_read(views: StoreViews, exc: Exception) -> str:
     return f"cannot read {scrub(views.reader.shown())}: {one_line_error(exc)}"
 
 
-def _open(store: str, command: str, since: datetime | None, until: datetime | None) -> StoreViews | None:
+def _open(
+    store: str, command: str, since: datetime | None, until: datetime | None, must_exist: bool = True
+) -> StoreViews | None:
     """Views of ``store`` (DuckDB imported here), or None once it is said in one line why it cannot be read."""
     from ._views import StoreViews
 
     try:
-        return StoreViews.open(store, since=since, until=until)
+        return StoreViews.open(store, since=since, until=until, must_exist=must_exist)
     except (ImportError, ObsmlError) as exc:
         sys.stderr.write(f"obsml {command}: {exc}\n")
         return None

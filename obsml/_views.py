@@ -200,13 +200,17 @@ class StoreViews:
         self._identifiers: list[str] | None = None
 
     @classmethod
-    def open(cls, store: str, *, since: datetime | None = None, until: datetime | None = None) -> StoreViews:
+    def open(
+        cls, store: str, *, since: datetime | None = None, until: datetime | None = None, must_exist: bool = True
+    ) -> StoreViews:
         """Views over the store at ``store`` (an ``OBSML_STORE`` value), rows with a time in ``[since, until)``.
 
-        Raises ImportError without DuckDB, ``obsml.ConfigError`` for a store that cannot be read.
+        Raises ImportError without DuckDB, ``obsml.ConfigError`` for a store that cannot be read, or
+        with ``must_exist``, that is not there (a mistyped ``--store`` is not an empty store; one
+        followed as it comes may not be made yet).
         """
         duckdb = load_duckdb()
-        reader = StoreReader.open_existing(store)  # a mistyped --store is not an empty store
+        reader = StoreReader.open_existing(store) if must_exist else StoreReader.open(store)
         return cls(reader, connect(duckdb, reader), since, until)
 
     def __enter__(self) -> StoreViews:
