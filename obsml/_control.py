@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from hashlib import sha256
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ._forks import renew_locks_in_child
 from ._objects import describe_error
 from ._stats import logger
 
@@ -126,6 +127,7 @@ class ControlTicker:
         self._path = store.path(CONTROL_OBJECT)
         self._lock = threading.Lock()
         self._reading = threading.Lock()
+        renew_locks_in_child(self, "_lock", "_reading")
         self._subscribers: weakref.WeakSet[Any] = weakref.WeakSet()
         self.scopes: Scopes = {}  # the control in force (the last good one)
         self.changed_at: str | None = None  # its ``changed_at``, for the writer's status

@@ -35,6 +35,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
 
 from ._exporters import json_line, log_record
+from ._forks import renew_locks_in_child
 from ._parts import PartFiles
 from ._secrets import scrub
 from ._stats import count, guarded, record_drop
@@ -186,6 +187,7 @@ class RequestLogs:
         self._flush_timeout_ms = int(flush_timeout * 1000)
         self._provider: LoggerProvider | None = None  # made at the first record: its thread too
         self._lock = threading.Lock()
+        renew_locks_in_child(self, "_lock")
 
     @property
     def enabled(self) -> bool:

@@ -24,6 +24,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from ._forks import renew_locks_in_child
 from ._objects import describe_error, failure_reason
 from ._stats import count, logger, record_drop
 
@@ -97,6 +98,7 @@ class PartFiles:
         self._encode = encode
         # Only the writer thread adds; a flush may come from another (an application's provider).
         self._lock = threading.Lock()
+        renew_locks_in_child(self, "_lock")
         self._pid = 0
         self._writer_id = ""
         self._seq = 0

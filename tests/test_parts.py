@@ -109,6 +109,51 @@ def test_a_forked_child_leaves_its_parents_part_file_alone_and_writes_its_own(st
     assert by_pid == {parent: parent_lines + b"parent last\n", child: b"child\n"}
 
 
+
+# The parent's writer is encoding a batch (a Parquet file of rows takes a while) when the fork comes:
+# the part files' lock is held, and in the child no thread will release it.
+_FORK_MID_WRITE_SCRIPT = """
+import os, signal, sys, threading
+import obsml
+from obsml._parts import PartFiles
+from obsml._store import Store
+
+parent, encoding, forked = os.getpid(), threading.Event(), threading.Event()
+
+def encode(records):
+    if os.getpid() == parent:
+        encoding.set()
+        forked.wait()
+    return [b"".join(records)]
+
+parts = PartFiles(Store(obsml.Settings.load(store=sys.argv[1])), kind="row", written="rows_collected", encode=encode)
+parts.add("modeldata/m/2026/12/01/06", b"parent\\n", size=7)
+writer = threading.Thread(target=parts.flush)
+writer.start()
+encoding.wait()
+pid = os.fork()
+if pid == 0:
+    signal.alarm(10)  # a child stuck on the lock dies of it
+    parts.add("modeldata/m/2026/12/01/06", b"child\\n", size=6)
+    os._exit(0 if parts.flush() else 1)
+forked.set()
+writer.join()
+_, status = os.waitpid(pid, 0)
+print(os.getpid(), pid, os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_child_forked_while_its_parent_writes_a_part_file_writes_its_own(store: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, "-c", _FORK_MID_WRITE_SCRIPT, str(store)], capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, run.stderr
+    parent, child, child_exit = run.stdout.split()
+    assert child_exit == "0", "the child never got the part files' lock"
+    by_pid = {path.name.split("-")[0]: path.read_bytes() for path in part_files(store)}
+    assert by_pid == {parent: b"parent\n", child: b"child\n"}
+
+
 class Nothing:
     nbytes = 0
 
