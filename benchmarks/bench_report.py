@@ -68,7 +68,9 @@ def server_table(server: dict[str, Any]) -> list[str]:
         f"### Servers under load (wrk, {server['connections']} connections, {server['duration_s']:g} s a run, "
         f"{server['rounds']} interleaved rounds at 1 KB, one round at other sizes)", "",
         "Medians over rounds; x = ratio to bare on the same server and body size; CPU = user + system time of "
-        "the server's processes per request.", "",
+        "the server's processes per request. Two references split obsml's cost: `passthrough` is a pure ASGI "
+        "middleware of obsml's shape that does nothing (wraps `receive` and `send`), `obsml-unsampled` is obsml "
+        "at sample rate 0 (every request captured, none written).", "",
         "| server | body | variant | req/s | x bare | p99 ms | x bare | CPU µs/req | x bare | errors |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]

@@ -2,7 +2,10 @@
 
 ``OBSML_BENCH_VARIANT`` picks it: ``bare``, ``obsml`` (store in ``OBSML_BENCH_STORE``), ``otel``
 (OpenTelemetry's middleware, SDK provider, batch processor, spans discarded), ``sentry`` or
-``logfire`` (ASGI only; see ``asgi_overhead.py``). ``asgi_app`` and ``wsgi_app`` echo the request
+``logfire`` (ASGI only; see ``asgi_overhead.py``), and two references, ASGI only: ``passthrough``,
+a middleware of obsml's shape that does nothing (the floor of any pure ASGI middleware that wraps
+``receive`` and ``send``), and ``obsml-unsampled``, obsml at sample rate 0 (its request path
+alone: every request captured, none written). ``asgi_app`` and ``wsgi_app`` echo the request
 body (the apps of ``asgi_overhead.py`` and ``wsgi_overhead.py``: POST /echo for Flask);
 ``asgi_stream`` and ``wsgi_stream`` answer in two chunks 20 ms apart, for time to first byte.
 """
@@ -58,9 +61,42 @@ def wsgi_stream_app(environ: dict[str, Any], start_response: Callable[..., Any])
     yield b'"last":1}'
 
 
+class Passthrough:
+    """Starlette GZip's shape with nothing in it: a responder object per request wrapping both channels."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        await _PassthroughResponder(self.app, receive, send)(scope)
+
+
+class _PassthroughResponder:
+    __slots__ = ("app", "receive", "send")
+
+    def __init__(self, app: ASGIApp, receive: Receive, send: Send) -> None:
+        self.app, self.receive, self.send = app, receive, send
+
+    async def __call__(self, scope: Scope) -> None:
+        await self.app(scope, self.receive_with, self.send_with)
+
+    async def receive_with(self) -> Any:
+        return await self.receive()
+
+    async def send_with(self, message: Any) -> None:
+        await self.send(message)
+
+
 def wrap_asgi(app: ASGIApp) -> ASGIApp:
     if VARIANT == "obsml":
         return obsml.ObsmlMiddleware(app, **OBSML_OPTIONS)
+    if VARIANT == "obsml-unsampled":
+        return obsml.ObsmlMiddleware(app, **OBSML_OPTIONS, sample_rate=0.0)
+    if VARIANT == "passthrough":
+        return Passthrough(app)
     if VARIANT == "otel":
         return OtelASGI(app, tracer_provider=otel_provider(), meter_provider=NoOpMeterProvider())
     if VARIANT in ("sentry", "logfire"):

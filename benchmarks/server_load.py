@@ -11,7 +11,9 @@ the median over rounds and the ratio to bare of the same server and size.
 * ``gunicorn-sync``: 2 sync workers; ``gunicorn-gthread``: 2 workers x 4 threads; the Flask app.
 
 Variants: bare, obsml (local store in a temporary directory, emptied between runs), otel, and,
-under ``uvicorn-httptools`` only, sentry and logfire (see ``asgi_overhead.py``).
+under ``uvicorn-httptools`` at 1 KB only, the peers sentry and logfire (see ``asgi_overhead.py``) and
+two references that split obsml's cost (``server_apps.py``): ``passthrough``, a middleware of the
+same shape doing nothing, and ``obsml-unsampled``, obsml's request path with no span written.
 
 Streaming: time to the first body byte of a chunked response (first chunk at once, the rest
 20 ms later), bare vs obsml, under uvicorn-httptools and gunicorn-sync, one connection at a time.
@@ -56,6 +58,7 @@ SERVERS: dict[str, tuple[str, list[str]]] = {
 }
 BASE_VARIANTS = ("bare", "obsml", "otel")
 PEER_SERVER = "uvicorn-httptools"
+PEER_VARIANTS = ("sentry", "logfire", "passthrough", "obsml-unsampled")
 SWEEP_SERVERS = ("uvicorn-httptools", "gunicorn-sync")  # other body sizes, and time to first byte
 
 
@@ -371,7 +374,7 @@ def run(
     with tempfile.TemporaryDirectory(prefix="obsml-server-load-") as temporary:
         folder = Path(temporary)
         for kind in servers:
-            variants = BASE_VARIANTS + (("sentry", "logfire") if kind == PEER_SERVER else ())
+            variants = BASE_VARIANTS + (PEER_VARIANTS if kind == PEER_SERVER else ())
             result["servers"][kind] = measure_server(
                 kind, variants, sizes, duration, warmup, rounds, folder, rng
             )

@@ -169,7 +169,7 @@ def test_make_bench_quick_writes_the_json_the_table_and_the_plot_with_every_numb
     assert list(server["servers"]) == ["uvicorn-httptools", "uvicorn-h11", "gunicorn-sync", "gunicorn-gthread"]
     for kind, cells in server["servers"].items():
         variants = cells["1 KB"]["variants"]
-        peers = {"sentry", "logfire"} if kind == "uvicorn-httptools" else set()
+        peers = {"sentry", "logfire", "passthrough", "obsml-unsampled"} if kind == "uvicorn-httptools" else set()
         assert set(variants) == {"bare", "obsml", "otel"} | peers
         assert all(numbers(row, "rps_ratio", "p99_ratio", "cpu_us_per_request") for row in variants.values())
     for cell in server["ttfb"].values():
