@@ -10,10 +10,12 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 from azurite import azure_container, azurite, azurite_on_disk  # noqa: F401
@@ -136,6 +138,30 @@ def running_gunicorn(
     log = store.parent / f"gunicorn-{port}.log"
     with running_command(command, port, log, store_env(store, **(env or {}))) as server:
         yield server
+
+
+def load_every_worker(url: str, requests: int, workers: int = 2, timeout: float = 120) -> tuple[set[int], int]:
+    """Concurrent ``GET /slow/<row>`` (``x-correlation-id: row-<row>``), at least ``requests`` of them and
+    on until ``workers`` worker processes have answered: the pids that did, and the rows sent (0 to n-1).
+
+    gunicorn's master listens before its workers have loaded the app: under load, one still loading
+    gets no request of a first batch (wsgi_apps' /slow answers with the worker's pid).
+    """
+
+    def one(row: int) -> int:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            response = client.get(f"/slow/{row}", headers={"x-correlation-id": f"row-{row}"})
+        response.raise_for_status()
+        return int(response.json()["pid"])
+
+    pids: set[int] = set()
+    sent, deadline = 0, time.monotonic() + timeout
+    with ThreadPoolExecutor(8) as pool:
+        while sent < requests or (len(pids) < workers and time.monotonic() < deadline):
+            batch = max(8, requests - sent)
+            pids.update(pool.map(one, range(sent, sent + batch)))
+            sent += batch
+    return pids, sent
 
 
 def install_plugin(

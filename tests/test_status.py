@@ -11,7 +11,6 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, ClassVar
@@ -23,7 +22,7 @@ from adlfs import AzureBlobFileSystem
 from apps import make_app
 from azure.storage.blob import ContainerClient
 from azurite import Azurite
-from conftest import running_gunicorn, running_server
+from conftest import load_every_worker, running_gunicorn, running_server
 from fsspec.implementations.memory import MemoryFileSystem
 from servers import free_port, running_command
 from test_writer import stalled_writer, wait_for_a_drop
@@ -54,24 +53,11 @@ def status_json(store: str, env: dict[str, str] | None = None) -> tuple[int, dic
     return result.returncode, json.loads(result.stdout)
 
 
-def load_both_workers(url: str) -> set[int]:
-    """Concurrent requests, so that both gunicorn workers serve some; the pids that served them."""
-
-    def one(row: int) -> int:
-        with httpx.Client(base_url=url, timeout=30) as client:
-            response = client.get(f"/slow/{row}", headers={"x-correlation-id": f"row-{row}"})
-        response.raise_for_status()
-        return int(response.json()["pid"])
-
-    with ThreadPoolExecutor(8) as pool:
-        return set(pool.map(one, range(REQUESTS)))
-
-
 def test_clean_traffic_on_two_gunicorn_workers_exits_0_and_lists_both(tmp_path: Path) -> None:
     store = tmp_path / "store"
     before = datetime.now(timezone.utc)
     with running_gunicorn("wsgi_apps:flask_app", store, "--workers", "2", env=STATUS_ON) as server:
-        pids = load_both_workers(server.url)
+        pids, sent = load_every_worker(server.url, REQUESTS)
         assert server.stop() == 0
     assert len(pids) == 2, "the load should have reached both workers"
 
@@ -83,8 +69,8 @@ def test_clean_traffic_on_two_gunicorn_workers_exits_0_and_lists_both(tmp_path: 
     # The same counter names as obsml.stats(), in the totals and for each writer.
     assert set(report["totals"]) == set(obsml.stats())
     assert all(set(writer["stats"]) == set(obsml.stats()) for writer in report["writers"])
-    assert report["totals"]["requests_captured"] == REQUESTS
-    assert report["totals"]["spans_exported"] == REQUESTS
+    assert report["totals"]["requests_captured"] == sent
+    assert report["totals"]["spans_exported"] == sent
     assert report["totals"]["payloads_written"] == 0  # status files are not data
     assert report["totals"]["dropped"] == {}
 
@@ -96,7 +82,7 @@ def test_clean_traffic_on_two_gunicorn_workers_exits_0_and_lists_both(tmp_path: 
     assert len(rows) == 2 and all(" exited " in row for row in rows)
     total = next(line for line in lines if line.startswith("TOTAL"))
     # Aligned: each number ends under the end of its heading.
-    assert total.index(f"{REQUESTS}") + len(f"{REQUESTS}") == header.index("CAPTURED") + len("CAPTURED")
+    assert total.index(f"{sent}") + len(f"{sent}") == header.index("CAPTURED") + len("CAPTURED")
     assert lines[-1] == "nothing dropped"
 
     # A window that ends before the servers started has none of their statuses.
@@ -148,7 +134,7 @@ def test_a_worker_killed_with_sigkill_is_reported_stale_and_the_other_alive(tmp_
     store = tmp_path / "store"
     # A flush interval of 0.1 s: a status at least every 2 s (its heartbeat), stale after 6 s without one.
     with running_gunicorn("wsgi_apps:flask_app", store, "--workers", "2", env=STATUS_ON) as server:
-        pids = load_both_workers(server.url)
+        pids, _ = load_every_worker(server.url, REQUESTS)
         assert len(pids) == 2, "the load should have reached both workers"
         deadline = time.monotonic() + 60
         while {writer["pid"] for writer in status_json(str(store))[1]["writers"]} != pids:

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
 import pytest
-from conftest import read_spans, running_gunicorn
+from conftest import load_every_worker, read_spans, running_gunicorn
 
 REQUESTS = 60
 
@@ -31,20 +29,13 @@ def test_every_request_is_in_the_store_exactly_once_after_sigterm(
     with running_gunicorn("wsgi_apps:flask_app", store, *options, env=env) as server:
         master_pid = server.process.pid
 
-        def one(row: int) -> int:
-            with httpx.Client(base_url=server.url, timeout=30) as client:
-                response = client.get(f"/slow/{row}", headers={"x-correlation-id": f"row-{row}"})
-            response.raise_for_status()
-            return int(response.json()["pid"])
-
-        with ThreadPoolExecutor(8) as pool:
-            worker_pids = set(pool.map(one, range(REQUESTS)))
+        worker_pids, sent = load_every_worker(server.url, REQUESTS)
         assert server.stop() == 0
 
     assert len(worker_pids) == 2, "the load should have reached both workers"
     spans = read_spans(store)
     ids = Counter(span["attributes"]["obsml.correlation_id"] for span in spans)
-    expected = [f"row-{row}" for row in range(REQUESTS)] + (["warm-up"] if warm_up else [])
+    expected = [f"row-{row}" for row in range(sent)] + (["warm-up"] if warm_up else [])
     assert ids == Counter(expected)  # each exactly once
     part_pids = {int(part.name.split("-")[0]) for part in store.glob("traces/*/*/*/*/*.jsonl")}
     # Each worker wrote its own part files; the master only what it captured itself.
