@@ -294,18 +294,18 @@ class Tracing:
     def emit(self, capture: Capture, name: str, attributes: Attributes) -> None:
         start = capture.start_ns
         end = start + (capture.end_perf - capture.start_perf)
+        status = _status(capture)
         provider = self._sdk_provider()
         choice = None
         if provider is not None:
             choice = self._app_tracer_for(provider)
         if choice is not None:
             if self._global_provider == "use":
-                if self._emit_through(*choice, capture, name, attributes, start, end):
+                if self._emit_through(*choice, capture, name, attributes, status, start, end):
                     return
             else:
                 bodyless = {key: value for key, value in attributes.items() if key not in _BODY_ATTRIBUTES}
-                self._emit_through(*choice, capture, name, bodyless, start, end)
-        status = _status(capture)
+                self._emit_through(*choice, capture, name, bodyless, status, start, end)
         if self._records:
             self._emit_record(capture, name, attributes, status, start, end)
         if not self._span_processors:
@@ -416,7 +416,8 @@ class Tracing:
         return SpanContext(capture.trace_id, parent_id, True, TraceFlags(flags), state)
 
     def _emit_through(
-        self, tracer: Any, ids: _PresetIds, capture: Capture, name: str, attributes: Attributes, start: int, end: int,
+        self, tracer: Any, ids: _PresetIds, capture: Capture, name: str, attributes: Attributes,
+        status: tuple[str, str | None], start: int, end: int,
     ) -> bool:
         """Emit through the application's provider; False when its sampler would not record the span."""
         context = Context()
@@ -432,7 +433,6 @@ class Tracing:
             return False
         for event in capture.exceptions or ():
             span.record_exception(event.exception, timestamp=event.time_ns, escaped=event.escaped)
-        status = _status(capture)
         if status is not _UNSET:
             span.set_status(_otel_status(status))
         span.end(end_time=end)
